@@ -1,0 +1,95 @@
+//! Test guest for attune-wasm's integration tests. NOT an example of good practice: it prints
+//! secret values so that tests can check exactly what was delivered.
+//!
+//! Commands (guest arguments after `--`):
+//! - `get NAME...`: `{"NAME": {"value": "..."} | {"error": "not-found"}, ...}` through
+//!   `attune-guest` (get-secret on wasip2, `SECRET_*` on wasip1)
+//! - `env`: every environment variable as a JSON object
+//! - `read PATH`: the file's text, or exit 2 with the error
+//! - `ls PATH`: directory entries, or exit 2
+//! - `spin`: loop forever
+//! - `alloc MIB`: allocate and touch MIB mebibytes
+//! - `recurse`: unbounded recursion
+//! - `stdin`: echo stdin
+//! - `exit N`: exit with status N
+
+use std::io::{Read, Write};
+
+use serde_json::{json, Map, Value};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (cmd, rest) = args
+        .split_first()
+        .map_or(("env", &[][..]), |(c, r)| (c.as_str(), r));
+    match cmd {
+        "get" => {
+            let mut out = Map::new();
+            for name in rest {
+                let v = match attune_guest::get_secret(name) {
+                    Ok(v) => json!({ "value": v }),
+                    Err(e) => json!({ "error": format!("{e:?}") }),
+                };
+                out.insert(name.clone(), v);
+            }
+            println!("{}", Value::Object(out));
+        }
+        "env" => {
+            let env: Map<String, Value> = std::env::vars()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect();
+            println!("{}", Value::Object(env));
+        }
+        "read" => match std::fs::read_to_string(&rest[0]) {
+            Ok(text) => print!("{text}"),
+            Err(e) => {
+                eprintln!("read failed: {e}");
+                std::process::exit(2);
+            }
+        },
+        "ls" => match std::fs::read_dir(&rest[0]) {
+            Ok(entries) => {
+                for e in entries.flatten() {
+                    println!("{}", e.file_name().to_string_lossy());
+                }
+            }
+            Err(e) => {
+                eprintln!("ls failed: {e}");
+                std::process::exit(2);
+            }
+        },
+        "spin" => {
+            let mut x: u64 = 0;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        "alloc" => {
+            let mib: usize = rest[0].parse().unwrap_or(1);
+            let mut blocks = Vec::new();
+            for _ in 0..mib {
+                blocks.push(vec![1u8; 1024 * 1024]);
+            }
+            println!("allocated {} MiB", blocks.len());
+        }
+        "recurse" => {
+            fn deep(n: u64) -> u64 {
+                if std::hint::black_box(n) == u64::MAX {
+                    return n;
+                }
+                std::hint::black_box(deep(n + 1)) + 1
+            }
+            println!("{}", deep(0));
+        }
+        "stdin" => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).ok();
+            std::io::stdout().write_all(&buf).ok();
+        }
+        "exit" => std::process::exit(rest[0].parse().unwrap_or(1)),
+        other => {
+            eprintln!("unknown command {other}");
+            std::process::exit(64);
+        }
+    }
+}

@@ -1,0 +1,526 @@
+//! The `attune-wasm` command line (clap). `main.rs` only calls [`main`].
+//!
+//! Exit status: `run` exits with the guest's own status; [`EXIT_TIMEOUT`] when the deadline
+//! passed, [`EXIT_TRAP`] when the guest trapped or hit a limit, [`EXIT_HOST`] when the host
+//! failed before or around the guest (bad file, store, strict secrets, env collision). Other
+//! commands exit 0 on success and 1 on error. Errors are one line on stderr: `error: …`.
+
+use std::collections::BTreeSet;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use secrecy::{ExposeSecret, SecretString};
+use zeroize::Zeroize;
+
+use crate::config::Settings;
+use crate::crypto::EncryptionKey;
+use crate::executor::{self, Execution, Executor, SecretSource};
+use crate::names::{ActionRef, Owner, PackRef, SecretName};
+use crate::runtime::{self, Limits, Output, Runtime, RuntimeConfig, Stdin};
+use crate::store::{NewSecret, OpenMode, Store, Written};
+
+/// Largest secret value accepted on write, in bytes (64 KiB).
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// `run` exit status when the guest's deadline passed (as `timeout(1)`).
+pub const EXIT_TIMEOUT: u8 = 124;
+/// `run` exit status when the host failed before or around the guest (as `docker run`).
+pub const EXIT_HOST: u8 = 125;
+/// `run` exit status when the guest trapped or hit a limit (as the `wasmtime` CLI).
+pub const EXIT_TRAP: u8 = 134;
+
+/// Run Attune actions compiled to WebAssembly, with the secrets their pack and action may see.
+#[derive(Parser)]
+#[command(name = "attune-wasm", version, about)]
+pub struct Cli {
+    /// YAML configuration file; `ATTUNE__…` environment variables override it
+    /// (e.g. ATTUNE__SECURITY__ENCRYPTION_KEY, ATTUNE__DATABASE__URL, ATTUNE__DATA_DIR).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Store, inspect and delete secrets.
+    #[command(subcommand)]
+    Secret(SecretCmd),
+    /// Run an action (a WASI p2 component or a WASI p1 core module).
+    Run(RunArgs),
+    /// Encryption key utilities.
+    #[command(subcommand)]
+    Key(KeyCmd),
+}
+
+#[derive(Subcommand)]
+enum SecretCmd {
+    /// Store a secret (encrypted unless --plain). Without VALUE, or with `-`, the value is read
+    /// from stdin (one trailing newline removed) so that it stays out of shell history.
+    Set {
+        /// Secret name: 1-128 bytes of [A-Za-z0-9][A-Za-z0-9_-]*.
+        name: String,
+        /// The value, or `-` for stdin.
+        value: Option<String>,
+        #[command(flatten)]
+        owner: OwnerArgs,
+        /// Store the value unencrypted (`encrypted: false`, as the seed allows).
+        #[arg(long)]
+        plain: bool,
+    },
+    /// Show a secret's metadata; with --reveal, print its value (exactly, no newline added).
+    Get {
+        /// Secret name.
+        name: String,
+        #[command(flatten)]
+        owner: OwnerArgs,
+        /// Decrypt and print the value.
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// List secrets (metadata only, never values).
+    List {
+        #[command(flatten)]
+        owner: OwnerArgs,
+    },
+    /// Delete a secret.
+    Delete {
+        /// Secret name.
+        name: String,
+        #[command(flatten)]
+        owner: OwnerArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Print the configured key's hash (lowercase hex SHA-256 of the derived key), to compare
+    /// with the key hash stored on each row.
+    Hash,
+}
+
+/// Owner selection: none = system.
+#[derive(Args)]
+struct OwnerArgs {
+    /// Pack-level secret of pack P.
+    #[arg(long, value_name = "P", conflicts_with = "action")]
+    pack: Option<String>,
+    /// Action-level secret of action P.A.
+    #[arg(long, value_name = "P.A")]
+    action: Option<String>,
+}
+
+impl OwnerArgs {
+    fn owner(&self) -> anyhow::Result<Option<Owner>> {
+        Ok(match (&self.pack, &self.action) {
+            (Some(p), _) => Some(Owner::Pack(PackRef::new(p)?)),
+            (None, Some(a)) => Some(Owner::Action(ActionRef::new(a)?)),
+            (None, None) => None,
+        })
+    }
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The action's .wasm file.
+    file: PathBuf,
+    /// Action ref `pack.action`: selects the secrets the guest may see.
+    #[arg(long, value_name = "P.A")]
+    action: String,
+    /// Extra guest environment variable (repeatable). SECRET_* and ATTUNE_* are reserved.
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_kv)]
+    env: Vec<(String, String)>,
+    /// Mount a host directory: HOST::GUEST, or HOST at the same path (repeatable).
+    #[arg(long = "dir", value_name = "HOST::GUEST", value_parser = executor::parse_dir)]
+    dirs: Vec<runtime::DirMount>,
+    /// Wall-clock limit, e.g. 30s, 500ms, 2m.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Linear memory limit, e.g. 256MiB, 64MiB.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    max_memory: usize,
+    /// Fuel budget (about one unit per wasm instruction).
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Fail before the guest starts if a visible secret cannot be delivered or the store is
+    /// missing (config: security.strict_secrets).
+    #[arg(long)]
+    strict_secrets: bool,
+    /// Deliver only these secrets (repeatable); other visible names answer access-denied.
+    #[arg(long = "allow-secret", value_name = "NAME", value_parser = parse_secret_name)]
+    allow_secret: Vec<SecretName>,
+    /// Arguments passed to the guest after `--`.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected K=V, got {s:?}"))
+}
+
+fn parse_size(s: &str) -> Result<usize, String> {
+    let size: bytesize::ByteSize = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    usize::try_from(size.as_u64()).map_err(|_| format!("{s:?} is too large"))
+}
+
+fn parse_secret_name(s: &str) -> Result<SecretName, String> {
+    SecretName::new(s).map_err(|e| e.to_string())
+}
+
+/// Entry point of the binary: parses arguments, sets up logging (`RUST_LOG`, default `warn`,
+/// to stderr), runs the command on a tokio runtime and maps the outcome to an exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_HOST);
+        }
+    };
+    let is_run = matches!(cli.command, Command::Run(_));
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            if is_run {
+                ExitCode::from(run_error_code(&e))
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn one_line(e: &anyhow::Error) -> String {
+    format!("{e:#}").replace('\n', " ")
+}
+
+fn run_error_code(e: &anyhow::Error) -> u8 {
+    let runtime_err = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<runtime::Error>())
+        .or_else(|| match e.downcast_ref::<executor::Error>() {
+            Some(executor::Error::Runtime(r)) => Some(r),
+            _ => None,
+        });
+    match runtime_err {
+        Some(runtime::Error::Timeout(_)) => EXIT_TIMEOUT,
+        Some(
+            runtime::Error::Trap(_) | runtime::Error::MemoryLimit(_) | runtime::Error::OutOfFuel(_),
+        ) => EXIT_TRAP,
+        _ => EXIT_HOST,
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    tracing::debug!(?settings, "configuration loaded");
+    match cli.command {
+        Command::Secret(cmd) => secret(&settings, cmd).await.map(|()| ExitCode::SUCCESS),
+        Command::Key(KeyCmd::Hash) => {
+            let key = require_key(&settings)?;
+            println!("{}", key.key_hash());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => run(&settings, args).await,
+    }
+}
+
+fn key(settings: &Settings) -> anyhow::Result<Option<EncryptionKey>> {
+    settings
+        .security
+        .encryption_key
+        .as_ref()
+        .map(EncryptionKey::from_password)
+        .transpose()
+        .context("security.encryption_key")
+}
+
+fn require_key(settings: &Settings) -> anyhow::Result<EncryptionKey> {
+    key(settings)?.context(
+        "no encryption key configured: set security.encryption_key in the config file or \
+         ATTUNE__SECURITY__ENCRYPTION_KEY",
+    )
+}
+
+async fn open_store(settings: &Settings, mode: OpenMode) -> anyhow::Result<Store> {
+    let url = settings.database_url()?;
+    Ok(Store::open(&url, mode).await?)
+}
+
+async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
+    match cmd {
+        SecretCmd::Set {
+            name,
+            value,
+            owner,
+            plain,
+        } => {
+            let name = SecretName::new(&name)?;
+            let owner = owner.owner()?.unwrap_or(Owner::System);
+            let secret_ref = owner.secret_ref(&name);
+            let value = read_value(value, &secret_ref)?;
+            let key = if plain {
+                None
+            } else {
+                Some(require_key(settings)?)
+            };
+            let store = open_store(settings, OpenMode::CreateIfMissing).await?;
+            let (stored, key_hash) = match &key {
+                Some(k) => (
+                    SecretString::from(k.encrypt(&value)),
+                    Some(k.key_hash().to_owned()),
+                ),
+                None => (value, None),
+            };
+            let written = store
+                .put(&NewSecret {
+                    owner: owner.clone(),
+                    name: name.clone(),
+                    encrypted: key.is_some(),
+                    key_hash,
+                    value: stored,
+                })
+                .await?;
+            let verb = match written {
+                Written::Created => "created",
+                Written::Updated => "updated",
+            };
+            let how = if key.is_some() { "encrypted" } else { "plain" };
+            println!(
+                "{verb} secret {secret_ref} ({owner}, {how}, env {})",
+                name.env_var()
+            );
+        }
+        SecretCmd::Get {
+            name,
+            owner,
+            reveal,
+        } => {
+            let name = SecretName::new(&name)?;
+            let owner = owner.owner()?.unwrap_or(Owner::System);
+            let store = open_store(settings, OpenMode::MustExist).await?;
+            let secret_ref = owner.secret_ref(&name);
+            let Some(row) = store.get(&owner, &name).await? else {
+                bail!("secret {secret_ref} not found ({owner})");
+            };
+            if reveal {
+                let value = if row.encrypted {
+                    require_key(settings)?
+                        .decrypt(row.value.expose_secret(), row.key_hash.as_deref())
+                        .with_context(|| format!("secret {secret_ref}"))?
+                } else {
+                    row.value
+                };
+                let mut out = std::io::stdout().lock();
+                out.write_all(value.expose_secret().as_bytes())?;
+                out.flush()?;
+            } else {
+                println!("ref:       {secret_ref}");
+                println!("owner:     {owner}");
+                println!("name:      {name}");
+                println!("env:       {}", name.env_var());
+                println!("encrypted: {}", row.encrypted);
+                println!("key hash:  {}", row.key_hash.as_deref().unwrap_or("-"));
+                println!("created:   {}", row.created);
+                println!("updated:   {}", row.updated);
+            }
+        }
+        SecretCmd::List { owner } => {
+            let owner = owner.owner()?;
+            let store = match open_store(settings, OpenMode::MustExist).await {
+                Ok(store) => store,
+                Err(e) if is_missing(&e) => {
+                    eprintln!("no secrets stored yet ({e:#})");
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            };
+            let rows = store.list(owner.as_ref()).await?;
+            println!(
+                "{:<7} {:<24} {:<32} {:<9} {:<12} UPDATED",
+                "OWNER", "REF", "NAME", "ENCRYPTED", "KEY HASH"
+            );
+            for row in rows {
+                let hash = row
+                    .key_hash
+                    .as_deref()
+                    .map_or("-", |h| &h[..h.len().min(12)]);
+                println!(
+                    "{:<7} {:<24} {:<32} {:<9} {:<12} {}",
+                    row.owner.owner_type().as_str(),
+                    if row.owner.owner_ref().is_empty() {
+                        "-"
+                    } else {
+                        row.owner.owner_ref()
+                    },
+                    row.name,
+                    row.encrypted,
+                    hash,
+                    row.updated
+                );
+            }
+        }
+        SecretCmd::Delete { name, owner } => {
+            let name = SecretName::new(&name)?;
+            let owner = owner.owner()?.unwrap_or(Owner::System);
+            let secret_ref = owner.secret_ref(&name);
+            let store = open_store(settings, OpenMode::MustExist).await?;
+            if !store.delete(&owner, &name).await? {
+                bail!("secret {secret_ref} not found ({owner})");
+            }
+            println!("deleted secret {secret_ref} ({owner})");
+        }
+    }
+    Ok(())
+}
+
+fn is_missing(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<crate::store::Error>(),
+        Some(crate::store::Error::Missing { .. })
+    )
+}
+
+/// Reads the value from the argument or stdin and checks it: at most [`MAX_VALUE_BYTES`],
+/// valid UTF-8, no NUL byte (a C guest would see its env value truncated).
+fn read_value(arg: Option<String>, secret_ref: &str) -> anyhow::Result<SecretString> {
+    let mut raw = match arg {
+        Some(v) if v != "-" => v,
+        _ => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("reading the value of {secret_ref} from stdin (end with Ctrl-D)");
+            }
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .take(MAX_VALUE_BYTES as u64 + 3)
+                .read_to_end(&mut buf)
+                .context("reading the value from stdin")?;
+            if buf.ends_with(b"\n") {
+                buf.pop();
+                if buf.ends_with(b"\r") {
+                    buf.pop();
+                }
+            }
+            match String::from_utf8(buf) {
+                Ok(s) => s,
+                Err(e) => {
+                    let mut bytes = e.into_bytes();
+                    bytes.zeroize();
+                    bail!("the value of secret {secret_ref} is not valid UTF-8");
+                }
+            }
+        }
+    };
+    let problem = if raw.len() > MAX_VALUE_BYTES {
+        Some(format!("it is longer than {MAX_VALUE_BYTES} bytes"))
+    } else if raw.contains('\0') {
+        Some("it contains a NUL byte, which environment variables cannot carry".to_owned())
+    } else {
+        None
+    };
+    if let Some(problem) = problem {
+        raw.zeroize();
+        bail!("the value of secret {secret_ref} is refused: {problem}");
+    }
+    Ok(SecretString::from(raw))
+}
+
+async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let action = ActionRef::new(&args.action)?;
+    let program = program_name(&args.file);
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let runtime = Runtime::new(RuntimeConfig {
+        fuel: args.fuel.is_some(),
+    })?;
+    let guest = runtime.compile(&program, &bytes)?;
+    let strict = args.strict_secrets || settings.security.strict_secrets;
+    let source = match open_store(settings, OpenMode::MustExist).await {
+        Ok(store) => SecretSource::Store(store),
+        Err(e) => SecretSource::Missing(format!("{e:#}")),
+    };
+    let executor = Executor::new(runtime, source, key(settings)?, strict);
+    let allowed = (!args.allow_secret.is_empty())
+        .then(|| args.allow_secret.into_iter().collect::<BTreeSet<_>>());
+    let report = executor
+        .execute(
+            &guest,
+            Execution {
+                action,
+                program,
+                args: args.args,
+                env: args.env,
+                dirs: args.dirs,
+                stdin: Stdin::Inherit,
+                stdout: Output::Inherit,
+                stderr: Output::Inherit,
+                limits: Limits {
+                    timeout: args.timeout,
+                    max_memory: args.max_memory,
+                    fuel: args.fuel,
+                    ..Limits::default()
+                },
+                allowed,
+            },
+        )
+        .await?;
+    let code = report.exit.code;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+fn program_name(file: &Path) -> String {
+    file.file_name().map_or_else(
+        || "action.wasm".to_owned(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations_parse() {
+        assert_eq!(parse_size("64MiB").unwrap(), 64 * 1024 * 1024);
+        assert_eq!(parse_size("256MiB").unwrap(), 256 * 1024 * 1024);
+        assert!(parse_size("lots").is_err());
+        assert_eq!(
+            humantime::parse_duration("500ms").unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            humantime::parse_duration("2s").unwrap(),
+            Duration::from_secs(2)
+        );
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,168 @@
+//! Host configuration (seed "Configuration"): an optional YAML file overridden by `ATTUNE__…`
+//! environment variables (`__` separates levels, e.g. `ATTUNE__SECURITY__ENCRYPTION_KEY` for
+//! `security.encryption_key`).
+//!
+//! ```yaml
+//! data_dir: /var/lib/attune-wasm          # default: $XDG_DATA_HOME/attune-wasm
+//! database:
+//!   url: sqlite:///var/lib/attune-wasm/secrets.db   # default: <data_dir>/secrets.db
+//! security:
+//!   encryption_key: "at-least-32-bytes-of-password-material"
+//!   strict_secrets: false                 # true: a secret that fails to decrypt fails the run
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Environment prefix of every setting.
+pub const ENV_PREFIX: &str = "ATTUNE";
+
+/// Configuration load failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file or an `ATTUNE__…` variable could not be read or has the wrong shape.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] config::ConfigError),
+    /// No data directory could be determined.
+    #[error("no data directory: set data_dir or ATTUNE__DATA_DIR")]
+    NoDataDir,
+}
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// All settings. `Debug` is written by hand and never prints the encryption key.
+#[derive(Deserialize, Default)]
+pub struct Settings {
+    /// Where the embedded database lives (`data_dir`, `ATTUNE__DATA_DIR`).
+    pub data_dir: Option<PathBuf>,
+    /// `database.*`.
+    #[serde(default)]
+    pub database: Database,
+    /// `security.*`.
+    #[serde(default)]
+    pub security: Security,
+}
+
+/// `database.*` settings.
+#[derive(Deserialize, Default, Debug, Clone)]
+pub struct Database {
+    /// Database URL (`database.url`, `ATTUNE__DATABASE__URL`): `sqlite:PATH` or
+    /// `sqlite://PATH`. Default: `sqlite://<data_dir>/secrets.db`.
+    pub url: Option<String>,
+}
+
+/// `security.*` settings.
+#[derive(Deserialize, Default)]
+pub struct Security {
+    /// Password the AES-256 key is derived from (`security.encryption_key`,
+    /// `ATTUNE__SECURITY__ENCRYPTION_KEY`); at least 32 bytes.
+    pub encryption_key: Option<SecretString>,
+    /// Fail an execution (before its guest starts) when a visible secret cannot be delivered
+    /// or the store is missing, instead of warning (`security.strict_secrets`).
+    #[serde(default)]
+    pub strict_secrets: bool,
+}
+
+impl Settings {
+    /// Loads `file` (when given; it must exist) and then the `ATTUNE__…` environment.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] when the file is missing or malformed or a value has the wrong type.
+    pub fn load(file: Option<&Path>) -> Result<Self> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Yaml)
+                    .required(true),
+            );
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        Ok(builder.build()?.try_deserialize()?)
+    }
+
+    /// The data directory: `data_dir`, else `$XDG_DATA_HOME/attune-wasm` (usually
+    /// `~/.local/share/attune-wasm`).
+    ///
+    /// # Errors
+    /// [`Error::NoDataDir`] when neither is available (no home directory).
+    pub fn data_dir(&self) -> Result<PathBuf> {
+        if let Some(dir) = &self.data_dir {
+            return Ok(dir.clone());
+        }
+        directories::ProjectDirs::from("", "", "attune-wasm")
+            .map(|d| d.data_dir().to_path_buf())
+            .ok_or(Error::NoDataDir)
+    }
+
+    /// The database URL: `database.url`, else the SQLite file `<data_dir>/secrets.db`.
+    ///
+    /// # Errors
+    /// [`Error::NoDataDir`].
+    pub fn database_url(&self) -> Result<String> {
+        if let Some(url) = &self.database.url {
+            return Ok(url.clone());
+        }
+        Ok(format!(
+            "sqlite://{}",
+            self.data_dir()?.join("secrets.db").display()
+        ))
+    }
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("data_dir", &self.data_dir)
+            .field(
+                "database.url",
+                &self.database.url.as_deref().map(crate::store::redact_url),
+            )
+            .field(
+                "security.encryption_key",
+                &self.security.encryption_key.as_ref().map(|_| "<set>"),
+            )
+            .field("security.strict_secrets", &self.security.strict_secrets)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn yaml_file_is_read_and_debug_hides_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "data_dir: /tmp/x\nsecurity:\n  encryption_key: yaml-key-0123456789abcdef0123456789\n  strict_secrets: true\n",
+        )
+        .unwrap();
+        let s = Settings::load(Some(&file)).unwrap();
+        assert_eq!(
+            s.security.encryption_key.as_ref().unwrap().expose_secret(),
+            "yaml-key-0123456789abcdef0123456789"
+        );
+        assert!(s.security.strict_secrets);
+        assert_eq!(s.database_url().unwrap(), "sqlite:///tmp/x/secrets.db");
+        assert!(!format!("{s:?}").contains("yaml-key"));
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        assert!(Settings::load(Some(Path::new("/nonexistent/attune.yaml"))).is_err());
+    }
+}

@@ -1,0 +1,323 @@
+//! One execution end to end (seed "Secret Injection Flow"): fetch the rows visible to the
+//! action in one query, resolve and decrypt the winners, check env names, build the guest's
+//! environment from an explicit list, run the guest in its own store, drop every plaintext.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::crypto::EncryptionKey;
+use crate::names::{ActionRef, SecretName, ENV_PREFIX};
+use crate::resolve::{self, Delivery, Resolution};
+use crate::runtime::{
+    self, DirMount, Guest, GuestExit, GuestSetup, Limits, Output, Runtime, SecretDoor, Stdin,
+};
+use crate::store::{self, Store};
+
+/// Prefix reserved for metadata variables set by the host.
+pub const METADATA_PREFIX: &str = "ATTUNE_";
+
+/// Execution failures. Messages name secrets by ref, never by value.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A `--env` entry is malformed or uses a reserved name.
+    #[error("invalid guest environment variable {name:?}: {reason}")]
+    Env {
+        /// The variable name as given.
+        name: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+    /// Resolution failed (e.g. two secrets map to one env variable).
+    #[error(transparent)]
+    Resolve(#[from] resolve::Error),
+    /// The secret store could not be read and strict mode is on.
+    #[error("secret store unavailable (strict mode): {0}")]
+    Store(String),
+    /// A visible secret could not be delivered and strict mode is on.
+    #[error("secret {secret_ref} cannot be delivered (strict mode): {reason}")]
+    Undeliverable {
+        /// Ref of the secret.
+        secret_ref: String,
+        /// Why.
+        reason: String,
+    },
+    /// The guest failed to compile, link or run.
+    #[error(transparent)]
+    Runtime(#[from] runtime::Error),
+}
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where secrets come from for the executions of an [`Executor`].
+pub enum SecretSource {
+    /// An open store.
+    Store(Store),
+    /// No store could be opened; the text says why (warned on every execution, or an error
+    /// under strict mode).
+    Missing(String),
+}
+
+/// One execution's request.
+pub struct Execution {
+    /// The action being run (`pack.action`): selects the visible secrets.
+    pub action: ActionRef,
+    /// `argv` after `argv[0]`.
+    pub args: Vec<String>,
+    /// `argv[0]`, usually the file name.
+    pub program: String,
+    /// Extra environment (`--env K=V`); `SECRET_*` and `ATTUNE_*` are reserved.
+    pub env: Vec<(String, String)>,
+    /// Directory mounts.
+    pub dirs: Vec<DirMount>,
+    /// Guest stdin.
+    pub stdin: Stdin,
+    /// Guest stdout.
+    pub stdout: Output,
+    /// Guest stderr.
+    pub stderr: Output,
+    /// Limits.
+    pub limits: Limits,
+    /// When set, only these names are delivered (both doors); other visible names answer
+    /// `access-denied` to `get-secret`.
+    pub allowed: Option<BTreeSet<SecretName>>,
+}
+
+/// What an execution produced.
+#[derive(Debug)]
+pub struct Report {
+    /// Execution id (UUID v4), also given to the guest as `ATTUNE_EXECUTION_ID`.
+    pub execution_id: String,
+    /// How the guest ended.
+    pub exit: GuestExit,
+    /// Refs of the secrets injected through the env door.
+    pub env_secrets: Vec<String>,
+}
+
+/// Runs executions: a runtime, a secret source, the key and the strictness policy.
+pub struct Executor {
+    runtime: Runtime,
+    source: SecretSource,
+    key: Option<EncryptionKey>,
+    strict: bool,
+}
+
+impl Executor {
+    /// Builds an executor. `strict` makes an undeliverable secret or a missing store fail the
+    /// execution before its guest starts (default: warn and go on, as the seed says).
+    pub fn new(
+        runtime: Runtime,
+        source: SecretSource,
+        key: Option<EncryptionKey>,
+        strict: bool,
+    ) -> Self {
+        Self {
+            runtime,
+            source,
+            key,
+            strict,
+        }
+    }
+
+    /// The runtime, to compile guests.
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Resolves the secrets `action` may see (one store query, winners decrypted).
+    ///
+    /// # Errors
+    /// [`Error::Resolve`] on an env-name collision; [`Error::Store`] and
+    /// [`Error::Undeliverable`] under strict mode.
+    pub async fn resolve(&self, action: &ActionRef) -> Result<Resolution> {
+        let rows = match &self.source {
+            SecretSource::Store(store) => match store.visible_to(action).await {
+                Ok(rows) => rows,
+                Err(e) => self.store_problem(&e)?,
+            },
+            SecretSource::Missing(why) => self.missing(why)?,
+        };
+        let resolution = Resolution::resolve(rows, self.key.as_ref())?;
+        for (secret, why) in resolution.unavailable() {
+            if self.strict {
+                return Err(Error::Undeliverable {
+                    secret_ref: secret.secret_ref(),
+                    reason: why.to_string(),
+                });
+            }
+            tracing::warn!(
+                secret = %secret.secret_ref(),
+                action = %action,
+                "secret not delivered: {why}"
+            );
+        }
+        Ok(resolution)
+    }
+
+    fn store_problem(&self, e: &store::Error) -> Result<Vec<store::SecretRow>> {
+        self.missing(&e.to_string())
+    }
+
+    fn missing(&self, why: &str) -> Result<Vec<store::SecretRow>> {
+        if self.strict {
+            return Err(Error::Store(why.to_owned()));
+        }
+        tracing::warn!("running without secrets: {why}");
+        Ok(Vec::new())
+    }
+
+    /// Runs `guest` as `exec.action` with the secrets it may see.
+    ///
+    /// # Errors
+    /// [`Error::Env`], [`Error::Resolve`], strict-mode errors (all before the guest starts),
+    /// and [`Error::Runtime`].
+    pub async fn execute(&self, guest: &Guest, exec: Execution) -> Result<Report> {
+        let execution_id = uuid::Uuid::new_v4().to_string();
+        let mut env = vec![
+            ("ATTUNE_ACTION_REF".to_owned(), exec.action.to_string()),
+            ("ATTUNE_PACK_REF".to_owned(), exec.action.pack().to_string()),
+            ("ATTUNE_EXECUTION_ID".to_owned(), execution_id.clone()),
+        ];
+        for (k, v) in exec.env {
+            check_env_name(&k)?;
+            if v.contains('\0') {
+                return Err(Error::Env {
+                    name: k,
+                    reason: "its value contains a NUL byte",
+                });
+            }
+            env.retain(|(existing, _)| *existing != k);
+            env.push((k, v));
+        }
+
+        let resolution = self.resolve(&exec.action).await?;
+        let mut secret_env: Vec<(String, SecretString)> = Vec::new();
+        let mut env_secrets = Vec::new();
+        for secret in resolution.iter() {
+            if exec
+                .allowed
+                .as_ref()
+                .is_some_and(|a| !a.contains(&secret.name))
+            {
+                continue;
+            }
+            let Delivery::Value(value) = &secret.delivery else {
+                continue;
+            };
+            if value.expose_secret().contains('\0') {
+                // A C guest would see a truncated value; get-secret still delivers it whole.
+                tracing::warn!(secret = %secret.secret_ref(), "not injected into the environment: value contains a NUL byte");
+                continue;
+            }
+            secret_env.push((secret.name.env_var(), value.clone()));
+            env_secrets.push(secret.secret_ref());
+        }
+        tracing::info!(
+            execution = %execution_id,
+            action = %exec.action,
+            kind = ?guest.kind(),
+            visible = resolution.len(),
+            injected = env_secrets.len(),
+            "execution starting"
+        );
+
+        let mut args = Vec::with_capacity(exec.args.len() + 1);
+        args.push(exec.program);
+        args.extend(exec.args);
+        let setup = GuestSetup {
+            args,
+            env,
+            secret_env,
+            dirs: exec.dirs,
+            stdin: exec.stdin,
+            stdout: exec.stdout,
+            stderr: exec.stderr,
+            limits: exec.limits,
+            secrets: SecretDoor::new(resolution, exec.allowed, exec.limits.secret_calls),
+        };
+        let exit = self.runtime.run(guest, setup).await?;
+        tracing::info!(
+            execution = %execution_id,
+            code = exit.code,
+            secret_calls = exit.secret_calls,
+            "execution finished"
+        );
+        Ok(Report {
+            execution_id,
+            exit,
+            env_secrets,
+        })
+    }
+}
+
+/// Checks a `--env` name: non-empty, no `=` or NUL, not in the reserved `SECRET_`/`ATTUNE_`
+/// namespaces.
+fn check_env_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        Some("the name is empty")
+    } else if name.contains('=') || name.contains('\0') {
+        Some("the name contains '=' or a NUL byte")
+    } else if name.to_ascii_uppercase().starts_with(ENV_PREFIX) {
+        Some("SECRET_* is reserved for injected secrets; store a secret instead")
+    } else if name.to_ascii_uppercase().starts_with(METADATA_PREFIX) {
+        Some("ATTUNE_* is reserved for execution metadata")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::Env {
+            name: name.to_owned(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Parses `HOST::GUEST` (wasmtime CLI syntax) or `HOST` (mounted at the same path).
+///
+/// # Errors
+/// A message when either side is empty.
+pub fn parse_dir(spec: &str) -> std::result::Result<DirMount, String> {
+    let (host, guest) = match spec.split_once("::") {
+        Some((h, g)) => (h, g),
+        None => (spec, spec),
+    };
+    if host.is_empty() || guest.is_empty() {
+        return Err(format!("expected HOST::GUEST or HOST, got {spec:?}"));
+    }
+    Ok(DirMount {
+        host: PathBuf::from(host),
+        guest: guest.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn reserved_env_names_are_refused() {
+        for bad in [
+            "SECRET_API_KEY",
+            "secret_x",
+            "ATTUNE_ACTION_REF",
+            "",
+            "A=B",
+            "N\0",
+        ] {
+            assert!(check_env_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_env_name("RUST_LOG").is_ok());
+    }
+
+    #[test]
+    fn dir_specs() {
+        let d = parse_dir("/tmp/x::/data").unwrap();
+        assert_eq!(d.guest, "/data");
+        assert_eq!(parse_dir("/tmp").unwrap().guest, "/tmp");
+        assert!(parse_dir("::/x").is_err());
+    }
+}

@@ -1,0 +1,586 @@
+//! The sandbox: one wasmtime [`Engine`] per process, and one [`Store`] per execution with its
+//! own WASI context, limits and secret door.
+//!
+//! Guests are either WASI preview 2 *command components* (export `wasi:cli/run`, may import
+//! `attune:action/secrets` from `wit/action.wit`) or WASI preview 1 *core modules* (export
+//! `_start`), detected from the binary's header. A guest gets exactly what [`GuestSetup`] lists:
+//! no host environment, no network, no filesystem unless a directory is mounted.
+
+mod state;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use secrecy::{ExposeSecret, SecretString};
+use wasmtime::component::{Component, HasSelf};
+use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, Trap};
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::{FsPerms, I32Exit, ResourceTable, WasiCtxBuilder};
+
+use self::state::{ComponentState, Limiter, ModuleState};
+pub use self::state::{Outcome, SecretDoor};
+
+pub(crate) mod bindings {
+    //! Host bindings for `wit/action.wit` (world `action`).
+    #![allow(missing_docs)]
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "action",
+    });
+}
+
+pub use bindings::attune::action::secrets::SecretError;
+
+/// Epoch tick used for deadlines.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Runtime failures. None carries a secret value.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file is not a WebAssembly binary.
+    #[error("{0} is not a WebAssembly binary (no \\0asm header)")]
+    NotWasm(String),
+    /// A WebAssembly binary of a version or layer this host does not run.
+    #[error("{0} is a WebAssembly binary of an unsupported version/layer")]
+    UnsupportedBinary(String),
+    /// Compilation or validation failed.
+    #[error("cannot compile {name}: {reason}")]
+    Compile {
+        /// Guest name.
+        name: String,
+        /// wasmtime's message.
+        reason: String,
+    },
+    /// The guest imports something this host does not provide, or lacks its entry point.
+    #[error("cannot link {name}: {reason}")]
+    Link {
+        /// Guest name.
+        name: String,
+        /// What is missing (wasmtime names the import).
+        reason: String,
+    },
+    /// A `--dir` mount could not be opened.
+    #[error("cannot mount directory {host}: {reason}")]
+    Dir {
+        /// Host path.
+        host: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The wall-clock deadline passed.
+    #[error("guest timed out after {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    /// The guest tried to grow its memory past the limit.
+    #[error("guest exceeded the memory limit of {0} bytes")]
+    MemoryLimit(usize),
+    /// The fuel budget ran out.
+    #[error("guest ran out of fuel ({0} units)")]
+    OutOfFuel(u64),
+    /// The guest trapped.
+    #[error("guest trapped: {0}")]
+    Trap(String),
+    /// An engine or host failure.
+    #[error("runtime failure: {0}")]
+    Host(String),
+}
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What kind of guest a binary is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestKind {
+    /// WASI preview 2 command component.
+    Component,
+    /// WASI preview 1 core module.
+    Module,
+}
+
+impl GuestKind {
+    /// Detects the kind from the binary header (magic `\0asm`, then version 1 for a core
+    /// module or version `0x0d` layer 1 for a component).
+    ///
+    /// # Errors
+    /// [`Error::NotWasm`] or [`Error::UnsupportedBinary`], naming `name`.
+    pub fn detect(name: &str, bytes: &[u8]) -> Result<Self> {
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(Error::NotWasm(name.to_owned()));
+        }
+        match bytes[4..8] {
+            [1, 0, 0, 0] => Ok(Self::Module),
+            [0x0d, 0, 1, 0] => Ok(Self::Component),
+            _ => Err(Error::UnsupportedBinary(name.to_owned())),
+        }
+    }
+}
+
+/// Resource limits of one execution.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Wall-clock deadline (default 30 s).
+    pub timeout: Duration,
+    /// Linear memory cap in bytes, all memories together (default 256 MiB).
+    pub max_memory: usize,
+    /// Fuel budget (roughly one unit per wasm instruction); `None` = unmetered. Needs a
+    /// runtime built with [`RuntimeConfig::fuel`].
+    pub fuel: Option<u64>,
+    /// Most `get-secret` calls per execution (default 10,000).
+    pub secret_calls: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+            max_memory: 256 * 1024 * 1024,
+            fuel: None,
+            secret_calls: 10_000,
+        }
+    }
+}
+
+/// Engine-wide settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RuntimeConfig {
+    /// Enable fuel metering (needed for [`Limits::fuel`]; costs some speed).
+    pub fuel: bool,
+}
+
+/// A directory mounted into the guest (`--dir HOST::GUEST`).
+#[derive(Debug, Clone)]
+pub struct DirMount {
+    /// Path on the host.
+    pub host: PathBuf,
+    /// Path the guest sees.
+    pub guest: String,
+}
+
+/// Where guest stdin comes from.
+pub enum Stdin {
+    /// Nothing (immediate end of file).
+    Empty,
+    /// These bytes.
+    Bytes(Bytes),
+    /// The host process's stdin (CLI use).
+    Inherit,
+}
+
+/// Where guest stdout/stderr go.
+#[derive(Debug, Clone, Copy)]
+pub enum Output {
+    /// The host process's stream (CLI use).
+    Inherit,
+    /// Captured in memory, up to this many bytes (past it, writes fail).
+    Capture(usize),
+}
+
+/// Everything one execution's guest gets.
+pub struct GuestSetup {
+    /// `argv`, including `argv[0]`.
+    pub args: Vec<String>,
+    /// Plain environment variables (metadata and `--env`).
+    pub env: Vec<(String, String)>,
+    /// Secret environment variables (the env door).
+    pub secret_env: Vec<(String, SecretString)>,
+    /// Directory mounts.
+    pub dirs: Vec<DirMount>,
+    /// Stdin source.
+    pub stdin: Stdin,
+    /// Stdout sink.
+    pub stdout: Output,
+    /// Stderr sink.
+    pub stderr: Output,
+    /// Limits.
+    pub limits: Limits,
+    /// The `get-secret` door.
+    pub secrets: SecretDoor,
+}
+
+/// How an execution ended.
+#[derive(Debug)]
+pub struct GuestExit {
+    /// Exit status: 0 for success, the guest's own code for `exit(n)`.
+    pub code: i32,
+    /// Captured stdout (with [`Output::Capture`]).
+    pub stdout: Option<Bytes>,
+    /// Captured stderr (with [`Output::Capture`]).
+    pub stderr: Option<Bytes>,
+    /// `get-secret` calls made.
+    pub secret_calls: u64,
+}
+
+/// A compiled and linked guest, ready to instantiate any number of times.
+#[derive(Clone)]
+pub struct Guest(Compiled);
+
+#[derive(Clone)]
+enum Compiled {
+    Component(CommandPre<ComponentState>),
+    Module(InstancePre<ModuleState>),
+}
+
+impl Guest {
+    /// Whether this is a component or a core module.
+    pub fn kind(&self) -> GuestKind {
+        match self.0 {
+            Compiled::Component(_) => GuestKind::Component,
+            Compiled::Module(_) => GuestKind::Module,
+        }
+    }
+}
+
+/// The wasmtime engine and linkers, shared by all executions of a process.
+pub struct Runtime {
+    engine: Engine,
+    components: wasmtime::component::Linker<ComponentState>,
+    modules: Linker<ModuleState>,
+    config: RuntimeConfig,
+    ticker: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// Builds the engine (epoch interruption on, fuel per `config`) and both linkers, and
+    /// starts the epoch ticker thread (10 ms).
+    ///
+    /// # Errors
+    /// [`Error::Host`] when wasmtime cannot be configured.
+    pub fn new(config: RuntimeConfig) -> Result<Self> {
+        let host = |e: wasmtime::Error| Error::Host(format!("{e:#}"));
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true);
+        wasm.consume_fuel(config.fuel);
+        wasm.wasm_component_model(true);
+        let engine = Engine::new(&wasm).map_err(host)?;
+
+        let mut components = wasmtime::component::Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut components).map_err(host)?;
+        bindings::attune::action::secrets::add_to_linker::<_, HasSelf<ComponentState>>(
+            &mut components,
+            |s| s,
+        )
+        .map_err(host)?;
+
+        let mut modules = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut modules, |s: &mut ModuleState| &mut s.wasi)
+            .map_err(host)?;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let ticker = {
+            let engine = engine.clone();
+            let stop = Arc::clone(&stop);
+            std::thread::Builder::new()
+                .name("attune-epoch".into())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(TICK);
+                        engine.increment_epoch();
+                    }
+                })
+                .map_err(|e| Error::Host(format!("cannot start epoch ticker: {e}")))?
+        };
+        Ok(Self {
+            engine,
+            components,
+            modules,
+            config,
+            ticker: Some(ticker),
+            stop,
+        })
+    }
+
+    /// The engine (for callers that precompile or cache).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Compiles and links `bytes` (named `name` in errors).
+    ///
+    /// # Errors
+    /// [`Error::NotWasm`], [`Error::UnsupportedBinary`], [`Error::Compile`], or
+    /// [`Error::Link`] when an import is not provided (wasmtime names it) or the entry point
+    /// (`wasi:cli/run` / `_start`) is missing.
+    pub fn compile(&self, name: &str, bytes: &[u8]) -> Result<Guest> {
+        let compile = |e: wasmtime::Error| Error::Compile {
+            name: name.to_owned(),
+            reason: format!("{e:#}"),
+        };
+        let link = |e: wasmtime::Error| Error::Link {
+            name: name.to_owned(),
+            reason: format!("{e:#}"),
+        };
+        match GuestKind::detect(name, bytes)? {
+            GuestKind::Component => {
+                let component = Component::new(&self.engine, bytes).map_err(compile)?;
+                let pre = self.components.instantiate_pre(&component).map_err(link)?;
+                let pre = CommandPre::new(pre).map_err(|e| Error::Link {
+                    name: name.to_owned(),
+                    reason: format!(
+                        "a component action must export wasi:cli/run (a WASI p2 command): {e:#}"
+                    ),
+                })?;
+                Ok(Guest(Compiled::Component(pre)))
+            }
+            GuestKind::Module => {
+                let module = Module::new(&self.engine, bytes).map_err(compile)?;
+                if module.get_export("_start").is_none() {
+                    return Err(Error::Link {
+                        name: name.to_owned(),
+                        reason: "a core module action must export _start (a WASI p1 command)"
+                            .into(),
+                    });
+                }
+                let pre = self.modules.instantiate_pre(&module).map_err(link)?;
+                Ok(Guest(Compiled::Module(pre)))
+            }
+        }
+    }
+
+    /// Runs `guest` once in a fresh store built from `setup`. The store, and with it every
+    /// plaintext of the execution, is dropped before this returns.
+    ///
+    /// # Errors
+    /// [`Error::Dir`], [`Error::Timeout`], [`Error::MemoryLimit`], [`Error::OutOfFuel`],
+    /// [`Error::Trap`], [`Error::Host`]. A guest's own non-zero exit is not an error.
+    pub async fn run(&self, guest: &Guest, setup: GuestSetup) -> Result<GuestExit> {
+        let limits = setup.limits;
+        let (builder, stdout, stderr) = wasi_builder(&setup)?;
+        let limiter = Limiter::new(limits.max_memory);
+        // Deadline: the epoch trap stops guests running wasm; the outer timeout also covers a
+        // guest blocked in a host call (e.g. reading stdin).
+        let run = async {
+            match &guest.0 {
+                Compiled::Component(pre) => {
+                    let mut builder = builder;
+                    let state = ComponentState {
+                        ctx: builder.build(),
+                        table: ResourceTable::new(),
+                        limiter,
+                        secrets: setup.secrets,
+                    };
+                    let mut store = Store::new(&self.engine, state);
+                    self.prepare(&mut store, limits, |s| &mut s.limiter)?;
+                    let result = async {
+                        let command = pre.instantiate_async(&mut store).await?;
+                        command.wasi_cli_run().call_run(&mut store).await
+                    }
+                    .await;
+                    let calls = store.data().secrets.calls();
+                    let code = match result {
+                        Ok(Ok(())) => Ok(0),
+                        Ok(Err(())) => Ok(1),
+                        Err(e) => classify(e, store.data().limiter.hit, limits),
+                    };
+                    Ok::<_, Error>((code?, calls))
+                }
+                Compiled::Module(pre) => {
+                    let mut builder = builder;
+                    let state = ModuleState {
+                        wasi: builder.build_p1(),
+                        limiter,
+                        _secrets: setup.secrets,
+                    };
+                    let mut store = Store::new(&self.engine, state);
+                    self.prepare(&mut store, limits, |s| &mut s.limiter)?;
+                    let result = async {
+                        let instance = pre.instantiate_async(&mut store).await?;
+                        let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+                        start.call_async(&mut store, ()).await
+                    }
+                    .await;
+                    let code = match result {
+                        Ok(()) => Ok(0),
+                        Err(e) => classify(e, store.data().limiter.hit, limits),
+                    };
+                    Ok((code?, 0))
+                }
+            }
+        };
+        let grace = limits.timeout + TICK * 10;
+        let (code, secret_calls) = tokio::time::timeout(grace, run)
+            .await
+            .map_err(|_| Error::Timeout(limits.timeout))??;
+        Ok(GuestExit {
+            code,
+            stdout: stdout.map(|p| p.contents()),
+            stderr: stderr.map(|p| p.contents()),
+            secret_calls,
+        })
+    }
+
+    fn prepare<T: 'static>(
+        &self,
+        store: &mut Store<T>,
+        limits: Limits,
+        limiter: fn(&mut T) -> &mut Limiter,
+    ) -> Result<()> {
+        store.limiter(move |s| limiter(s) as &mut dyn wasmtime::ResourceLimiter);
+        let ticks = (limits.timeout.as_millis() / TICK.as_millis()).max(1);
+        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX / 2));
+        store.epoch_deadline_trap();
+        if self.config.fuel {
+            store
+                .set_fuel(limits.fuel.unwrap_or(u64::MAX / 2))
+                .map_err(|e| Error::Host(format!("{e:#}")))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.ticker.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Builds the WASI context: explicit env (never inherited), args, stdio, mounts. Sockets stay
+/// denied (wasmtime-wasi's default).
+fn wasi_builder(
+    setup: &GuestSetup,
+) -> Result<(
+    WasiCtxBuilder,
+    Option<MemoryOutputPipe>,
+    Option<MemoryOutputPipe>,
+)> {
+    let mut b = WasiCtxBuilder::new();
+    b.args(&setup.args);
+    // WasiCtxBuilder::env does not deduplicate; the executor hands over unique names.
+    for (k, v) in &setup.env {
+        b.env(k, v);
+    }
+    for (k, v) in &setup.secret_env {
+        // The one place a plaintext leaves the host through the env door.
+        b.env(k, v.expose_secret());
+    }
+    match &setup.stdin {
+        Stdin::Empty => {}
+        Stdin::Bytes(bytes) => {
+            b.stdin(MemoryInputPipe::new(bytes.clone()));
+        }
+        Stdin::Inherit => {
+            b.inherit_stdin();
+        }
+    }
+    let stdout = match setup.stdout {
+        Output::Inherit => {
+            b.inherit_stdout();
+            None
+        }
+        Output::Capture(cap) => {
+            let pipe = MemoryOutputPipe::new(cap);
+            b.stdout(pipe.clone());
+            Some(pipe)
+        }
+    };
+    let stderr = match setup.stderr {
+        Output::Inherit => {
+            b.inherit_stderr();
+            None
+        }
+        Output::Capture(cap) => {
+            let pipe = MemoryOutputPipe::new(cap);
+            b.stderr(pipe.clone());
+            Some(pipe)
+        }
+    };
+    for dir in &setup.dirs {
+        b.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)
+            .map_err(|e| Error::Dir {
+                host: dir.host.clone(),
+                reason: format!("{e:#}"),
+            })?;
+    }
+    Ok((b, stdout, stderr))
+}
+
+/// Maps a wasmtime error at run time to an exit code or a typed error.
+fn classify(e: wasmtime::Error, memory_hit: bool, limits: Limits) -> Result<i32> {
+    if let Some(exit) = e.downcast_ref::<I32Exit>() {
+        return Ok(exit.0);
+    }
+    if memory_hit {
+        return Err(Error::MemoryLimit(limits.max_memory));
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Err(Error::Timeout(limits.timeout)),
+        Some(Trap::OutOfFuel) => Err(Error::OutOfFuel(limits.fuel.unwrap_or(0))),
+        Some(trap) => Err(Error::Trap(trap.to_string())),
+        None => {
+            let text = format!("{e:#}");
+            if text.contains("unknown import") || text.contains("matching implementation") {
+                Err(Error::Link {
+                    name: "guest".into(),
+                    reason: text,
+                })
+            } else {
+                Err(Error::Trap(
+                    text.lines().next().unwrap_or_default().to_owned(),
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn detects_kinds() {
+        let module = wat::parse_str("(module)").unwrap();
+        assert_eq!(GuestKind::detect("m", &module).unwrap(), GuestKind::Module);
+        let component = wat::parse_str("(component)").unwrap();
+        assert_eq!(
+            GuestKind::detect("c", &component).unwrap(),
+            GuestKind::Component
+        );
+        assert!(matches!(
+            GuestKind::detect("t", b"\0as"),
+            Err(Error::NotWasm(_))
+        ));
+        assert!(matches!(
+            GuestKind::detect("t", b"#!/bin/sh\n"),
+            Err(Error::NotWasm(_))
+        ));
+    }
+
+    #[test]
+    fn missing_imports_are_named_before_running() {
+        let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+        let wasm = wat::parse_str(
+            r#"(module (import "evil" "steal" (func)) (func (export "_start")) (memory (export "memory") 1))"#,
+        )
+        .unwrap();
+        let Err(err) = rt.compile("m.wasm", &wasm) else {
+            panic!("must not link")
+        };
+        let text = err.to_string();
+        assert!(text.contains("evil") && text.contains("steal"), "{text}");
+    }
+
+    #[test]
+    fn module_without_start_is_refused() {
+        let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+        let wasm = wat::parse_str("(module)").unwrap();
+        assert!(matches!(rt.compile("m", &wasm), Err(Error::Link { .. })));
+    }
+
+    #[test]
+    fn component_without_run_is_refused() {
+        let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+        let wasm = wat::parse_str("(component)").unwrap();
+        let Err(err) = rt.compile("c", &wasm) else {
+            panic!("must not link")
+        };
+        assert!(err.to_string().contains("wasi:cli/run"), "{err}");
+    }
+}

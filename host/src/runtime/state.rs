@@ -1,0 +1,163 @@
+//! Per-execution store state: WASI context, resource limiter and the `get-secret` door.
+
+use std::collections::BTreeSet;
+
+use secrecy::ExposeSecret;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::attune::action::secrets::{Host, SecretError};
+use crate::names::SecretName;
+use crate::resolve::{Delivery, Resolution};
+
+/// Host state of a component execution (WASI p2 + `attune:action/secrets`).
+pub(crate) struct ComponentState {
+    pub(crate) ctx: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: Limiter,
+    pub(crate) secrets: SecretDoor,
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Host state of a core-module execution (WASI p1; secrets come through the env door only).
+pub(crate) struct ModuleState {
+    pub(crate) wasi: WasiP1Ctx,
+    pub(crate) limiter: Limiter,
+    /// Held so that the plaintexts share the store's lifetime and are zeroized with it.
+    pub(crate) _secrets: SecretDoor,
+}
+
+/// Outcome of one `get-secret` call, kept for the host log (never with the value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The value was returned.
+    Delivered,
+    /// `not-found`.
+    NotFound,
+    /// `access-denied`.
+    AccessDenied,
+    /// `invalid-name`.
+    InvalidName,
+    /// `unavailable`.
+    Unavailable,
+}
+
+/// The `get-secret` door: the execution's resolved secrets, an optional allow-list and a
+/// call budget. Dropping it zeroizes every plaintext it holds.
+pub struct SecretDoor {
+    resolution: Resolution,
+    allowed: Option<BTreeSet<SecretName>>,
+    calls: u64,
+    budget: u64,
+}
+
+impl SecretDoor {
+    /// Builds the door over `resolution`. `allowed`, when set, is the only names the guest may
+    /// read (others visible answer `access-denied`); `budget` caps the number of calls per
+    /// execution (calls past it answer `access-denied`).
+    pub fn new(resolution: Resolution, allowed: Option<BTreeSet<SecretName>>, budget: u64) -> Self {
+        Self {
+            resolution,
+            allowed,
+            calls: 0,
+            budget,
+        }
+    }
+
+    /// Looks `name` up as the guest asked for it.
+    pub fn lookup(&mut self, name: &str) -> (Result<String, SecretError>, Outcome) {
+        self.calls = self.calls.saturating_add(1);
+        if self.calls > self.budget {
+            return (Err(SecretError::AccessDenied), Outcome::AccessDenied);
+        }
+        let Ok(name) = SecretName::new(name) else {
+            return (Err(SecretError::InvalidName), Outcome::InvalidName);
+        };
+        let Some(resolved) = self.resolution.get(&name) else {
+            return (Err(SecretError::NotFound), Outcome::NotFound);
+        };
+        if self.allowed.as_ref().is_some_and(|a| !a.contains(&name)) {
+            return (Err(SecretError::AccessDenied), Outcome::AccessDenied);
+        }
+        match &resolved.delivery {
+            // The one place a plaintext leaves the host through this door.
+            Delivery::Value(v) => (Ok(v.expose_secret().to_owned()), Outcome::Delivered),
+            Delivery::Unavailable(_) => (Err(SecretError::Unavailable), Outcome::Unavailable),
+        }
+    }
+
+    /// Number of `get-secret` calls so far.
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+}
+
+impl Host for ComponentState {
+    fn get_secret(&mut self, name: String) -> Result<String, SecretError> {
+        let (result, outcome) = self.secrets.lookup(&name);
+        // The name is guest-chosen: log it escaped and bounded; never the value.
+        let shown: String = name
+            .chars()
+            .take(128)
+            .flat_map(char::escape_default)
+            .collect();
+        tracing::debug!(name = %shown, ?outcome, "get-secret");
+        result
+    }
+}
+
+/// Caps the linear memory of one execution (all memories together) and remembers whether the
+/// cap was hit, so that the trap can be reported as a memory-limit error.
+pub(crate) struct Limiter {
+    max_memory: usize,
+    used: usize,
+    pub(crate) hit: bool,
+}
+
+impl Limiter {
+    pub(crate) fn new(max_memory: usize) -> Self {
+        Self {
+            max_memory,
+            used: 0,
+            hit: false,
+        }
+    }
+}
+
+/// Most table elements one table may have (each costs a pointer of host memory).
+const MAX_TABLE_ELEMENTS: usize = 1_000_000;
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let grown = self.used.saturating_add(desired.saturating_sub(current));
+        if grown > self.max_memory {
+            self.hit = true;
+            return Err(wasmtime::Error::msg("memory limit exceeded"));
+        }
+        self.used = grown;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}

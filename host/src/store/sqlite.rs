@@ -1,0 +1,208 @@
+//! SQLite backend (embedded default): one file, WAL journal, migrations from
+//! `host/migrations/sqlite`.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::Row;
+
+use super::{
+    now, redact_url, row_from_parts, Error, NewSecret, OpenMode, Result, SecretRow, Written,
+};
+use crate::names::{ActionRef, Owner, SecretName};
+
+const COLUMNS: &str =
+    "owner_type, owner, name, encrypted, encryption_key_hash, value, created, updated";
+
+#[derive(Clone)]
+pub(super) struct SqliteStore {
+    pool: SqlitePool,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    pub(super) async fn open(url: &str, mode: OpenMode) -> Result<Self> {
+        let open_err = |source| Error::Open {
+            url: redact_url(url),
+            source,
+        };
+        let options = SqliteConnectOptions::from_str(url).map_err(open_err)?;
+        let path = options.get_filename().to_path_buf();
+        let exists = path.exists();
+        if !exists {
+            match mode {
+                OpenMode::MustExist => {
+                    return Err(Error::Missing {
+                        url: redact_url(url),
+                    })
+                }
+                OpenMode::CreateIfMissing => {
+                    create_private_file(&path).map_err(|e| Error::Open {
+                        url: redact_url(url),
+                        source: sqlx::Error::Io(e),
+                    })?
+                }
+            }
+        }
+        let options = options
+            .create_if_missing(false)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(open_err)?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool, path })
+    }
+
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(super) async fn put(&self, s: &NewSecret) -> Result<Written> {
+        let ts = now();
+        // One statement, atomic under concurrent writers: the row either is inserted or its
+        // value columns are replaced. `created` survives an update.
+        let row = sqlx::query(
+            "INSERT INTO secrets (ref, owner_type, owner, owner_pack, name, encrypted, \
+                 encryption_key_hash, value, created, updated) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) \
+             ON CONFLICT (owner_type, owner, name) DO UPDATE SET \
+                 encrypted = excluded.encrypted, \
+                 encryption_key_hash = excluded.encryption_key_hash, \
+                 value = excluded.value, updated = excluded.updated \
+             RETURNING created = updated AS fresh",
+        )
+        .bind(s.owner.secret_ref(&s.name))
+        .bind(s.owner.owner_type().as_str())
+        .bind(s.owner.owner_ref())
+        .bind(owner_pack(&s.owner))
+        .bind(s.name.as_str())
+        .bind(s.encrypted)
+        .bind(s.key_hash.as_deref())
+        .bind(s.value.expose_secret())
+        .bind(&ts)
+        .fetch_one(&self.pool)
+        .await?;
+        let fresh: bool = row.try_get("fresh")?;
+        Ok(if fresh {
+            Written::Created
+        } else {
+            Written::Updated
+        })
+    }
+
+    pub(super) async fn get(&self, owner: &Owner, name: &SecretName) -> Result<Option<SecretRow>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM secrets WHERE owner_type = ?1 AND owner = ?2 AND name = ?3"
+        );
+        let row = sqlx::query(&sql)
+            .bind(owner.owner_type().as_str())
+            .bind(owner.owner_ref())
+            .bind(name.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| decode(&r)).transpose()
+    }
+
+    pub(super) async fn list(&self, owner: Option<&Owner>) -> Result<Vec<SecretRow>> {
+        let order = "ORDER BY CASE owner_type WHEN 'system' THEN 0 WHEN 'pack' THEN 1 ELSE 2 END, \
+                     owner, name";
+        let rows = match owner {
+            None => {
+                sqlx::query(&format!("SELECT {COLUMNS} FROM secrets {order}"))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Some(o) => {
+                sqlx::query(&format!(
+                    "SELECT {COLUMNS} FROM secrets WHERE owner_type = ?1 AND owner = ?2 {order}"
+                ))
+                .bind(o.owner_type().as_str())
+                .bind(o.owner_ref())
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(decode).collect()
+    }
+
+    pub(super) async fn delete(&self, owner: &Owner, name: &SecretName) -> Result<bool> {
+        let done =
+            sqlx::query("DELETE FROM secrets WHERE owner_type = ?1 AND owner = ?2 AND name = ?3")
+                .bind(owner.owner_type().as_str())
+                .bind(owner.owner_ref())
+                .bind(name.as_str())
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub(super) async fn visible_to(&self, action: &ActionRef) -> Result<Vec<SecretRow>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM secrets WHERE owner_type = 'system' \
+               OR (owner_type = 'pack' AND owner = ?1) \
+               OR (owner_type = 'action' AND owner = ?2)"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(action.pack().as_str())
+            .bind(action.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode).collect()
+    }
+}
+
+fn owner_pack(owner: &Owner) -> String {
+    match owner {
+        Owner::System => String::new(),
+        Owner::Pack(p) => p.to_string(),
+        Owner::Action(a) => a.pack().to_string(),
+    }
+}
+
+fn decode(r: &sqlx::sqlite::SqliteRow) -> Result<SecretRow> {
+    row_from_parts(
+        r.try_get("owner_type")?,
+        r.try_get("owner")?,
+        r.try_get("name")?,
+        r.try_get("encrypted")?,
+        r.try_get("encryption_key_hash")?,
+        r.try_get("value")?,
+        r.try_get("created")?,
+        r.try_get("updated")?,
+    )
+}
+
+/// Creates the database file (and its directory) readable by the owner only: the file holds
+/// ciphertext, and plaintext for `--plain` secrets.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::create_dir_all(dir)?;
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+            }
+        }
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}

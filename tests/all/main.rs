@@ -1,0 +1,13 @@
+//! End-to-end tests: the real `attune-wasm` binary running real guests built from `examples/`
+//! (wasm32-wasip1 and wasm32-wasip2) against an embedded SQLite store in a temporary directory.
+//! One binary, one module per area (wasmtime's `tests/all` layout).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod bad_inputs;
+mod leaks;
+mod resolution;
+mod sandbox;
+mod secrets_cli;
+mod support;
+mod vectors;

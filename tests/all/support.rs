@@ -1,0 +1,229 @@
+//! Shared test support: the real `attune-wasm` binary, real guests built from `examples/`, and a
+//! private data directory per test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use attune_wasm::store::{NewSecret, OpenMode, Store};
+use secrecy::SecretString;
+
+/// Password used by most tests (40 bytes).
+pub const KEY: &str = "integration-test-key-0123456789abcdefghij";
+/// Another valid password.
+pub const OTHER_KEY: &str = "a-completely-different-key-9876543210zyxw";
+
+/// Which build of a guest.
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    /// wasm32-wasip2: a component.
+    P2,
+    /// wasm32-wasip1: a core module.
+    P1,
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+/// Builds every example for both targets once per test process; returns the target dir.
+fn examples_built() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = workspace_root();
+        let target_dir = root.join("examples").join("target");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .current_dir(root.join("examples"))
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_BUILD_TARGET")
+            .env_remove("RUSTFLAGS")
+            .args([
+                "build",
+                "--release",
+                "--target",
+                "wasm32-wasip2",
+                "--target",
+                "wasm32-wasip1",
+            ])
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .output()
+            .expect("run cargo");
+        assert!(
+            out.status.success(),
+            "building examples failed (are the targets installed? run scripts/setup.sh):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        target_dir
+    })
+}
+
+/// Path of example `name` built for `target`.
+pub fn wasm(name: &str, target: Target) -> PathBuf {
+    let triple = match target {
+        Target::P2 => "wasm32-wasip2",
+        Target::P1 => "wasm32-wasip1",
+    };
+    examples_built()
+        .join(triple)
+        .join("release")
+        .join(format!("{name}.wasm"))
+}
+
+/// The secret-probe guest.
+pub fn probe(target: Target) -> PathBuf {
+    wasm("secret-probe", target)
+}
+
+/// One isolated host: its own data directory (embedded SQLite) and key.
+pub struct Host {
+    pub dir: tempfile::TempDir,
+    pub key: Option<String>,
+}
+
+impl Host {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+            key: Some(KEY.to_owned()),
+        }
+    }
+
+    pub fn without_key() -> Self {
+        Self {
+            key: None,
+            ..Self::new()
+        }
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("data").join("secrets.db")
+    }
+
+    /// `attune-wasm` with a clean environment: only this host's settings.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_attune-wasm"));
+        c.env_clear()
+            .env("ATTUNE__DATA_DIR", self.dir.path().join("data"))
+            .stdin(Stdio::null());
+        if let Some(key) = &self.key {
+            c.env("ATTUNE__SECURITY__ENCRYPTION_KEY", key);
+        }
+        c
+    }
+
+    /// `attune-wasm ARGS` with `stdin`, returning its output.
+    pub fn exec(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        run_cmd(self.cmd().args(args), stdin)
+    }
+
+    /// `secret set NAME VALUE OWNER...`, asserting success.
+    pub fn set(&self, name: &str, value: &str, owner: &[&str]) {
+        let mut args = vec!["secret", "set", name, value];
+        args.extend_from_slice(owner);
+        let out = self.exec(&args, None);
+        assert!(out.status.success(), "set {name}: {}", text(&out.stderr));
+    }
+
+    /// `run FILE --action ACTION -- ARGS`.
+    pub fn run(&self, file: &Path, action: &str, extra: &[&str], guest_args: &[&str]) -> Output {
+        let mut c = self.cmd();
+        c.arg("run")
+            .arg(file)
+            .args(["--action", action])
+            .args(extra);
+        if !guest_args.is_empty() {
+            c.arg("--").args(guest_args);
+        }
+        run_cmd(&mut c, None)
+    }
+
+    /// Runs the probe's `get NAMES...` and returns the parsed JSON object.
+    pub fn get(&self, target: Target, action: &str, names: &[&str]) -> serde_json::Value {
+        let mut args = vec!["get"];
+        args.extend_from_slice(names);
+        let out = self.run(&probe(target), action, &[], &args);
+        assert!(
+            out.status.success(),
+            "probe get failed: {}",
+            text(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("probe prints JSON")
+    }
+
+    /// Runs the probe's `env` and returns the guest environment.
+    pub fn env(&self, target: Target, action: &str) -> serde_json::Map<String, serde_json::Value> {
+        let out = self.run(&probe(target), action, &[], &["env"]);
+        assert!(
+            out.status.success(),
+            "probe env failed: {}",
+            text(&out.stderr)
+        );
+        match serde_json::from_slice(&out.stdout).expect("probe prints JSON") {
+            serde_json::Value::Object(m) => m,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    /// Opens this host's store through the library (for rows the CLI refuses to write).
+    pub async fn store(&self) -> Store {
+        let url = format!("sqlite://{}", self.db_path().display());
+        Store::open(&url, OpenMode::CreateIfMissing)
+            .await
+            .expect("open store")
+    }
+
+    /// Writes a raw row, bypassing CLI validation of the value.
+    pub async fn put_raw(
+        &self,
+        owner: attune_wasm::names::Owner,
+        name: &str,
+        encrypted: bool,
+        key_hash: Option<&str>,
+        value: &str,
+    ) {
+        self.store()
+            .await
+            .put(&NewSecret {
+                owner,
+                name: attune_wasm::names::SecretName::new(name).expect("valid name"),
+                encrypted,
+                key_hash: key_hash.map(str::to_owned),
+                value: SecretString::from(value),
+            })
+            .await
+            .expect("put raw row");
+    }
+}
+
+pub fn run_cmd(c: &mut Command, stdin: Option<&[u8]>) -> Output {
+    use std::io::Write;
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    if stdin.is_some() {
+        c.stdin(Stdio::piped());
+    }
+    let mut child = c.spawn().expect("spawn attune-wasm");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin pipe");
+        pipe.write_all(input).expect("write stdin");
+    }
+    child.wait_with_output().expect("wait")
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The value the probe reported for `name`, or its error name.
+pub fn value(report: &serde_json::Value, name: &str) -> Result<String, String> {
+    let entry = &report[name];
+    match (entry.get("value"), entry.get("error")) {
+        (Some(v), _) => Ok(v.as_str().expect("string").to_owned()),
+        (None, Some(e)) => Err(e.as_str().expect("string").to_owned()),
+        _ => panic!("no entry for {name} in {report}"),
+    }
+}
