@@ -235,35 +235,45 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Builds the typed row from stored columns.
-fn row_from_parts(
-    owner_type: &str,
-    owner: &str,
-    name: &str,
+/// A row as the database returns it, before its columns are parsed.
+struct RawRow {
+    owner_type: String,
+    owner: String,
+    name: String,
     encrypted: bool,
     key_hash: Option<String>,
     value: String,
     created: String,
     updated: String,
-) -> Result<SecretRow> {
-    let corrupt = |reason: String| Error::Corrupt {
-        secret_ref: format!("{owner_type}:{owner}:{}", name.escape_default()),
-        reason,
-    };
-    let owner_type = OwnerType::parse(owner_type)
-        .ok_or_else(|| corrupt(format!("unknown owner type {owner_type:?}")))?;
-    let owner =
-        Owner::from_parts(owner_type, owner).map_err(|e: NameError| corrupt(e.to_string()))?;
-    let name = SecretName::new(name).map_err(|e| corrupt(e.to_string()))?;
-    Ok(SecretRow {
-        owner,
-        name,
-        encrypted,
-        key_hash,
-        value: SecretString::from(value),
-        created,
-        updated,
-    })
+}
+
+impl RawRow {
+    /// Parses the stored columns into a typed row.
+    fn parse(self) -> Result<SecretRow> {
+        let corrupt = |reason: String| Error::Corrupt {
+            secret_ref: format!(
+                "{}:{}:{}",
+                self.owner_type,
+                self.owner,
+                self.name.escape_default()
+            ),
+            reason,
+        };
+        let owner_type = OwnerType::parse(&self.owner_type)
+            .ok_or_else(|| corrupt(format!("unknown owner type {:?}", self.owner_type)))?;
+        let owner = Owner::from_parts(owner_type, &self.owner)
+            .map_err(|e: NameError| corrupt(e.to_string()))?;
+        let name = SecretName::new(&self.name).map_err(|e| corrupt(e.to_string()))?;
+        Ok(SecretRow {
+            owner,
+            name,
+            encrypted: self.encrypted,
+            key_hash: self.key_hash,
+            value: SecretString::from(self.value),
+            created: self.created,
+            updated: self.updated,
+        })
+    }
 }
 
 fn now() -> String {

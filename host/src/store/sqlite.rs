@@ -9,9 +9,7 @@ use secrecy::ExposeSecret;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
 
-use super::{
-    now, redact_url, row_from_parts, Error, NewSecret, OpenMode, Result, SecretRow, Written,
-};
+use super::{now, redact_url, Error, NewSecret, OpenMode, RawRow, Result, SecretRow, Written};
 use crate::names::{ActionRef, Owner, SecretName};
 
 const COLUMNS: &str =
@@ -168,16 +166,17 @@ fn owner_pack(owner: &Owner) -> String {
 }
 
 fn decode(r: &sqlx::sqlite::SqliteRow) -> Result<SecretRow> {
-    row_from_parts(
-        r.try_get("owner_type")?,
-        r.try_get("owner")?,
-        r.try_get("name")?,
-        r.try_get("encrypted")?,
-        r.try_get("encryption_key_hash")?,
-        r.try_get("value")?,
-        r.try_get("created")?,
-        r.try_get("updated")?,
-    )
+    RawRow {
+        owner_type: r.try_get("owner_type")?,
+        owner: r.try_get("owner")?,
+        name: r.try_get("name")?,
+        encrypted: r.try_get("encrypted")?,
+        key_hash: r.try_get("encryption_key_hash")?,
+        value: r.try_get("value")?,
+        created: r.try_get("created")?,
+        updated: r.try_get("updated")?,
+    }
+    .parse()
 }
 
 /// Creates the database file (and its directory) readable by the owner only: the file holds
