@@ -266,8 +266,7 @@ fn require_key(settings: &Settings) -> anyhow::Result<EncryptionKey> {
 }
 
 async fn open_store(settings: &Settings, mode: OpenMode) -> anyhow::Result<Store> {
-    let url = settings.database_url()?;
-    Ok(Store::open(&url, mode).await?)
+    Ok(Store::open_with(&settings.store_options()?, mode).await?)
 }
 
 async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {

@@ -50,9 +50,14 @@ pub struct Settings {
 /// `database.*` settings.
 #[derive(Deserialize, Default, Debug, Clone)]
 pub struct Database {
-    /// Database URL (`database.url`, `ATTUNE__DATABASE__URL`): `sqlite:PATH` or
-    /// `sqlite://PATH`. Default: `sqlite://<data_dir>/secrets.db`.
+    /// Database URL (`database.url`, `ATTUNE__DATABASE__URL`): `sqlite:PATH`,
+    /// `sqlite://PATH` or `postgres://user@host:port/db`. Default:
+    /// `sqlite://<data_dir>/secrets.db`.
     pub url: Option<String>,
+    /// PostgreSQL schema of the tables (`database.schema`, default `attune`).
+    pub schema: Option<String>,
+    /// PostgreSQL connection pool size (`database.max_connections`, default 5).
+    pub max_connections: Option<u32>,
 }
 
 /// `security.*` settings.
@@ -116,6 +121,23 @@ impl Settings {
             "sqlite://{}",
             self.data_dir()?.join("secrets.db").display()
         ))
+    }
+}
+
+impl Settings {
+    /// Store options: [`Settings::database_url`], schema and pool size.
+    ///
+    /// # Errors
+    /// [`Error::NoDataDir`].
+    pub fn store_options(&self) -> Result<crate::store::StoreOptions> {
+        let mut options = crate::store::StoreOptions::new(self.database_url()?);
+        if let Some(schema) = &self.database.schema {
+            options.schema.clone_from(schema);
+        }
+        if let Some(n) = self.database.max_connections {
+            options.max_connections = n;
+        }
+        Ok(options)
     }
 }
 

@@ -166,6 +166,7 @@ fn n10_rows_under_another_key_give_a_key_hash_error_naming_both_hashes() {
     let reader = Host {
         key: Some(crate::support::KEY.into()),
         dir: writer.dir,
+        settings: Vec::new(),
     };
     let reader_hash = text(&reader.exec(&["key", "hash"], None).stdout)
         .trim()
@@ -266,6 +267,7 @@ fn encrypted_rows_without_a_configured_key_are_unavailable_with_a_hint() {
     let reader = Host {
         key: None,
         dir: writer.dir,
+        settings: Vec::new(),
     };
     let out = reader.run(&probe(Target::P2), ACTION, &[], &["get", "enc"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

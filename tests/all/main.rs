@@ -6,6 +6,7 @@
 
 mod bad_inputs;
 mod leaks;
+mod postgres;
 mod resolution;
 mod sandbox;
 mod secrets_cli;

@@ -83,6 +83,8 @@ pub fn probe(target: Target) -> PathBuf {
 pub struct Host {
     pub dir: tempfile::TempDir,
     pub key: Option<String>,
+    /// Extra settings (e.g. a PostgreSQL URL and schema).
+    pub settings: Vec<(String, String)>,
 }
 
 impl Host {
@@ -90,6 +92,47 @@ impl Host {
         Self {
             dir: tempfile::tempdir().expect("tempdir"),
             key: Some(KEY.to_owned()),
+            settings: Vec::new(),
+        }
+    }
+
+    /// A host on the test PostgreSQL (`ATTUNE_TEST_POSTGRES_URL`, default
+    /// `postgres://postgres@127.0.0.1:5432/test`) in a fresh schema, dropped by `drop_schema`.
+    /// `None` when `ATTUNE_TEST_POSTGRES=skip`.
+    pub fn postgres() -> Option<Self> {
+        if std::env::var("ATTUNE_TEST_POSTGRES").as_deref() == Ok("skip") {
+            return None;
+        }
+        let url = std::env::var("ATTUNE_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        let schema = format!("it_{}", uuid::Uuid::new_v4().simple());
+        Some(Self {
+            settings: vec![
+                ("ATTUNE__DATABASE__URL".into(), url),
+                ("ATTUNE__DATABASE__SCHEMA".into(), schema),
+            ],
+            ..Self::new()
+        })
+    }
+
+    /// Drops this host's PostgreSQL schema (if any).
+    pub async fn drop_schema(&self) {
+        let get = |k: &str| {
+            self.settings
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
+        if let (Some(url), Some(schema)) = (
+            get("ATTUNE__DATABASE__URL"),
+            get("ATTUNE__DATABASE__SCHEMA"),
+        ) {
+            use sqlx::Connection as _;
+            let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
+            sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                .execute(&mut c)
+                .await
+                .expect("drop schema");
         }
     }
 
@@ -109,7 +152,8 @@ impl Host {
         let mut c = Command::new(env!("CARGO_BIN_EXE_attune-wasm"));
         c.env_clear()
             .env("ATTUNE__DATA_DIR", self.dir.path().join("data"))
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            .envs(self.settings.iter().map(|(k, v)| (k, v)));
         if let Some(key) = &self.key {
             c.env("ATTUNE__SECURITY__ENCRYPTION_KEY", key);
         }

@@ -5,6 +5,7 @@
 //! key hash, value (ciphertext, or the value itself for `--plain` secrets), created/updated.
 //! The store never decrypts: it moves stored text only.
 
+mod postgres;
 mod sqlite;
 
 use std::fmt;
@@ -33,11 +34,14 @@ pub enum Error {
         url: String,
     },
     /// The URL scheme is not one this build supports.
-    #[error("unsupported database URL {url}: expected sqlite:PATH or sqlite://PATH")]
+    #[error("unsupported database URL {url}: expected sqlite:PATH, sqlite://PATH or postgres://…")]
     UnsupportedUrl {
         /// Database URL with any password replaced by `***`.
         url: String,
     },
+    /// The PostgreSQL schema name is not `[a-z_][a-z0-9_]*` (at most 63 bytes).
+    #[error("invalid database schema name \"{0}\": use [a-z_][a-z0-9_]*, at most 63 bytes")]
+    BadSchema(String),
     /// Applying migrations failed.
     #[error("migrating secret store failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -138,34 +142,84 @@ pub struct Store {
 #[derive(Clone)]
 enum Backend {
     Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
 }
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.backend {
             Backend::Sqlite(s) => f.debug_tuple("Store::Sqlite").field(&s.path()).finish(),
+            Backend::Postgres(s) => f.debug_tuple("Store::Postgres").field(&s.schema()).finish(),
         }
     }
+}
+
+/// Where and how to open the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `sqlite:PATH`, `sqlite://PATH`, or `postgres://user@host:port/db` (`postgresql://`).
+    pub url: String,
+    /// PostgreSQL schema holding the tables (default `attune`); ignored for SQLite.
+    pub schema: String,
+    /// Connection pool size (PostgreSQL; SQLite uses 4).
+    pub max_connections: u32,
+}
+
+impl StoreOptions {
+    /// Options for `url` with the default schema (`attune`) and pool size (5).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            schema: "attune".into(),
+            max_connections: 5,
+        }
+    }
+}
+
+/// Dispatches one call to the open backend.
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match &$self.backend {
+            Backend::Sqlite(s) => s.$method($($arg),*).await,
+            Backend::Postgres(s) => s.$method($($arg),*).await,
+        }
+    };
 }
 
 impl Store {
     /// Opens the store at `url` and applies pending migrations.
     ///
-    /// Accepted URLs: `sqlite:PATH`, `sqlite://PATH` (a relative or absolute file path).
+    /// Accepted URLs: `sqlite:PATH`, `sqlite://PATH` (a relative or absolute file path), and
+    /// `postgres://…` / `postgresql://…` with default schema and pool settings
+    /// (see [`Store::open_with`]).
     ///
     /// # Errors
-    /// [`Error::UnsupportedUrl`], [`Error::Missing`] (with [`OpenMode::MustExist`]),
+    /// [`Error::UnsupportedUrl`], [`Error::Missing`] (SQLite with [`OpenMode::MustExist`]),
     /// [`Error::Open`] or [`Error::Migrate`].
     pub async fn open(url: &str, mode: OpenMode) -> Result<Self> {
-        if url.starts_with("sqlite:") {
-            let store = sqlite::SqliteStore::open(url, mode).await?;
-            return Ok(Self {
-                backend: Backend::Sqlite(store),
+        Self::open_with(&StoreOptions::new(url), mode).await
+    }
+
+    /// Opens the store described by `options`, the backend chosen by the URL scheme, and
+    /// applies pending migrations. On PostgreSQL the schema is created if missing and every
+    /// connection uses it (`search_path`).
+    ///
+    /// # Errors
+    /// As [`Store::open`], plus [`Error::BadSchema`].
+    pub async fn open_with(options: &StoreOptions, mode: OpenMode) -> Result<Self> {
+        let url = options.url.as_str();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite(sqlite::SqliteStore::open(url, mode).await?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres(
+                postgres::PgStore::open(url, &options.schema, options.max_connections).await?,
+            )
+        } else {
+            return Err(Error::UnsupportedUrl {
+                url: redact_url(url),
             });
-        }
-        Err(Error::UnsupportedUrl {
-            url: redact_url(url),
-        })
+        };
+        Ok(Self { backend })
     }
 
     /// Inserts or replaces the secret (`owner`, `name`) atomically.
@@ -173,9 +227,7 @@ impl Store {
     /// # Errors
     /// [`Error::Query`].
     pub async fn put(&self, secret: &NewSecret) -> Result<Written> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.put(secret).await,
-        }
+        dispatch!(self.put(secret))
     }
 
     /// The secret (`owner`, `name`), if stored.
@@ -183,9 +235,7 @@ impl Store {
     /// # Errors
     /// [`Error::Query`], [`Error::Corrupt`].
     pub async fn get(&self, owner: &Owner, name: &SecretName) -> Result<Option<SecretRow>> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.get(owner, name).await,
-        }
+        dispatch!(self.get(owner, name))
     }
 
     /// All secrets of `owner` (all owners when `None`), ordered by owner type, owner, name.
@@ -193,9 +243,7 @@ impl Store {
     /// # Errors
     /// [`Error::Query`], [`Error::Corrupt`].
     pub async fn list(&self, owner: Option<&Owner>) -> Result<Vec<SecretRow>> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.list(owner).await,
-        }
+        dispatch!(self.list(owner))
     }
 
     /// Deletes the secret (`owner`, `name`); `true` when a row was removed.
@@ -203,9 +251,7 @@ impl Store {
     /// # Errors
     /// [`Error::Query`].
     pub async fn delete(&self, owner: &Owner, name: &SecretName) -> Result<bool> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.delete(owner, name).await,
-        }
+        dispatch!(self.delete(owner, name))
     }
 
     /// Every row `action` may see (system, its pack, itself) in one query: the input of
@@ -214,9 +260,7 @@ impl Store {
     /// # Errors
     /// [`Error::Query`], [`Error::Corrupt`].
     pub async fn visible_to(&self, action: &ActionRef) -> Result<Vec<SecretRow>> {
-        match &self.backend {
-            Backend::Sqlite(s) => s.visible_to(action).await,
-        }
+        dispatch!(self.visible_to(action))
     }
 }
 
@@ -276,23 +320,97 @@ impl RawRow {
     }
 }
 
+/// The pack of a pack- or action-owned secret, `""` for system: stored so that resolution is
+/// one indexed query.
+fn owner_pack(owner: &Owner) -> String {
+    match owner {
+        Owner::System => String::new(),
+        Owner::Pack(p) => p.to_string(),
+        Owner::Action(a) => a.pack().to_string(),
+    }
+}
+
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
+pub(crate) mod tests {
+    //! The store suite, run against SQLite always and against PostgreSQL
+    //! (`ATTUNE_TEST_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/test`; each test
+    //! in a schema of its own, dropped afterwards). `ATTUNE_TEST_POSTGRES=skip` skips it.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use secrecy::ExposeSecret;
 
     use crate::names::{ActionRef, PackRef};
 
-    async fn temp_store() -> (tempfile::TempDir, Store) {
+    /// A store and what keeps it alive (a temp dir or a schema to drop).
+    pub(crate) struct TestStore {
+        pub(crate) store: Store,
+        _dir: Option<tempfile::TempDir>,
+        schema: Option<(String, String)>,
+    }
+
+    impl Drop for TestStore {
+        fn drop(&mut self) {
+            if let Some((url, schema)) = self.schema.take() {
+                // Best effort, on a thread of its own: Drop cannot await.
+                let _ = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    rt.block_on(async {
+                        use sqlx::Connection as _;
+                        let mut c = sqlx::PgConnection::connect(&url).await?;
+                        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                            .execute(&mut c)
+                            .await?;
+                        Ok::<_, sqlx::Error>(())
+                    })
+                    .map_err(std::io::Error::other)
+                })
+                .join();
+            }
+        }
+    }
+
+    pub(crate) fn postgres_url() -> Option<String> {
+        if std::env::var("ATTUNE_TEST_POSTGRES").as_deref() == Ok("skip") {
+            return None;
+        }
+        Some(
+            std::env::var("ATTUNE_TEST_POSTGRES_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned()),
+        )
+    }
+
+    /// Every backend this machine has: SQLite always, PostgreSQL unless skipped.
+    pub(crate) async fn stores() -> Vec<TestStore> {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("s.db").display());
-        let store = Store::open(&url, OpenMode::CreateIfMissing).await.unwrap();
-        (dir, store)
+        let sqlite = Store::open(&url, OpenMode::CreateIfMissing).await.unwrap();
+        let mut all = vec![TestStore {
+            store: sqlite,
+            _dir: Some(dir),
+            schema: None,
+        }];
+        if let Some(url) = postgres_url() {
+            let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+            let mut options = StoreOptions::new(url.clone());
+            options.schema.clone_from(&schema);
+            let pg = Store::open_with(&options, OpenMode::CreateIfMissing)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("PostgreSQL test store: {e} (set ATTUNE_TEST_POSTGRES=skip to skip)")
+                });
+            all.push(TestStore {
+                store: pg,
+                _dir: None,
+                schema: Some((url, schema)),
+            });
+        }
+        all
     }
 
     fn secret(owner: Owner, name: &str, value: &str) -> NewSecret {
@@ -307,74 +425,135 @@ mod tests {
 
     #[tokio::test]
     async fn put_get_list_delete() {
-        let (_d, store) = temp_store().await;
-        let pack = Owner::Pack(PackRef::new("mypack").unwrap());
-        assert_eq!(
-            store.put(&secret(pack.clone(), "k", "v1")).await.unwrap(),
-            Written::Created
-        );
-        assert_eq!(
-            store.put(&secret(pack.clone(), "k", "v2")).await.unwrap(),
-            Written::Updated
-        );
-        let row = store
-            .get(&pack, &SecretName::new("k").unwrap())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(row.value.expose_secret(), "v2");
-        assert_eq!(row.secret_ref(), "mypack.k");
-        assert!(!format!("{row:?}").contains("v2"));
-        assert_eq!(store.list(None).await.unwrap().len(), 1);
-        assert_eq!(store.list(Some(&Owner::System)).await.unwrap().len(), 0);
-        assert!(store
-            .delete(&pack, &SecretName::new("k").unwrap())
-            .await
-            .unwrap());
-        assert!(!store
-            .delete(&pack, &SecretName::new("k").unwrap())
-            .await
-            .unwrap());
+        for t in stores().await {
+            let store = &t.store;
+            let pack = Owner::Pack(PackRef::new("mypack").unwrap());
+            assert_eq!(
+                store.put(&secret(pack.clone(), "k", "v1")).await.unwrap(),
+                Written::Created
+            );
+            assert_eq!(
+                store.put(&secret(pack.clone(), "k", "v2")).await.unwrap(),
+                Written::Updated
+            );
+            let row = store
+                .get(&pack, &SecretName::new("k").unwrap())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(row.value.expose_secret(), "v2", "{store:?}");
+            assert_eq!(row.secret_ref(), "mypack.k");
+            assert!(
+                row.created.ends_with('Z') && row.updated >= row.created,
+                "{}",
+                row.created
+            );
+            assert!(!format!("{row:?}").contains("v2"));
+            assert_eq!(store.list(None).await.unwrap().len(), 1);
+            assert_eq!(store.list(Some(&Owner::System)).await.unwrap().len(), 0);
+            assert!(store
+                .delete(&pack, &SecretName::new("k").unwrap())
+                .await
+                .unwrap());
+            assert!(!store
+                .delete(&pack, &SecretName::new("k").unwrap())
+                .await
+                .unwrap());
+        }
     }
 
     #[tokio::test]
     async fn visible_to_returns_only_the_three_levels() {
-        let (_d, store) = temp_store().await;
-        let action = ActionRef::new("p1.a").unwrap();
-        store.put(&secret(Owner::System, "s", "x")).await.unwrap();
-        store
-            .put(&secret(Owner::Pack(PackRef::new("p1").unwrap()), "p", "x"))
-            .await
-            .unwrap();
-        store
-            .put(&secret(
-                Owner::Pack(PackRef::new("p2").unwrap()),
-                "other",
-                "x",
-            ))
-            .await
-            .unwrap();
-        store
-            .put(&secret(Owner::Action(action.clone()), "a", "x"))
-            .await
-            .unwrap();
-        store
-            .put(&secret(
-                Owner::Action(ActionRef::new("p1.b").unwrap()),
-                "sibling",
-                "x",
-            ))
-            .await
-            .unwrap();
-        let mut names: Vec<_> = store
-            .visible_to(&action)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.name.to_string())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["a", "p", "s"]);
+        for t in stores().await {
+            let store = &t.store;
+            let action = ActionRef::new("p1.a").unwrap();
+            store.put(&secret(Owner::System, "s", "x")).await.unwrap();
+            store
+                .put(&secret(Owner::Pack(PackRef::new("p1").unwrap()), "p", "x"))
+                .await
+                .unwrap();
+            store
+                .put(&secret(
+                    Owner::Pack(PackRef::new("p2").unwrap()),
+                    "other",
+                    "x",
+                ))
+                .await
+                .unwrap();
+            store
+                .put(&secret(Owner::Action(action.clone()), "a", "x"))
+                .await
+                .unwrap();
+            let sibling = Owner::Action(ActionRef::new("p1.b").unwrap());
+            store.put(&secret(sibling, "sibling", "x")).await.unwrap();
+            let other_pack_action = Owner::Action(ActionRef::new("p2.a").unwrap());
+            store
+                .put(&secret(other_pack_action, "a2", "x"))
+                .await
+                .unwrap();
+            let mut names: Vec<_> = store
+                .visible_to(&action)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.name.to_string())
+                .collect();
+            names.sort();
+            assert_eq!(names, ["a", "p", "s"], "{store:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn same_name_at_each_level_is_three_rows_and_values_round_trip() {
+        for t in stores().await {
+            let store = &t.store;
+            let action = ActionRef::new("mypack.deploy").unwrap();
+            store
+                .put(&secret(Owner::System, "token", "1"))
+                .await
+                .unwrap();
+            store
+                .put(&secret(Owner::Pack(action.pack()), "token", "2"))
+                .await
+                .unwrap();
+            store
+                .put(&secret(Owner::Action(action.clone()), "token", ""))
+                .await
+                .unwrap();
+            let odd = "line1\nline2 pässwörd€ a=b=c '; DROP TABLE secrets; --";
+            store.put(&secret(Owner::System, "odd", odd)).await.unwrap();
+            let rows = store.visible_to(&action).await.unwrap();
+            assert_eq!(rows.len(), 4);
+            let got = store
+                .get(&Owner::System, &SecretName::new("odd").unwrap())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.value.expose_secret(), odd);
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_sets_of_one_name_leave_one_consistent_row() {
+        for t in stores().await {
+            let store = t.store.clone();
+            let tasks: Vec<_> = (0..16)
+                .map(|i| {
+                    let store = store.clone();
+                    tokio::spawn(async move {
+                        store
+                            .put(&secret(Owner::System, "race", &format!("value-{i}")))
+                            .await
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap().unwrap();
+            }
+            let rows = store.list(None).await.unwrap();
+            assert_eq!(rows.len(), 1);
+            assert!(rows[0].value.expose_secret().starts_with("value-"));
+        }
     }
 
     #[tokio::test]
@@ -386,6 +565,25 @@ mod tests {
             Err(Error::Missing { .. })
         ));
         assert!(!dir.path().join("none.db").exists());
+    }
+
+    #[tokio::test]
+    async fn bad_urls_and_schemas_are_refused() {
+        assert!(matches!(
+            Store::open("mysql://x/y", OpenMode::CreateIfMissing).await,
+            Err(Error::UnsupportedUrl { .. })
+        ));
+        let mut options = StoreOptions::new("postgres://u:pw@127.0.0.1:1/none");
+        options.schema = "Robert'); DROP".into();
+        let err = Store::open_with(&options, OpenMode::CreateIfMissing)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::BadSchema(_)), "{err}");
+        options.schema = "attune".into();
+        let err = Store::open_with(&options, OpenMode::CreateIfMissing)
+            .await
+            .unwrap_err();
+        assert!(!err.to_string().contains("pw"), "{err}");
     }
 
     #[test]

@@ -80,7 +80,7 @@ impl SqliteStore {
         .bind(s.owner.secret_ref(&s.name))
         .bind(s.owner.owner_type().as_str())
         .bind(s.owner.owner_ref())
-        .bind(owner_pack(&s.owner))
+        .bind(super::owner_pack(&s.owner))
         .bind(s.name.as_str())
         .bind(s.encrypted)
         .bind(s.key_hash.as_deref())
@@ -154,14 +154,6 @@ impl SqliteStore {
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(decode).collect()
-    }
-}
-
-fn owner_pack(owner: &Owner) -> String {
-    match owner {
-        Owner::System => String::new(),
-        Owner::Pack(p) => p.to_string(),
-        Owner::Action(a) => a.pack().to_string(),
     }
 }
 

@@ -1,0 +1,167 @@
+//! PostgreSQL backend (production): tables in a schema of their own (`database.schema`,
+//! default `attune`), migrations from `host/migrations/postgres`.
+
+use std::str::FromStr;
+
+use secrecy::ExposeSecret;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Executor as _, Row};
+
+use super::{redact_url, Error, NewSecret, RawRow, Result, SecretRow, Written};
+use crate::names::{ActionRef, Owner, SecretName};
+
+const COLUMNS: &str = "owner_type, owner, name, encrypted, encryption_key_hash, value, \
+     to_char(created AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS created, \
+     to_char(updated AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS updated";
+
+#[derive(Clone)]
+pub(super) struct PgStore {
+    pool: PgPool,
+    schema: String,
+}
+
+impl PgStore {
+    pub(super) async fn open(url: &str, schema: &str, max_connections: u32) -> Result<Self> {
+        let open_err = |source| Error::Open {
+            url: redact_url(url),
+            source,
+        };
+        if !valid_schema(schema) {
+            return Err(Error::BadSchema(schema.escape_default().to_string()));
+        }
+        let options = PgConnectOptions::from_str(url)
+            .map_err(open_err)?
+            .options([("search_path", schema)]);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(open_err)?;
+        // The schema name is checked above ([a-z_][a-z0-9_]*), so it can be spliced in.
+        pool.execute(format!("CREATE SCHEMA IF NOT EXISTS {schema}").as_str())
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(Self {
+            pool,
+            schema: schema.to_owned(),
+        })
+    }
+
+    pub(super) fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    pub(super) async fn put(&self, s: &NewSecret) -> Result<Written> {
+        // One statement, atomic under concurrent writers; `xmax = 0` is true for an insert.
+        let row = sqlx::query(
+            "INSERT INTO secrets (ref, owner_type, owner, owner_pack, name, encrypted, \
+                 encryption_key_hash, value) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (owner_type, owner, name) DO UPDATE SET \
+                 encrypted = excluded.encrypted, \
+                 encryption_key_hash = excluded.encryption_key_hash, \
+                 value = excluded.value, updated = now() \
+             RETURNING (xmax = 0) AS fresh",
+        )
+        .bind(s.owner.secret_ref(&s.name))
+        .bind(s.owner.owner_type().as_str())
+        .bind(s.owner.owner_ref())
+        .bind(super::owner_pack(&s.owner))
+        .bind(s.name.as_str())
+        .bind(s.encrypted)
+        .bind(s.key_hash.as_deref())
+        .bind(s.value.expose_secret())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(if row.try_get::<bool, _>("fresh")? {
+            Written::Created
+        } else {
+            Written::Updated
+        })
+    }
+
+    pub(super) async fn get(&self, owner: &Owner, name: &SecretName) -> Result<Option<SecretRow>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM secrets WHERE owner_type = $1 AND owner = $2 AND name = $3"
+        );
+        let row = sqlx::query(&sql)
+            .bind(owner.owner_type().as_str())
+            .bind(owner.owner_ref())
+            .bind(name.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| decode(&r)).transpose()
+    }
+
+    pub(super) async fn list(&self, owner: Option<&Owner>) -> Result<Vec<SecretRow>> {
+        let order = "ORDER BY CASE owner_type WHEN 'system' THEN 0 WHEN 'pack' THEN 1 ELSE 2 END, \
+                     owner, name";
+        let rows = match owner {
+            None => {
+                sqlx::query(&format!("SELECT {COLUMNS} FROM secrets {order}"))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Some(o) => {
+                sqlx::query(&format!(
+                    "SELECT {COLUMNS} FROM secrets WHERE owner_type = $1 AND owner = $2 {order}"
+                ))
+                .bind(o.owner_type().as_str())
+                .bind(o.owner_ref())
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(decode).collect()
+    }
+
+    pub(super) async fn delete(&self, owner: &Owner, name: &SecretName) -> Result<bool> {
+        let done =
+            sqlx::query("DELETE FROM secrets WHERE owner_type = $1 AND owner = $2 AND name = $3")
+                .bind(owner.owner_type().as_str())
+                .bind(owner.owner_ref())
+                .bind(name.as_str())
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub(super) async fn visible_to(&self, action: &ActionRef) -> Result<Vec<SecretRow>> {
+        let sql = format!(
+            "SELECT {COLUMNS} FROM secrets WHERE owner_type = 'system' \
+               OR (owner_type = 'pack' AND owner = $1) \
+               OR (owner_type = 'action' AND owner = $2)"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(action.pack().as_str())
+            .bind(action.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(decode).collect()
+    }
+}
+
+/// Schema names are limited to `[a-z_][a-z0-9_]{0,62}` so they never need quoting.
+fn valid_schema(schema: &str) -> bool {
+    let mut bytes = schema.bytes();
+    schema.len() <= 63
+        && bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn decode(r: &sqlx::postgres::PgRow) -> Result<SecretRow> {
+    RawRow {
+        owner_type: r.try_get("owner_type")?,
+        owner: r.try_get("owner")?,
+        name: r.try_get("name")?,
+        encrypted: r.try_get("encrypted")?,
+        key_hash: r.try_get("encryption_key_hash")?,
+        value: r.try_get("value")?,
+        created: r.try_get("created")?,
+        updated: r.try_get("updated")?,
+    }
+    .parse()
+}
