@@ -54,6 +54,15 @@ enum Command {
     /// Encryption key utilities.
     #[command(subcommand)]
     Key(KeyCmd),
+    /// Database maintenance.
+    #[command(subcommand)]
+    Db(DbCmd),
+}
+
+#[derive(Subcommand)]
+enum DbCmd {
+    /// Create the database if needed and apply pending migrations (also done on every start).
+    Migrate,
 }
 
 #[derive(Subcommand)]
@@ -85,6 +94,12 @@ enum SecretCmd {
     List {
         #[command(flatten)]
         owner: OwnerArgs,
+    },
+    /// Import Attune `attune.key` rows from JSON lines (`psql -Atc "SELECT row_to_json(k)
+    /// FROM attune.key k"`), keeping each ciphertext and key hash as is. All rows or none.
+    Import {
+        /// The JSON-lines file, or `-` for stdin.
+        file: PathBuf,
     },
     /// Delete a secret.
     Delete {
@@ -245,6 +260,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run(&settings, args).await,
+        Command::Db(DbCmd::Migrate) => {
+            let options = settings.store_options()?;
+            open_store(&settings, OpenMode::CreateIfMissing).await?;
+            println!("{} is up to date", crate::store::redact_url(&options.url));
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -381,6 +402,34 @@ async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                     row.updated
                 );
             }
+        }
+        SecretCmd::Import { file } => {
+            let input = if file.as_os_str() == "-" {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .context("reading stdin")?;
+                text
+            } else {
+                std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?
+            };
+            let plan = crate::import::plan(&input).context("import refused, nothing written")?;
+            for (line, secret_ref, owner_type) in &plan.skipped {
+                eprintln!("skipped line {line} (ref {secret_ref}): owner type {owner_type} is not run by this host");
+            }
+            let store = open_store(settings, OpenMode::CreateIfMissing).await?;
+            let written = store
+                .put_many(&plan.secrets)
+                .await
+                .context("import failed, nothing written")?;
+            let created = written.iter().filter(|w| **w == Written::Created).count();
+            println!(
+                "imported {} secrets ({created} created, {} updated), skipped {}",
+                written.len(),
+                written.len() - created,
+                plan.skipped.len()
+            );
         }
         SecretCmd::Delete { name, owner } => {
             let name = SecretName::new(&name)?;

@@ -214,6 +214,17 @@ impl fmt::Debug for EncryptionKey {
     }
 }
 
+/// Checks that `stored` is a well-formed ciphertext of either generation, without decrypting
+/// it (used by import, which keeps ciphertexts as they are).
+///
+/// # Errors
+/// [`Error::InvalidFormat`].
+pub fn check_format(stored: &str) -> Result<Generation> {
+    let generation = Generation::of(stored);
+    parse(stored, generation)?;
+    Ok(generation)
+}
+
 /// Splits and decodes a stored value into `(nonce, ciphertext||tag)`.
 fn parse(stored: &str, generation: Generation) -> Result<([u8; NONCE_BYTES], Vec<u8>)> {
     let decode = |part: &str, what: &'static str| {

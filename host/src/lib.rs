@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod executor;
+pub mod import;
 pub mod names;
 pub mod resolve;
 pub mod runtime;

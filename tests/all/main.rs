@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod bad_inputs;
+mod import;
 mod leaks;
 mod postgres;
 mod resolution;

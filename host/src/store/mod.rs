@@ -230,6 +230,14 @@ impl Store {
         dispatch!(self.put(secret))
     }
 
+    /// Inserts or replaces every secret in one transaction: all are written or none.
+    ///
+    /// # Errors
+    /// [`Error::Query`]; nothing is written then.
+    pub async fn put_many(&self, secrets: &[NewSecret]) -> Result<Vec<Written>> {
+        dispatch!(self.put_many(secrets))
+    }
+
     /// The secret (`owner`, `name`), if stored.
     ///
     /// # Errors

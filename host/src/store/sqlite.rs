@@ -64,11 +64,30 @@ impl SqliteStore {
     }
 
     pub(super) async fn put(&self, s: &NewSecret) -> Result<Written> {
-        let ts = now();
-        // One statement, atomic under concurrent writers: the row either is inserted or its
-        // value columns are replaced. `created` survives an update.
-        let row = sqlx::query(
-            "INSERT INTO secrets (ref, owner_type, owner, owner_pack, name, encrypted, \
+        put_on(&self.pool, s).await
+    }
+
+    /// Writes every secret in one transaction: all or nothing.
+    pub(super) async fn put_many(&self, secrets: &[NewSecret]) -> Result<Vec<Written>> {
+        let mut tx = self.pool.begin().await?;
+        let mut written = Vec::with_capacity(secrets.len());
+        for s in secrets {
+            written.push(put_on(&mut *tx, s).await?);
+        }
+        tx.commit().await?;
+        Ok(written)
+    }
+}
+
+async fn put_on<'c, E: sqlx::Executor<'c, Database = sqlx::Sqlite>>(
+    executor: E,
+    s: &NewSecret,
+) -> Result<Written> {
+    let ts = now();
+    // One statement, atomic under concurrent writers: the row either is inserted or its
+    // value columns are replaced. `created` survives an update.
+    let row = sqlx::query(
+        "INSERT INTO secrets (ref, owner_type, owner, owner_pack, name, encrypted, \
                  encryption_key_hash, value, created, updated) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9) \
              ON CONFLICT (owner_type, owner, name) DO UPDATE SET \
@@ -76,26 +95,27 @@ impl SqliteStore {
                  encryption_key_hash = excluded.encryption_key_hash, \
                  value = excluded.value, updated = excluded.updated \
              RETURNING created = updated AS fresh",
-        )
-        .bind(s.owner.secret_ref(&s.name))
-        .bind(s.owner.owner_type().as_str())
-        .bind(s.owner.owner_ref())
-        .bind(super::owner_pack(&s.owner))
-        .bind(s.name.as_str())
-        .bind(s.encrypted)
-        .bind(s.key_hash.as_deref())
-        .bind(s.value.expose_secret())
-        .bind(&ts)
-        .fetch_one(&self.pool)
-        .await?;
-        let fresh: bool = row.try_get("fresh")?;
-        Ok(if fresh {
-            Written::Created
-        } else {
-            Written::Updated
-        })
-    }
+    )
+    .bind(s.owner.secret_ref(&s.name))
+    .bind(s.owner.owner_type().as_str())
+    .bind(s.owner.owner_ref())
+    .bind(super::owner_pack(&s.owner))
+    .bind(s.name.as_str())
+    .bind(s.encrypted)
+    .bind(s.key_hash.as_deref())
+    .bind(s.value.expose_secret())
+    .bind(&ts)
+    .fetch_one(executor)
+    .await?;
+    let fresh: bool = row.try_get("fresh")?;
+    Ok(if fresh {
+        Written::Created
+    } else {
+        Written::Updated
+    })
+}
 
+impl SqliteStore {
     pub(super) async fn get(&self, owner: &Owner, name: &SecretName) -> Result<Option<SecretRow>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM secrets WHERE owner_type = ?1 AND owner = ?2 AND name = ?3"

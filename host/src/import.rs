@@ -1,0 +1,234 @@
+//! `secret import`: Attune `attune.key` rows as JSON lines (what `psql` exports with
+//! `SELECT row_to_json(k) FROM attune.key k`), stored with their ciphertext as is.
+//!
+//! Both ciphertext generations are accepted (see [`crate::crypto`]): the seed format
+//! `base64(nonce):base64(ciphertext||tag)` and the later blob format
+//! `base64(nonce||ciphertext||tag)`; the row's `encryption_key_hash` is kept with it. Rows of
+//! owner types this host does not run (`identity`, `sensor`, …) are reported and skipped. The
+//! whole file is validated before anything is written, and written in one transaction.
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::crypto;
+use crate::names::{ActionRef, Owner, PackRef, SecretName};
+use crate::store::NewSecret;
+
+/// Why an import was refused. Names the row (its `ref`, else its line), never its value.
+#[derive(Debug, thiserror::Error)]
+#[error("line {line} (ref {secret_ref}): {reason}")]
+pub struct Error {
+    /// 1-based line number in the input.
+    pub line: usize,
+    /// The row's `ref`, or `?` when it has none.
+    pub secret_ref: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// One Attune `attune.key` row. Unknown fields are ignored.
+#[derive(Deserialize)]
+struct KeyRow {
+    #[serde(rename = "ref")]
+    secret_ref: Option<String>,
+    owner_type: String,
+    owner: Option<serde_json::Value>,
+    owner_pack_ref: Option<String>,
+    owner_action_ref: Option<String>,
+    name: String,
+    encrypted: bool,
+    encryption_key_hash: Option<String>,
+    value: serde_json::Value,
+}
+
+/// A parsed import file.
+pub struct Plan {
+    /// Rows to write, in file order.
+    pub secrets: Vec<NewSecret>,
+    /// Skipped rows: `(line, ref, owner type)`.
+    pub skipped: Vec<(usize, String, String)>,
+}
+
+/// Parses and validates every line of `input` (blank lines are ignored).
+///
+/// # Errors
+/// The first bad row: malformed JSON, unknown shape, invalid name or owner ref, an encrypted
+/// value that is not a string in either ciphertext format, a duplicate (owner, name).
+pub fn plan(input: &str) -> Result<Plan, Error> {
+    let mut secrets: Vec<NewSecret> = Vec::new();
+    let mut skipped = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, text) in input.lines().enumerate() {
+        let line = i + 1;
+        if text.trim().is_empty() {
+            continue;
+        }
+        let fail = |secret_ref: &str, reason: String| Error {
+            line,
+            secret_ref: secret_ref.to_owned(),
+            reason,
+        };
+        let row: KeyRow = serde_json::from_str(text).map_err(|e| {
+            // serde_json's message names a position, never the content.
+            fail(
+                "?",
+                format!("not an attune.key JSON row: {}", e.classify_str()),
+            )
+        })?;
+        let secret_ref = row.secret_ref.clone().unwrap_or_else(|| row.name.clone());
+        let owner = match owner(&row) {
+            Ok(Some(owner)) => owner,
+            Ok(None) => {
+                skipped.push((line, secret_ref, row.owner_type.clone()));
+                continue;
+            }
+            Err(reason) => return Err(fail(&secret_ref, reason)),
+        };
+        let name = SecretName::new(&row.name).map_err(|e| fail(&secret_ref, e.to_string()))?;
+        if !seen.insert((owner.clone(), name.clone())) {
+            return Err(fail(
+                &secret_ref,
+                format!("duplicate of an earlier row ({owner}, {name})"),
+            ));
+        }
+        let value = match (row.encrypted, row.value) {
+            (true, serde_json::Value::String(stored)) => {
+                crypto::check_format(&stored).map_err(|e| fail(&secret_ref, e.to_string()))?;
+                stored
+            }
+            (true, _) => {
+                return Err(fail(
+                    &secret_ref,
+                    "an encrypted value must be a JSON string".into(),
+                ))
+            }
+            (false, serde_json::Value::String(plain)) => plain,
+            // Later Attune stores values as JSON; a non-string plain value is kept as JSON text.
+            (false, other) => other.to_string(),
+        };
+        secrets.push(NewSecret {
+            owner,
+            name,
+            encrypted: row.encrypted,
+            key_hash: if row.encrypted {
+                row.encryption_key_hash.filter(|h| !h.is_empty())
+            } else {
+                None
+            },
+            value: SecretString::from(value),
+        });
+    }
+    Ok(Plan { secrets, skipped })
+}
+
+trait ClassifyStr {
+    fn classify_str(&self) -> String;
+}
+
+impl ClassifyStr for serde_json::Error {
+    fn classify_str(&self) -> String {
+        format!("{:?} error at column {}", self.classify(), self.column())
+    }
+}
+
+/// Maps Attune's owner columns to an [`Owner`]; `Ok(None)` for owner types not run here.
+fn owner(row: &KeyRow) -> Result<Option<Owner>, String> {
+    let text = |v: &Option<serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    match row.owner_type.as_str() {
+        "system" => Ok(Some(Owner::System)),
+        "pack" => {
+            let pack = row
+                .owner_pack_ref
+                .clone()
+                .or_else(|| text(&row.owner))
+                .ok_or("pack row without owner_pack_ref")?;
+            Ok(Some(Owner::Pack(
+                PackRef::new(&pack).map_err(|e| e.to_string())?,
+            )))
+        }
+        "action" => {
+            let action = row
+                .owner_action_ref
+                .clone()
+                .or_else(|| text(&row.owner))
+                .ok_or("action row without owner_action_ref")?;
+            Ok(Some(Owner::Action(
+                ActionRef::new(&action).map_err(|e| e.to_string())?,
+            )))
+        }
+        _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const SEED: &str = "uM06l/Ea5lEHBQam:rOzrsGIg2b8EzNsSlNQRxSSFPxDKkNAkygyX+1ricOmIaM6n";
+
+    #[test]
+    fn rows_map_to_owners_and_skip_unknown_types() {
+        let input = format!(
+            "{}\n\n{}\n{}\n{}\n",
+            r#"{"ref":"core.token","owner_type":"system","owner":null,"name":"token","encrypted":false,"value":"abc"}"#,
+            format!(
+                r#"{{"ref":"mypack.api_key","owner_type":"pack","owner":"mypack","owner_pack_ref":"mypack","name":"api_key","encrypted":true,"encryption_key_hash":"ed67","value":"{SEED}"}}"#
+            ),
+            r#"{"ref":"u.x","owner_type":"identity","owner":"alice","name":"x","encrypted":false,"value":"v"}"#,
+            r#"{"ref":"p.a.n","owner_type":"action","owner_action_ref":"p.a","name":"n","encrypted":false,"value":{"k":1}}"#,
+        );
+        let plan = plan(&input).unwrap();
+        assert_eq!(plan.secrets.len(), 3);
+        assert_eq!(
+            plan.skipped,
+            vec![(4, "u.x".to_owned(), "identity".to_owned())]
+        );
+        assert_eq!(
+            plan.secrets[1].owner.secret_ref(&plan.secrets[1].name),
+            "mypack.api_key"
+        );
+        assert_eq!(plan.secrets[1].key_hash.as_deref(), Some("ed67"));
+        use secrecy::ExposeSecret;
+        assert_eq!(
+            plan.secrets[1].value.expose_secret(),
+            SEED,
+            "ciphertext kept as is"
+        );
+        assert_eq!(plan.secrets[2].value.expose_secret(), r#"{"k":1}"#);
+    }
+
+    #[test]
+    fn bad_rows_name_the_ref_and_never_the_value() {
+        for (row, why) in [
+            (
+                r#"{"ref":"p.bad","owner_type":"pack","owner_pack_ref":"p","name":"bad","encrypted":true,"value":"sekrit-value:::"}"#,
+                "invalid ciphertext format",
+            ),
+            (
+                r#"{"ref":"p.n","owner_type":"pack","owner_pack_ref":"p","name":"has space","encrypted":false,"value":"sekrit-value"}"#,
+                "invalid secret name",
+            ),
+            (
+                r#"{"ref":"p.n","owner_type":"action","owner_action_ref":"nodot","name":"n","encrypted":false,"value":"sekrit-value"}"#,
+                "invalid action ref",
+            ),
+            (
+                r#"{"ref":"p.n","owner_type":"pack","owner_pack_ref":"p","name":"n","encrypted":true,"value":42}"#,
+                "JSON string",
+            ),
+        ] {
+            let err = plan(row).unwrap_err().to_string();
+            assert!(err.contains(why) && err.contains("line 1"), "{err}");
+            assert!(!err.contains("sekrit"), "{err}");
+        }
+        let err = plan(r#"{"broken": "sekrit-value"#).unwrap_err().to_string();
+        assert!(!err.contains("sekrit"), "{err}");
+        let dup = r#"{"ref":"t","owner_type":"system","name":"t","encrypted":false,"value":"1"}"#;
+        let err = plan(&format!("{dup}\n{dup}")).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("duplicate"), "{err}");
+    }
+}
