@@ -115,6 +115,14 @@ enum KeyCmd {
     /// Print the configured key's hash (lowercase hex SHA-256 of the derived key), to compare
     /// with the key hash stored on each row.
     Hash,
+    /// Re-encrypt every encrypted secret under a new password (from ATTUNE_NEW_ENCRYPTION_KEY,
+    /// else stdin) in one transaction; run it again after an interruption. Then configure the
+    /// new password as security.encryption_key.
+    Rotate {
+        /// Report what would change without writing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Owner selection: none = system.
@@ -257,6 +265,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Key(KeyCmd::Hash) => {
             let key = require_key(&settings)?;
             println!("{}", key.key_hash());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Key(KeyCmd::Rotate { dry_run }) => {
+            rotate(&settings, dry_run).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run(&settings, args).await,
@@ -441,6 +453,46 @@ async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
             }
             println!("deleted secret {secret_ref} ({owner})");
         }
+    }
+    Ok(())
+}
+
+/// Environment variable holding the new password for `key rotate`.
+pub const NEW_KEY_ENV: &str = "ATTUNE_NEW_ENCRYPTION_KEY";
+
+async fn rotate(settings: &Settings, dry_run: bool) -> anyhow::Result<()> {
+    let old = require_key(settings)?;
+    let new_password = match std::env::var(NEW_KEY_ENV) {
+        Ok(v) => SecretString::from(v),
+        Err(_) => {
+            if std::io::stdin().is_terminal() {
+                eprintln!("reading the new encryption key from stdin (end with Ctrl-D)");
+            }
+            read_value(Some("-".into()), "new encryption key")?
+        }
+    };
+    let new = EncryptionKey::from_password(&new_password).context("new encryption key")?;
+    let store = open_store(settings, OpenMode::MustExist).await?;
+    let summary = crate::rotate::rotate(&store, &old, &new, dry_run).await?;
+    let verb = if dry_run {
+        "would re-encrypt"
+    } else {
+        "re-encrypted"
+    };
+    for secret_ref in &summary.rotated {
+        println!("{verb} {secret_ref}");
+    }
+    println!(
+        "{verb} {} secrets; {} already under the new key, {} plain left alone",
+        summary.rotated.len(),
+        summary.already_new.len(),
+        summary.plain
+    );
+    if !dry_run {
+        println!(
+            "new key hash {}: configure the new password as security.encryption_key",
+            new.key_hash()
+        );
     }
     Ok(())
 }

@@ -26,5 +26,6 @@ pub mod executor;
 pub mod import;
 pub mod names;
 pub mod resolve;
+pub mod rotate;
 pub mod runtime;
 pub mod store;

@@ -9,6 +9,7 @@ mod import;
 mod leaks;
 mod postgres;
 mod resolution;
+mod rotate;
 mod sandbox;
 mod secrets_cli;
 mod support;

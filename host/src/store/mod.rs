@@ -48,6 +48,14 @@ pub enum Error {
     /// A query failed.
     #[error("secret store query failed: {0}")]
     Query(#[from] sqlx::Error),
+    /// A row changed between reading and rewriting it (e.g. `secret set` during rotation).
+    #[error(
+        "secret {secret_ref} changed while it was being rewritten; nothing was changed, run again"
+    )]
+    Changed {
+        /// Ref of the row.
+        secret_ref: String,
+    },
     /// A stored row does not parse (hand-edited or foreign data).
     #[error("stored secret {secret_ref} is malformed: {reason}")]
     Corrupt {
@@ -73,6 +81,21 @@ pub struct NewSecret {
     pub key_hash: Option<String>,
     /// Ciphertext (seed format) or, for plain secrets, the value.
     pub value: SecretString,
+}
+
+/// A ciphertext replacement for key rotation: applied only if the row still holds
+/// `old_value`.
+pub struct Rotation {
+    /// Owner of the row.
+    pub owner: Owner,
+    /// Name of the row.
+    pub name: SecretName,
+    /// The stored text the new one was derived from.
+    pub old_value: SecretString,
+    /// The new stored text (seed-format ciphertext).
+    pub new_value: SecretString,
+    /// The new key hash.
+    pub new_key_hash: String,
 }
 
 /// One stored secret.
@@ -236,6 +259,15 @@ impl Store {
     /// [`Error::Query`]; nothing is written then.
     pub async fn put_many(&self, secrets: &[NewSecret]) -> Result<Vec<Written>> {
         dispatch!(self.put_many(secrets))
+    }
+
+    /// Applies `rotations` in one transaction, each as a compare-and-swap on the old value.
+    ///
+    /// # Errors
+    /// [`Error::Changed`] when a row no longer holds its old value; [`Error::Query`]. Nothing
+    /// is changed then.
+    pub async fn replace_values(&self, rotations: &[Rotation]) -> Result<()> {
+        dispatch!(self.replace_values(rotations))
     }
 
     /// The secret (`owner`, `name`), if stored.

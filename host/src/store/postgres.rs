@@ -7,7 +7,7 @@ use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Executor as _, Row};
 
-use super::{redact_url, Error, NewSecret, RawRow, Result, SecretRow, Written};
+use super::{redact_url, Error, NewSecret, RawRow, Result, Rotation, SecretRow, Written};
 use crate::names::{ActionRef, Owner, SecretName};
 
 const COLUMNS: &str = "owner_type, owner, name, encrypted, encryption_key_hash, value, \
@@ -101,6 +101,33 @@ async fn put_on<'c, E: sqlx::Executor<'c, Database = sqlx::Postgres>>(
 }
 
 impl PgStore {
+    /// Replaces ciphertexts in one transaction, each only if the row still holds the value it
+    /// was read with (compare-and-swap); any miss rolls everything back.
+    pub(super) async fn replace_values(&self, rotations: &[Rotation]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for r in rotations {
+            let done = sqlx::query(
+                "UPDATE secrets SET value = $1, encryption_key_hash = $2, updated = now() \
+                 WHERE owner_type = $3 AND owner = $4 AND name = $5 AND value = $6",
+            )
+            .bind(r.new_value.expose_secret())
+            .bind(&r.new_key_hash)
+            .bind(r.owner.owner_type().as_str())
+            .bind(r.owner.owner_ref())
+            .bind(r.name.as_str())
+            .bind(r.old_value.expose_secret())
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                return Err(Error::Changed {
+                    secret_ref: r.owner.secret_ref(&r.name),
+                });
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub(super) async fn get(&self, owner: &Owner, name: &SecretName) -> Result<Option<SecretRow>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM secrets WHERE owner_type = $1 AND owner = $2 AND name = $3"

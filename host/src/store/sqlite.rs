@@ -9,7 +9,9 @@ use secrecy::ExposeSecret;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
 
-use super::{now, redact_url, Error, NewSecret, OpenMode, RawRow, Result, SecretRow, Written};
+use super::{
+    now, redact_url, Error, NewSecret, OpenMode, RawRow, Result, Rotation, SecretRow, Written,
+};
 use crate::names::{ActionRef, Owner, SecretName};
 
 const COLUMNS: &str =
@@ -116,6 +118,35 @@ async fn put_on<'c, E: sqlx::Executor<'c, Database = sqlx::Sqlite>>(
 }
 
 impl SqliteStore {
+    /// Replaces ciphertexts in one transaction, each only if the row still holds the value it
+    /// was read with (compare-and-swap); any miss rolls everything back.
+    pub(super) async fn replace_values(&self, rotations: &[Rotation]) -> Result<()> {
+        let ts = now();
+        let mut tx = self.pool.begin().await?;
+        for r in rotations {
+            let done = sqlx::query(
+                "UPDATE secrets SET value = ?1, encryption_key_hash = ?2, updated = ?3 \
+                 WHERE owner_type = ?4 AND owner = ?5 AND name = ?6 AND value = ?7",
+            )
+            .bind(r.new_value.expose_secret())
+            .bind(&r.new_key_hash)
+            .bind(&ts)
+            .bind(r.owner.owner_type().as_str())
+            .bind(r.owner.owner_ref())
+            .bind(r.name.as_str())
+            .bind(r.old_value.expose_secret())
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                return Err(Error::Changed {
+                    secret_ref: r.owner.secret_ref(&r.name),
+                });
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub(super) async fn get(&self, owner: &Owner, name: &SecretName) -> Result<Option<SecretRow>> {
         let sql = format!(
             "SELECT {COLUMNS} FROM secrets WHERE owner_type = ?1 AND owner = ?2 AND name = ?3"

@@ -1,0 +1,97 @@
+//! `key rotate`: re-encrypt every encrypted row under a new password, in one transaction.
+//!
+//! Every row is decrypted with the old key and encrypted with the new one (fresh nonce, seed
+//! format, new key hash). Rows whose key hash already is the new key's are left alone, so a
+//! rotation that was interrupted (the transaction rolled back) or finished can simply be run
+//! again. A row that the old key cannot decrypt stops the rotation, naming it, before anything
+//! is written. At every moment each row holds a ciphertext with its matching key hash.
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::crypto::{self, EncryptionKey, Generation};
+use crate::store::{self, Rotation, Store};
+
+/// Rotation failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The new key is the old key.
+    #[error("the new encryption key is the same as the current one")]
+    SameKey,
+    /// A row cannot be decrypted with the old key; nothing was changed.
+    #[error("secret {secret_ref} cannot be decrypted with the current key ({source}); nothing was changed")]
+    Undecryptable {
+        /// Ref of the row.
+        secret_ref: String,
+        /// Why.
+        #[source]
+        source: crypto::Error,
+    },
+    /// The store failed; nothing was changed.
+    #[error(transparent)]
+    Store(#[from] store::Error),
+}
+
+/// What a rotation did (or, in a dry run, would do).
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Refs re-encrypted (or to be).
+    pub rotated: Vec<String>,
+    /// Refs already under the new key.
+    pub already_new: Vec<String>,
+    /// Number of plain (unencrypted) rows, left alone.
+    pub plain: usize,
+}
+
+/// Rotates every encrypted row of `store` from `old` to `new` (see the module docs).
+///
+/// # Errors
+/// [`Error::SameKey`], [`Error::Undecryptable`], [`Error::Store`] (including a row changed
+/// concurrently); nothing is written in any of these cases.
+pub async fn rotate(
+    store: &Store,
+    old: &EncryptionKey,
+    new: &EncryptionKey,
+    dry_run: bool,
+) -> Result<Summary, Error> {
+    if old.key_hash() == new.key_hash() {
+        return Err(Error::SameKey);
+    }
+    let mut summary = Summary::default();
+    let mut rotations = Vec::new();
+    for row in store.list(None).await? {
+        if !row.encrypted {
+            summary.plain += 1;
+            continue;
+        }
+        let stored = row.value.expose_secret();
+        let generation = Generation::of(stored);
+        let secret_ref = row.secret_ref();
+        if row.key_hash.as_deref() == Some(new.key_hash_for(generation)) {
+            summary.already_new.push(secret_ref);
+            continue;
+        }
+        let plain = match old.decrypt(stored, row.key_hash.as_deref()) {
+            Ok(plain) => plain,
+            // A row without a key hash that the new key opens was rotated already.
+            Err(_) if row.key_hash.is_none() && new.decrypt(stored, None).is_ok() => {
+                summary.already_new.push(secret_ref);
+                continue;
+            }
+            Err(source) => return Err(Error::Undecryptable { secret_ref, source }),
+        };
+        summary.rotated.push(secret_ref);
+        if !dry_run {
+            rotations.push(Rotation {
+                new_value: SecretString::from(new.encrypt(&plain)),
+                new_key_hash: new.key_hash().to_owned(),
+                old_value: row.value,
+                owner: row.owner,
+                name: row.name,
+            });
+        }
+    }
+    if !dry_run && !rotations.is_empty() {
+        store.replace_values(&rotations).await?;
+    }
+    Ok(summary)
+}

@@ -1,0 +1,262 @@
+//! `key rotate`: dry run, rotation, resume, refusal, interruption by SIGKILL, concurrent reads.
+
+use std::time::Duration;
+
+use attune_wasm::crypto::EncryptionKey;
+use attune_wasm::names::Owner;
+use attune_wasm::store::Store;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::support::{run_cmd, text, Host, KEY, OTHER_KEY};
+
+fn rotate_cmd(host: &Host, extra: &[&str]) -> std::process::Output {
+    let mut c = host.cmd();
+    c.env("ATTUNE_NEW_ENCRYPTION_KEY", OTHER_KEY)
+        .args(["key", "rotate"])
+        .args(extra);
+    run_cmd(&mut c, None)
+}
+
+fn reveal(host: &Host, key: &str, name: &str) -> Result<String, String> {
+    let mut c = host.cmd();
+    c.env("ATTUNE__SECURITY__ENCRYPTION_KEY", key)
+        .args(["secret", "get", name, "--reveal"]);
+    let out = run_cmd(&mut c, None);
+    if out.status.success() {
+        Ok(text(&out.stdout))
+    } else {
+        Err(text(&out.stderr))
+    }
+}
+
+fn rotation_round_trip(host: &Host) {
+    host.set("a", "value-a", &[]);
+    host.set("b", "value-b", &["--pack", "mypack"]);
+    host.set("c", "value-c", &["--action", "mypack.deploy"]);
+    host.set("p", "plain-p", &["--plain"]);
+
+    let out = rotate_cmd(host, &["--dry-run"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("would re-encrypt 3 secrets"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(
+        reveal(host, KEY, "a").as_deref(),
+        Ok("value-a"),
+        "dry run changed nothing"
+    );
+
+    let out = rotate_cmd(host, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("re-encrypted 3 secrets; 0 already under the new key, 1 plain"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("value-"), "{stdout}");
+    assert_eq!(reveal(host, OTHER_KEY, "a").as_deref(), Ok("value-a"));
+    assert_eq!(reveal(host, OTHER_KEY, "p").as_deref(), Ok("plain-p"));
+    assert!(reveal(host, KEY, "a")
+        .unwrap_err()
+        .contains("key hash mismatch"));
+
+    // Run again with the new key configured as both: refused; with old → new: nothing to do.
+    let out = rotate_cmd(host, &[]);
+    assert!(
+        text(&out.stdout).contains("re-encrypted 0 secrets; 3 already under the new key"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn rotation_dry_run_and_resume_on_sqlite() {
+    rotation_round_trip(&Host::new());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotation_dry_run_and_resume_on_postgres() {
+    let Some(host) = Host::postgres() else { return };
+    tokio::task::block_in_place(|| rotation_round_trip(&host));
+    host.drop_schema().await;
+}
+
+#[test]
+fn a_row_the_old_key_cannot_open_stops_the_rotation_naming_it() {
+    let host = Host::new();
+    host.set("ok", "fine", &[]);
+    let stranger = Host {
+        key: Some("a-third-password-that-nobody-configured".into()),
+        dir: host.dir,
+        settings: Vec::new(),
+    };
+    stranger.set("foreign", "x", &["--pack", "mypack"]);
+    let host = Host {
+        key: Some(KEY.into()),
+        dir: stranger.dir,
+        settings: Vec::new(),
+    };
+    let out = rotate_cmd(&host, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("mypack.foreign") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(
+        reveal(&host, KEY, "ok").as_deref(),
+        Ok("fine"),
+        "nothing was rotated"
+    );
+    let mut c = host.cmd();
+    c.env("ATTUNE_NEW_ENCRYPTION_KEY", KEY)
+        .args(["key", "rotate"]);
+    assert!(text(&run_cmd(&mut c, None).stderr).contains("same as the current one"));
+}
+
+/// Every encrypted row opens with exactly one of the two keys, the one its hash names.
+async fn assert_consistent(
+    store: &Store,
+    old: &EncryptionKey,
+    new: &EncryptionKey,
+) -> (usize, usize) {
+    let (mut under_old, mut under_new) = (0, 0);
+    for row in store.list(None).await.unwrap() {
+        let stored = row.value.expose_secret();
+        let by_old = old.decrypt(stored, row.key_hash.as_deref()).is_ok();
+        let by_new = new.decrypt(stored, row.key_hash.as_deref()).is_ok();
+        assert!(
+            by_old ^ by_new,
+            "{} opens with {} keys",
+            row.secret_ref(),
+            by_old as u8 + by_new as u8
+        );
+        if by_old {
+            under_old += 1
+        } else {
+            under_new += 1
+        }
+    }
+    (under_old, under_new)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotation_killed_midway_leaves_every_secret_readable_and_resumes() {
+    let host = Host::new();
+    let old = EncryptionKey::from_password(&SecretString::from(KEY)).unwrap();
+    let new = EncryptionKey::from_password(&SecretString::from(OTHER_KEY)).unwrap();
+    // 3,000 encrypted rows, written through import (ciphertext kept as is).
+    let lines: Vec<String> = (0..3000)
+        .map(|i| {
+            serde_json::json!({
+                "ref": format!("s{i}"), "owner_type": "system", "name": format!("s{i}"),
+                "encrypted": true, "encryption_key_hash": old.key_hash(),
+                "value": old.encrypt(&SecretString::from(format!("value-{i}"))),
+            })
+            .to_string()
+        })
+        .collect();
+    assert!(host
+        .exec(
+            &["secret", "import", "-"],
+            Some(lines.join("\n").as_bytes())
+        )
+        .status
+        .success());
+    let store = host.store().await;
+
+    for delay_ms in [1u64, 10, 50, 150, 400] {
+        let mut c = host.cmd();
+        c.env("ATTUNE_NEW_ENCRYPTION_KEY", OTHER_KEY)
+            .args(["key", "rotate"]);
+        c.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = c.spawn().unwrap();
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        let _ = child.kill(); // SIGKILL: no cleanup, no chance to finish the transaction
+        let _ = child.wait();
+        let (o, n) = assert_consistent(&store, &old, &new).await;
+        eprintln!("killed after {delay_ms} ms: {o} rows under the old key, {n} under the new");
+        assert!(
+            o == 3000 || n == 3000,
+            "one transaction: all or nothing, got {o} old / {n} new"
+        );
+        if n == 3000 {
+            break;
+        }
+    }
+    // Resume (or confirm) to completion.
+    let out = rotate_cmd(&host, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(assert_consistent(&store, &old, &new).await, (0, 3000));
+    let got = store
+        .get(
+            &Owner::System,
+            &attune_wasm::names::SecretName::new("s42").unwrap(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        new.decrypt(got.value.expose_secret(), got.key_hash.as_deref())
+            .unwrap()
+            .expose_secret(),
+        "value-42"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_during_rotation_see_matching_ciphertext_and_hash() {
+    let host = Host::new();
+    for i in 0..200 {
+        host.put_raw(Owner::System, &format!("r{i}"), true, None, "")
+            .await;
+    }
+    // Replace the placeholders with real ciphertexts under the old key.
+    let old = EncryptionKey::from_password(&SecretString::from(KEY)).unwrap();
+    let new = EncryptionKey::from_password(&SecretString::from(OTHER_KEY)).unwrap();
+    for i in 0..200 {
+        host.put_raw(
+            Owner::System,
+            &format!("r{i}"),
+            true,
+            Some(old.key_hash()),
+            &old.encrypt(&SecretString::from(format!("v{i}"))),
+        )
+        .await;
+    }
+    let store = host.store().await;
+    let reader = {
+        let store = store.clone();
+        let (old, new) = (
+            EncryptionKey::from_password(&SecretString::from(KEY)).unwrap(),
+            EncryptionKey::from_password(&SecretString::from(OTHER_KEY)).unwrap(),
+        );
+        tokio::spawn(async move {
+            let action = attune_wasm::names::ActionRef::new("p.a").unwrap();
+            for _ in 0..200 {
+                for row in store.visible_to(&action).await.unwrap() {
+                    let key = if row.key_hash.as_deref() == Some(old.key_hash()) {
+                        &old
+                    } else {
+                        &new
+                    };
+                    assert!(
+                        key.decrypt(row.value.expose_secret(), row.key_hash.as_deref())
+                            .is_ok(),
+                        "{} torn",
+                        row.secret_ref()
+                    );
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let summary = attune_wasm::rotate::rotate(&store, &old, &new, false)
+        .await
+        .unwrap();
+    assert_eq!(summary.rotated.len(), 200);
+    reader.await.unwrap();
+}
