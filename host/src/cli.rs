@@ -57,6 +57,25 @@ enum Command {
     /// Database maintenance.
     #[command(subcommand)]
     Db(DbCmd),
+    /// The audit trail of secret deliveries (never values).
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// List audit records, newest first.
+    List {
+        /// Only this action (`pack.action`).
+        #[arg(long, value_name = "P.A")]
+        action: Option<String>,
+        /// Only records since this long ago (`1h`, `30m`) or this RFC 3339 time.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<String>,
+        /// At most this many records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -191,6 +210,21 @@ fn parse_size(s: &str) -> Result<usize, String> {
     usize::try_from(size.as_u64()).map_err(|_| format!("{s:?} is too large"))
 }
 
+/// `1h`-style durations ago, or an RFC 3339 time; returned as RFC 3339 UTC with milliseconds
+/// (the stored format, so that it compares as text on SQLite).
+fn parse_since(s: &str) -> Result<String, String> {
+    let at = match humantime::parse_duration(s) {
+        Ok(ago) => chrono::Duration::from_std(ago)
+            .ok()
+            .and_then(|ago| chrono::Utc::now().checked_sub_signed(ago))
+            .ok_or_else(|| format!("{s:?} is too long ago"))?,
+        Err(_) => chrono::DateTime::parse_from_rfc3339(s)
+            .map_err(|_| format!("expected a duration like 1h or an RFC 3339 time, got {s:?}"))?
+            .with_timezone(&chrono::Utc),
+    };
+    Ok(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
 fn parse_secret_name(s: &str) -> Result<SecretName, String> {
     SecretName::new(s).map_err(|e| e.to_string())
 }
@@ -272,6 +306,38 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run(&settings, args).await,
+        Command::Audit(AuditCmd::List {
+            action,
+            since,
+            limit,
+        }) => {
+            let action_ref = action.map(|a| ActionRef::new(&a)).transpose()?;
+            let store = open_store(&settings, OpenMode::MustExist).await?;
+            let records = store
+                .list_audit(&crate::audit::Filter {
+                    action_ref: action_ref.map(|a| a.to_string()),
+                    since,
+                    limit,
+                })
+                .await?;
+            println!(
+                "{:<24} {:<36} {:<24} {:<32} {:<10} {:<13} COUNT",
+                "TIME", "EXECUTION", "ACTION", "SECRET", "DOOR", "OUTCOME"
+            );
+            for r in records {
+                println!(
+                    "{:<24} {:<36} {:<24} {:<32} {:<10} {:<13} {}",
+                    r.at,
+                    r.execution_id,
+                    r.action_ref,
+                    r.secret_ref,
+                    r.door.as_str(),
+                    r.outcome.as_str(),
+                    r.count
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Db(DbCmd::Migrate) => {
             let options = settings.store_options()?;
             open_store(&settings, OpenMode::CreateIfMissing).await?;

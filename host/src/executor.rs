@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::audit;
 use crate::crypto::EncryptionKey;
 use crate::names::{ActionRef, SecretName, ENV_PREFIX};
 use crate::resolve::{self, Delivery, Resolution};
@@ -193,6 +194,14 @@ impl Executor {
         }
 
         let resolution = self.resolve(&exec.action).await?;
+        let log = audit::Log::default();
+        for (secret, _) in resolution.unavailable() {
+            log.note(
+                &secret.secret_ref(),
+                audit::Door::Env,
+                audit::Outcome::Unavailable,
+            );
+        }
         let mut secret_env: Vec<(String, SecretString)> = Vec::new();
         let mut env_secrets = Vec::new();
         for secret in resolution.iter() {
@@ -212,6 +221,11 @@ impl Executor {
                 continue;
             }
             secret_env.push((secret.name.env_var(), value.clone()));
+            log.note(
+                &secret.secret_ref(),
+                audit::Door::Env,
+                audit::Outcome::Delivered,
+            );
             env_secrets.push(secret.secret_ref());
         }
         tracing::info!(
@@ -235,9 +249,19 @@ impl Executor {
             stdout: exec.stdout,
             stderr: exec.stderr,
             limits: exec.limits,
-            secrets: SecretDoor::new(resolution, exec.allowed, exec.limits.secret_calls),
+            secrets: SecretDoor::new(
+                resolution,
+                exec.allowed,
+                exec.limits.secret_calls,
+                log.clone(),
+            ),
         };
-        let exit = self.runtime.run(guest, setup).await?;
+        let started = now();
+        let exit = self.runtime.run(guest, setup).await;
+        // The audit is written once, after the guest, whatever its outcome.
+        self.write_audit(log.records(&started, &execution_id, exec.action.as_str()))
+            .await;
+        let exit = exit?;
         tracing::info!(
             execution = %execution_id,
             code = exit.code,
@@ -249,6 +273,23 @@ impl Executor {
             exit,
             env_secrets,
         })
+    }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Executor {
+    async fn write_audit(&self, records: Vec<audit::Record>) {
+        if records.is_empty() {
+            return;
+        }
+        if let SecretSource::Store(store) = &self.source {
+            if let Err(e) = store.record_audit(&records).await {
+                tracing::warn!("audit records not written: {e}");
+            }
+        }
     }
 }
 

@@ -19,6 +19,7 @@
 
 #![deny(missing_docs)]
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -154,6 +154,15 @@ impl Resolution {
         self.secrets.values()
     }
 
+    /// `true` when `text` equals the value of a resolved secret (used to keep values out of
+    /// the audit trail when a guest passes one as a name).
+    pub fn has_value(&self, text: &str) -> bool {
+        self.secrets.values().any(|r| match &r.delivery {
+            Delivery::Value(v) => v.expose_secret() == text,
+            Delivery::Unavailable(_) => false,
+        })
+    }
+
     /// Number of visible names.
     pub fn len(&self) -> usize {
         self.secrets.len()

@@ -22,8 +22,8 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, ResourceTable, WasiCtxBuilder};
 
+pub use self::state::SecretDoor;
 use self::state::{ComponentState, Limiter, ModuleState};
-pub use self::state::{Outcome, SecretDoor};
 
 pub(crate) mod bindings {
     //! Host bindings for `wit/action.wit` (world `action`).

@@ -8,6 +8,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::attune::action::secrets::{Host, SecretError};
+use crate::audit::{Door, Log, Outcome, UNRECORDED};
 use crate::names::SecretName;
 use crate::resolve::{Delivery, Resolution};
 
@@ -36,21 +37,6 @@ pub(crate) struct ModuleState {
     pub(crate) _secrets: SecretDoor,
 }
 
-/// Outcome of one `get-secret` call, kept for the host log (never with the value).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The value was returned.
-    Delivered,
-    /// `not-found`.
-    NotFound,
-    /// `access-denied`.
-    AccessDenied,
-    /// `invalid-name`.
-    InvalidName,
-    /// `unavailable`.
-    Unavailable,
-}
-
 /// The `get-secret` door: the execution's resolved secrets, an optional allow-list and a
 /// call budget. Dropping it zeroizes every plaintext it holds.
 pub struct SecretDoor {
@@ -58,40 +44,82 @@ pub struct SecretDoor {
     allowed: Option<BTreeSet<SecretName>>,
     calls: u64,
     budget: u64,
+    log: Log,
 }
 
 impl SecretDoor {
     /// Builds the door over `resolution`. `allowed`, when set, is the only names the guest may
     /// read (others visible answer `access-denied`); `budget` caps the number of calls per
-    /// execution (calls past it answer `access-denied`).
-    pub fn new(resolution: Resolution, allowed: Option<BTreeSet<SecretName>>, budget: u64) -> Self {
+    /// execution (calls past it answer `access-denied`). Every call is counted in `log`.
+    pub fn new(
+        resolution: Resolution,
+        allowed: Option<BTreeSet<SecretName>>,
+        budget: u64,
+        log: Log,
+    ) -> Self {
         Self {
             resolution,
             allowed,
             calls: 0,
             budget,
+            log,
         }
     }
 
-    /// Looks `name` up as the guest asked for it.
+    /// Looks `name` up as the guest asked for it, and counts the request in the audit log.
     pub fn lookup(&mut self, name: &str) -> (Result<String, SecretError>, Outcome) {
+        let (result, outcome, recorded) = self.answer(name);
+        self.log.note(&recorded, Door::GetSecret, outcome);
+        (result, outcome)
+    }
+
+    /// The answer, its outcome, and what to record: the resolved ref, the requested (valid)
+    /// name, or [`UNRECORDED`] when the name is invalid or equals a value of this execution,
+    /// so that a guest cannot write a secret into the audit table.
+    fn answer(&mut self, name: &str) -> (Result<String, SecretError>, Outcome, String) {
         self.calls = self.calls.saturating_add(1);
-        if self.calls > self.budget {
-            return (Err(SecretError::AccessDenied), Outcome::AccessDenied);
-        }
         let Ok(name) = SecretName::new(name) else {
-            return (Err(SecretError::InvalidName), Outcome::InvalidName);
+            return (
+                Err(SecretError::InvalidName),
+                Outcome::InvalidName,
+                UNRECORDED.to_owned(),
+            );
         };
-        let Some(resolved) = self.resolution.get(&name) else {
-            return (Err(SecretError::NotFound), Outcome::NotFound);
+        let resolved = self.resolution.get(&name);
+        let recorded = match resolved {
+            Some(r) => r.secret_ref(),
+            None if self.resolution.has_value(name.as_str()) => UNRECORDED.to_owned(),
+            None => name.to_string(),
+        };
+        if self.calls > self.budget {
+            return (
+                Err(SecretError::AccessDenied),
+                Outcome::AccessDenied,
+                recorded,
+            );
+        }
+        let Some(resolved) = resolved else {
+            return (Err(SecretError::NotFound), Outcome::NotFound, recorded);
         };
         if self.allowed.as_ref().is_some_and(|a| !a.contains(&name)) {
-            return (Err(SecretError::AccessDenied), Outcome::AccessDenied);
+            return (
+                Err(SecretError::AccessDenied),
+                Outcome::AccessDenied,
+                recorded,
+            );
         }
         match &resolved.delivery {
             // The one place a plaintext leaves the host through this door.
-            Delivery::Value(v) => (Ok(v.expose_secret().to_owned()), Outcome::Delivered),
-            Delivery::Unavailable(_) => (Err(SecretError::Unavailable), Outcome::Unavailable),
+            Delivery::Value(v) => (
+                Ok(v.expose_secret().to_owned()),
+                Outcome::Delivered,
+                recorded,
+            ),
+            Delivery::Unavailable(_) => (
+                Err(SecretError::Unavailable),
+                Outcome::Unavailable,
+                recorded,
+            ),
         }
     }
 

@@ -270,6 +270,25 @@ impl Store {
         dispatch!(self.replace_values(rotations))
     }
 
+    /// Writes one execution's audit records in one transaction.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub async fn record_audit(&self, records: &[crate::audit::Record]) -> Result<()> {
+        dispatch!(self.record_audit(records))
+    }
+
+    /// Audit records matching `filter`, newest first.
+    ///
+    /// # Errors
+    /// [`Error::Query`], [`Error::Corrupt`].
+    pub async fn list_audit(
+        &self,
+        filter: &crate::audit::Filter,
+    ) -> Result<Vec<crate::audit::Record>> {
+        dispatch!(self.list_audit(filter))
+    }
+
     /// The secret (`owner`, `name`), if stored.
     ///
     /// # Errors
@@ -356,6 +375,49 @@ impl RawRow {
             value: SecretString::from(self.value),
             created: self.created,
             updated: self.updated,
+        })
+    }
+}
+
+/// An audit row as the database returns it.
+struct RawAudit {
+    at: String,
+    execution_id: String,
+    action_ref: String,
+    secret_ref: String,
+    door: String,
+    outcome: String,
+    count: i64,
+}
+
+impl RawAudit {
+    fn parse(self) -> Result<crate::audit::Record> {
+        use crate::audit::{Door, Outcome};
+        let corrupt = |reason: String| Error::Corrupt {
+            secret_ref: self.secret_ref.clone(),
+            reason,
+        };
+        let door = match self.door.as_str() {
+            "env" => Door::Env,
+            "get-secret" => Door::GetSecret,
+            other => return Err(corrupt(format!("unknown audit door {other:?}"))),
+        };
+        let outcome = match self.outcome.as_str() {
+            "delivered" => Outcome::Delivered,
+            "not-found" => Outcome::NotFound,
+            "access-denied" => Outcome::AccessDenied,
+            "invalid-name" => Outcome::InvalidName,
+            "unavailable" => Outcome::Unavailable,
+            other => return Err(corrupt(format!("unknown audit outcome {other:?}"))),
+        };
+        Ok(crate::audit::Record {
+            at: self.at,
+            execution_id: self.execution_id,
+            action_ref: self.action_ref,
+            secret_ref: self.secret_ref,
+            door,
+            outcome,
+            count: u64::try_from(self.count).unwrap_or(0),
         })
     }
 }

@@ -12,6 +12,7 @@ use sqlx::Row;
 use super::{
     now, redact_url, Error, NewSecret, OpenMode, RawRow, Result, Rotation, SecretRow, Written,
 };
+use crate::audit;
 use crate::names::{ActionRef, Owner, SecretName};
 
 const COLUMNS: &str =
@@ -145,6 +146,57 @@ impl SqliteStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Writes an execution's audit records in one transaction.
+    pub(super) async fn record_audit(&self, records: &[audit::Record]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for r in records {
+            sqlx::query(
+                "INSERT INTO audit (at, execution_id, action_ref, secret_ref, door, outcome, count) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .bind(&r.at)
+            .bind(&r.execution_id)
+            .bind(&r.action_ref)
+            .bind(&r.secret_ref)
+            .bind(r.door.as_str())
+            .bind(r.outcome.as_str())
+            .bind(i64::try_from(r.count).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Audit records matching `filter`, newest first.
+    pub(super) async fn list_audit(&self, filter: &audit::Filter) -> Result<Vec<audit::Record>> {
+        let sql = String::from(
+            "SELECT at, execution_id, action_ref, secret_ref, door, outcome, count FROM audit \
+             WHERE (?1 IS NULL OR action_ref = ?1) AND (?2 IS NULL OR at >= ?2) \
+             ORDER BY at DESC, id DESC LIMIT ?3",
+        );
+        let rows = sqlx::query(&sql)
+            .bind(filter.action_ref.as_deref())
+            .bind(filter.since.as_deref())
+            .bind(i64::from(filter.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                super::RawAudit {
+                    at: r.try_get("at")?,
+                    execution_id: r.try_get("execution_id")?,
+                    action_ref: r.try_get("action_ref")?,
+                    secret_ref: r.try_get("secret_ref")?,
+                    door: r.try_get("door")?,
+                    outcome: r.try_get("outcome")?,
+                    count: r.try_get("count")?,
+                }
+                .parse()
+            })
+            .collect()
     }
 
     pub(super) async fn get(&self, owner: &Owner, name: &SecretName) -> Result<Option<SecretRow>> {

@@ -1,0 +1,138 @@
+//! The audit trail: allowed, denied, missing and invalid requests through both doors, written
+//! once per execution, never a value (SQLite and PostgreSQL).
+
+use crate::support::{probe, text, Host, Target};
+
+fn audit_flow(host: &Host) {
+    host.set("api_key", "audit-value-7f3a91", &["--pack", "mypack"]);
+    host.set("withheld", "audit-withheld-20c4", &[]);
+    let out = host.run(
+        &probe(Target::P2),
+        "mypack.deploy",
+        &["--allow-secret", "api_key"],
+        &[
+            "get",
+            "api_key",
+            "api_key",
+            "withheld",
+            "absent",
+            "bad name",
+            "audit-value-7f3a91",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = host.run(&probe(Target::P1), "mypack.other", &[], &["env"]);
+    assert!(out.status.success());
+
+    let out = host.exec(&["audit", "list"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let all = text(&out.stdout);
+    let rows: Vec<Vec<&str>> = all
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let has = |action: &str, secret: &str, door: &str, outcome: &str, count: &str| {
+        rows.iter().any(|r| {
+            r.len() >= 7
+                && r[2] == action
+                && r[3] == secret
+                && r[r.len() - 3] == door
+                && r[r.len() - 2] == outcome
+                && r[r.len() - 1] == count
+        })
+    };
+    assert!(
+        has(
+            "mypack.deploy",
+            "mypack.api_key",
+            "get-secret",
+            "delivered",
+            "2"
+        ),
+        "{all}"
+    );
+    assert!(
+        has("mypack.deploy", "mypack.api_key", "env", "delivered", "1"),
+        "{all}"
+    );
+    assert!(
+        has(
+            "mypack.deploy",
+            "withheld",
+            "get-secret",
+            "access-denied",
+            "1"
+        ),
+        "{all}"
+    );
+    assert!(
+        has("mypack.deploy", "absent", "get-secret", "not-found", "1"),
+        "{all}"
+    );
+    assert!(all.contains("invalid-name"), "{all}");
+    assert!(
+        has("mypack.other", "mypack.api_key", "env", "delivered", "1"),
+        "{all}"
+    );
+    assert!(
+        has("mypack.other", "withheld", "env", "delivered", "1"),
+        "{all}"
+    );
+    for value in ["audit-value-7f3a91", "audit-withheld-20c4"] {
+        assert!(
+            !all.contains(value),
+            "a value reached the audit trail: {all}"
+        );
+    }
+    // One execution id per run.
+    let ids: std::collections::BTreeSet<&str> = rows.iter().map(|r| r[1]).collect();
+    assert_eq!(ids.len(), 2);
+
+    let out = host.exec(&["audit", "list", "--action", "mypack.other"], None);
+    assert!(text(&out.stdout)
+        .lines()
+        .skip(1)
+        .all(|l| l.contains("mypack.other")));
+    let out = host.exec(&["audit", "list", "--since", "2999-01-01T00:00:00Z"], None);
+    assert_eq!(text(&out.stdout).lines().count(), 1, "only the header");
+    let out = host.exec(&["audit", "list", "--since", "1h"], None);
+    assert_eq!(text(&out.stdout).lines().count(), rows.len() + 1);
+    let out = host.exec(&["audit", "list", "--since", "yesterday-ish"], None);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn audit_on_sqlite_and_no_value_in_the_file() {
+    let host = Host::new();
+    audit_flow(&host);
+    for entry in std::fs::read_dir(host.dir.path().join("data")).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        for value in ["audit-value-7f3a91", "audit-withheld-20c4"] {
+            assert!(!bytes.windows(value.len()).any(|w| w == value.as_bytes()));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn audit_on_postgres_and_no_value_in_any_table() {
+    let Some(host) = Host::postgres() else { return };
+    tokio::task::block_in_place(|| audit_flow(&host));
+    let url = host.settings[0].1.clone();
+    let schema = host.settings[1].1.clone();
+    use sqlx::Connection as _;
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    for table in ["secrets", "audit"] {
+        let dump: String = sqlx::query_scalar(&format!(
+            "SELECT coalesce(string_agg(t::text, '\n'), '') FROM {schema}.{table} t"
+        ))
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+        assert!(!dump.is_empty());
+        for value in ["audit-value-7f3a91", "audit-withheld-20c4"] {
+            assert!(!dump.contains(value), "{value} in {table}");
+        }
+    }
+    host.drop_schema().await;
+}
