@@ -49,6 +49,15 @@ pub struct Plan {
     pub skipped: Vec<(usize, String, String)>,
 }
 
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("secrets", &self.secrets.len())
+            .field("skipped", &self.skipped)
+            .finish()
+    }
+}
+
 /// Parses and validates every line of `input` (blank lines are ignored).
 ///
 /// # Errors
