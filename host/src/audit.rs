@@ -86,10 +86,13 @@ pub struct Record {
     pub count: u64,
 }
 
+/// Counts per (secret ref, door, outcome).
+type Counts = BTreeMap<(String, Door, Outcome), u64>;
+
 /// The in-memory log of one execution, shared by the executor and the store's secret door.
 #[derive(Clone, Default)]
 pub struct Log {
-    inner: Arc<Mutex<BTreeMap<(String, Door, Outcome), u64>>>,
+    inner: Arc<Mutex<Counts>>,
 }
 
 impl Log {

@@ -181,12 +181,13 @@ mod tests {
 
     #[test]
     fn rows_map_to_owners_and_skip_unknown_types() {
+        let pack_row = format!(
+            r#"{{"ref":"mypack.api_key","owner_type":"pack","owner":"mypack","owner_pack_ref":"mypack","name":"api_key","encrypted":true,"encryption_key_hash":"ed67","value":"{SEED}"}}"#
+        );
         let input = format!(
             "{}\n\n{}\n{}\n{}\n",
             r#"{"ref":"core.token","owner_type":"system","owner":null,"name":"token","encrypted":false,"value":"abc"}"#,
-            format!(
-                r#"{{"ref":"mypack.api_key","owner_type":"pack","owner":"mypack","owner_pack_ref":"mypack","name":"api_key","encrypted":true,"encryption_key_hash":"ed67","value":"{SEED}"}}"#
-            ),
+            pack_row,
             r#"{"ref":"u.x","owner_type":"identity","owner":"alice","name":"x","encrypted":false,"value":"v"}"#,
             r#"{"ref":"p.a.n","owner_type":"action","owner_action_ref":"p.a","name":"n","encrypted":false,"value":{"k":1}}"#,
         );
