@@ -34,17 +34,21 @@ fn import(host: &Host, lines: &str) -> std::process::Output {
     host.exec(&["secret", "import", "-"], Some(lines.as_bytes()))
 }
 
-#[test]
-fn every_vector_case_gives_its_expected_result_through_import_and_reveal() {
-    let host = Host {
-        key: Some(VECTOR_PASSWORD.into()),
-        ..Host::new()
-    };
+#[tokio::test(flavor = "multi_thread")]
+async fn every_vector_case_gives_its_expected_result_through_import_and_reveal() {
+    for mut host in Host::all_backends() {
+        host.key = Some(VECTOR_PASSWORD.into());
+        tokio::task::block_in_place(|| vector_cases(&host));
+        host.drop_schema().await;
+    }
+}
+
+fn vector_cases(host: &Host) {
     let cases = vectors();
     let (invalid, importable): (Vec<&Value>, Vec<&Value>) =
         cases.iter().partition(|c| c["expect"] == "invalid-format");
     let file: Vec<String> = importable.iter().map(|c| row(c)).collect();
-    let out = import(&host, &file.join("\n"));
+    let out = import(host, &file.join("\n"));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains(&format!("imported {} secrets", importable.len())));
     for case in importable {

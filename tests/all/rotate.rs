@@ -144,7 +144,13 @@ async fn assert_consistent(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rotation_killed_midway_leaves_every_secret_readable_and_resumes() {
-    let host = Host::new();
+    for host in Host::all_backends() {
+        killed_midway(&host).await;
+        host.drop_schema().await;
+    }
+}
+
+async fn killed_midway(host: &Host) {
     let old = EncryptionKey::from_password(&SecretString::from(KEY)).unwrap();
     let new = EncryptionKey::from_password(&SecretString::from(OTHER_KEY)).unwrap();
     // 3,000 encrypted rows, written through import (ciphertext kept as is).
@@ -188,7 +194,7 @@ async fn rotation_killed_midway_leaves_every_secret_readable_and_resumes() {
         }
     }
     // Resume (or confirm) to completion.
-    let out = rotate_cmd(&host, &[]);
+    let out = tokio::task::block_in_place(|| rotate_cmd(host, &[]));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(assert_consistent(&store, &old, &new).await, (0, 3000));
     let got = store
@@ -209,7 +215,13 @@ async fn rotation_killed_midway_leaves_every_secret_readable_and_resumes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn reads_during_rotation_see_matching_ciphertext_and_hash() {
-    let host = Host::new();
+    for host in Host::all_backends() {
+        reads_during_rotation(&host).await;
+        host.drop_schema().await;
+    }
+}
+
+async fn reads_during_rotation(host: &Host) {
     for i in 0..200 {
         host.put_raw(Owner::System, &format!("r{i}"), true, None, "")
             .await;

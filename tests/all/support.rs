@@ -215,10 +215,29 @@ impl Host {
 
     /// Opens this host's store through the library (for rows the CLI refuses to write).
     pub async fn store(&self) -> Store {
-        let url = format!("sqlite://{}", self.db_path().display());
-        Store::open(&url, OpenMode::CreateIfMissing)
+        let get = |k: &str| {
+            self.settings
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+        };
+        let mut options = attune_wasm::store::StoreOptions::new(
+            get("ATTUNE__DATABASE__URL")
+                .unwrap_or_else(|| format!("sqlite://{}", self.db_path().display())),
+        );
+        if let Some(schema) = get("ATTUNE__DATABASE__SCHEMA") {
+            options.schema = schema;
+        }
+        Store::open_with(&options, OpenMode::CreateIfMissing)
             .await
             .expect("open store")
+    }
+
+    /// Every backend: the embedded SQLite, and PostgreSQL unless skipped.
+    pub fn all_backends() -> Vec<Self> {
+        std::iter::once(Self::new())
+            .chain(Self::postgres())
+            .collect()
     }
 
     /// Writes a raw row, bypassing CLI validation of the value.
