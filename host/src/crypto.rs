@@ -5,7 +5,10 @@
 //!   alphabet with padding (RFC 4648 §4), a fresh random 12-byte nonce per encryption.
 //!   Key hash: lowercase hex `SHA-256(derived key)`.
 //! - Blob format (later Attune releases, read only): `base64(nonce||ciphertext||tag)`, whose
-//!   plaintext is the JSON encoding of the value. Key hash: lowercase hex `SHA-256(password)`.
+//!   plaintext is the JSON encoding of the value. Attune stores `hex(SHA-256(password))` as its
+//!   key hash, which **is the key itself**: this host never stores, compares in the open or
+//!   prints such a value. [`normalize_key_hash`] turns it into the seed key hash
+//!   (`SHA-256(key)`) on import.
 //!
 //! Plaintext leaves this module only as [`SecretString`]; errors never carry key material,
 //! ciphertext or plaintext.
@@ -87,7 +90,6 @@ impl Generation {
 pub struct EncryptionKey {
     key: Zeroizing<[u8; 32]>,
     key_hash: String,
-    password_hash: String,
 }
 
 impl EncryptionKey {
@@ -103,31 +105,13 @@ impl EncryptionKey {
         let mut key = Zeroizing::new([0u8; 32]);
         key.copy_from_slice(&Sha256::digest(bytes));
         let key_hash = hex::encode(Sha256::digest(key.as_slice()));
-        let password_hash = hex::encode(Sha256::digest(bytes));
-        Ok(Self {
-            key,
-            key_hash,
-            password_hash,
-        })
+        Ok(Self { key, key_hash })
     }
 
     /// Lowercase hex `SHA-256(derived key)`: the key hash stored with every row this host
     /// encrypts (seed format).
     pub fn key_hash(&self) -> &str {
         &self.key_hash
-    }
-
-    /// The key hash later Attune releases store with blob-format rows: `SHA-256(password)`.
-    pub fn blob_key_hash(&self) -> &str {
-        &self.password_hash
-    }
-
-    /// The key hash this key has in the given generation.
-    pub fn key_hash_for(&self, generation: Generation) -> &str {
-        match generation {
-            Generation::Seed => &self.key_hash,
-            Generation::Blob => &self.password_hash,
-        }
     }
 
     fn cipher(&self) -> Aes256Gcm {
@@ -149,25 +133,37 @@ impl EncryptionKey {
         format!("{}:{}", STANDARD.encode(nonce), STANDARD.encode(sealed))
     }
 
-    /// Checks a row's stored key hash against this key, in the generation of `stored`.
+    /// Checks a row's stored key hash against this key.
     ///
-    /// A missing hash passes (the GCM tag still authenticates the ciphertext).
+    /// A missing hash passes (the GCM tag still authenticates the ciphertext). Seed rows, and
+    /// blob rows imported by this host, carry `SHA-256(key)`. A blob row still carrying
+    /// Attune's `hex(SHA-256(password))` (the key itself) passes when it names this key; a
+    /// blob row's hash is never echoed in an error, since it may be a key.
     ///
     /// # Errors
-    /// [`Error::KeyMismatch`] naming both hashes.
-    pub fn check_key_hash(&self, stored: &str, row_key_hash: Option<&str>) -> Result<()> {
+    /// [`Error::InvalidFormat`] when the hash is not 64 hex digits; [`Error::KeyMismatch`]
+    /// naming both hashes.
+    pub fn check_key_hash(&self, generation: Generation, row_key_hash: Option<&str>) -> Result<()> {
         let Some(row) = row_key_hash.filter(|h| !h.is_empty()) else {
             return Ok(());
         };
-        let ours = self.key_hash_for(Generation::of(stored));
-        if row.eq_ignore_ascii_case(ours) {
-            Ok(())
-        } else {
-            Err(Error::KeyMismatch {
-                stored: row.to_owned(),
-                configured: ours.to_owned(),
-            })
+        let bytes = hex_hash(row)?;
+        if hex::encode(bytes) == self.key_hash {
+            return Ok(());
         }
+        let stored = match generation {
+            Generation::Seed => hex::encode(bytes),
+            Generation::Blob => {
+                if hex::encode(Sha256::digest(bytes)) == self.key_hash {
+                    return Ok(());
+                }
+                "(withheld: a blob-format key hash may be a key)".to_owned()
+            }
+        };
+        Err(Error::KeyMismatch {
+            stored,
+            configured: self.key_hash.clone(),
+        })
     }
 
     /// Decrypts a stored value of either generation after checking its key hash
@@ -179,7 +175,7 @@ impl EncryptionKey {
     pub fn decrypt(&self, stored: &str, row_key_hash: Option<&str>) -> Result<SecretString> {
         let generation = Generation::of(stored);
         let (nonce, sealed) = parse(stored, generation)?;
-        self.check_key_hash(stored, row_key_hash)?;
+        self.check_key_hash(generation, row_key_hash)?;
         let plain = Zeroizing::new(
             self.cipher()
                 .decrypt(Nonce::from_slice(&nonce), sealed.as_slice())
@@ -212,6 +208,30 @@ impl fmt::Debug for EncryptionKey {
             .field("key_hash", &self.key_hash)
             .finish_non_exhaustive()
     }
+}
+
+/// Decodes a stored key hash: 64 hex digits.
+fn hex_hash(hash: &str) -> Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if hash.len() != 64 || hex::decode_to_slice(hash, &mut out).is_err() {
+        return Err(Error::InvalidFormat("key hash must be 64 hex digits"));
+    }
+    Ok(out)
+}
+
+/// The key hash this host stores for a row of `generation` imported with `hash`: seed hashes
+/// (`SHA-256(key)`) are kept, lowercased; Attune's blob-format hash `hex(SHA-256(password))`
+/// is the key itself, so it is hashed once more, giving `SHA-256(key)`, the seed key hash of
+/// the same key. The key is never stored.
+///
+/// # Errors
+/// [`Error::InvalidFormat`] when `hash` is not 64 hex digits.
+pub fn stored_key_hash(generation: Generation, hash: &str) -> Result<String> {
+    let bytes = hex_hash(hash)?;
+    Ok(match generation {
+        Generation::Seed => hex::encode(bytes),
+        Generation::Blob => hex::encode(Sha256::digest(bytes)),
+    })
 }
 
 /// Checks that `stored` is a well-formed ciphertext of either generation, without decrypting

@@ -100,9 +100,17 @@ pub fn plan(input: &str) -> Result<Plan, Error> {
                 format!("duplicate of an earlier row ({owner}, {name})"),
             ));
         }
+        let mut key_hash = None;
         let value = match (row.encrypted, row.value) {
             (true, serde_json::Value::String(stored)) => {
-                crypto::check_format(&stored).map_err(|e| fail(&secret_ref, e.to_string()))?;
+                let generation =
+                    crypto::check_format(&stored).map_err(|e| fail(&secret_ref, e.to_string()))?;
+                if let Some(hash) = row.encryption_key_hash.as_deref().filter(|h| !h.is_empty()) {
+                    key_hash = Some(
+                        crypto::stored_key_hash(generation, hash)
+                            .map_err(|e| fail(&secret_ref, e.to_string()))?,
+                    );
+                }
                 stored
             }
             (true, _) => {
@@ -119,11 +127,7 @@ pub fn plan(input: &str) -> Result<Plan, Error> {
             owner,
             name,
             encrypted: row.encrypted,
-            key_hash: if row.encrypted {
-                row.encryption_key_hash.filter(|h| !h.is_empty())
-            } else {
-                None
-            },
+            key_hash,
             value: SecretString::from(value),
         });
     }
@@ -182,7 +186,7 @@ mod tests {
     #[test]
     fn rows_map_to_owners_and_skip_unknown_types() {
         let pack_row = format!(
-            r#"{{"ref":"mypack.api_key","owner_type":"pack","owner":"mypack","owner_pack_ref":"mypack","name":"api_key","encrypted":true,"encryption_key_hash":"ed67","value":"{SEED}"}}"#
+            r#"{{"ref":"mypack.api_key","owner_type":"pack","owner":"mypack","owner_pack_ref":"mypack","name":"api_key","encrypted":true,"encryption_key_hash":"ed67d24278bad326343c5eb43f04e97cef84cf1ade13831d99dcfd990847c4af","value":"{SEED}"}}"#
         );
         let input = format!(
             "{}\n\n{}\n{}\n{}\n",
@@ -201,7 +205,10 @@ mod tests {
             plan.secrets[1].owner.secret_ref(&plan.secrets[1].name),
             "mypack.api_key"
         );
-        assert_eq!(plan.secrets[1].key_hash.as_deref(), Some("ed67"));
+        assert_eq!(
+            plan.secrets[1].key_hash.as_deref(),
+            Some("ed67d24278bad326343c5eb43f04e97cef84cf1ade13831d99dcfd990847c4af")
+        );
         use secrecy::ExposeSecret;
         assert_eq!(
             plan.secrets[1].value.expose_secret(),

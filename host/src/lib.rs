@@ -26,6 +26,7 @@ pub mod crypto;
 pub mod executor;
 pub mod import;
 pub mod names;
+pub mod redact;
 pub mod resolve;
 pub mod rotate;
 pub mod runtime;

@@ -64,9 +64,12 @@ pub async fn rotate(
             continue;
         }
         let stored = row.value.expose_secret();
-        let generation = Generation::of(stored);
         let secret_ref = row.secret_ref();
-        if row.key_hash.as_deref() == Some(new.key_hash_for(generation)) {
+        if row.key_hash.is_some()
+            && new
+                .check_key_hash(Generation::of(stored), row.key_hash.as_deref())
+                .is_ok()
+        {
             summary.already_new.push(secret_ref);
             continue;
         }

@@ -32,12 +32,11 @@ fn every_vector_gives_its_expected_result() {
                     case["plaintext"].as_str().unwrap(),
                     "{id}"
                 );
-                // The row's key hash is the one we compute for that generation.
-                assert_eq!(
-                    Some(key.key_hash_for(attune_wasm::crypto::Generation::of(stored))),
-                    hash,
-                    "{id}"
-                );
+                // The key hash this host stores for the row is the configured key's hash, in both
+                // generations (a blob row's hash is the key itself and is hashed once more).
+                let generation = attune_wasm::crypto::Generation::of(stored);
+                let kept = attune_wasm::crypto::stored_key_hash(generation, hash.unwrap()).unwrap();
+                assert_eq!(kept, key.key_hash(), "{id}");
             }
             "decrypt-failed" => assert_eq!(got.err(), Some(Error::DecryptFailed), "{id}"),
             "key-mismatch" => assert!(matches!(got, Err(Error::KeyMismatch { .. })), "{id}"),
@@ -50,6 +49,23 @@ fn every_vector_gives_its_expected_result() {
         }
     }
     assert!(seen_seed >= 20);
+}
+
+#[test]
+fn a_blob_key_hash_is_never_echoed() {
+    // Attune's blob "key hash" is hex(SHA-256(password)), i.e. the AES key.
+    let key =
+        EncryptionKey::from_password(&SecretString::from("another-password-0123456789abcdefghij"))
+            .unwrap();
+    let blob = "igLw4WGvN/hsuQeHZlBGuPm7DPxZ0s615d3j5yMIbMTW9yCTc761VjEqilMSQNJecuA=";
+    let raw_key_hex = "7099416ddef712caa6485debef7539c1180e46e1382c678c120ecfbd704edc91";
+    let err = key.decrypt(blob, Some(raw_key_hex)).unwrap_err();
+    assert!(matches!(err, Error::KeyMismatch { .. }));
+    assert!(!err.to_string().contains(raw_key_hex), "{err}");
+    use sha2::{Digest, Sha256};
+    assert!(!err.to_string().contains(&hex::encode(Sha256::digest(
+        b"another-password-0123456789abcdefghij"
+    ))));
 }
 
 #[test]

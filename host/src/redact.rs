@@ -1,0 +1,219 @@
+//! Output redaction: every delivered secret value in a guest's stdout/stderr becomes `***`.
+//!
+//! For each value of at least [`MIN_MASKED_LEN`] bytes the masked forms are: the value; each of
+//! its lines of at least [`MIN_MASKED_LEN`] bytes (multi-line secrets such as PEM keys); its
+//! standard base64 (RFC 4648 §4, padded and unpadded); its percent-encoding (RFC 3986, all but
+//! unreserved characters encoded); and its JSON string escaping. Matching is leftmost-longest
+//! (Aho-Corasick), on a stream: a value split across writes is still masked, because the last
+//! `longest pattern - 1` bytes are held back until more output or the end arrives. Cost is
+//! linear in the output. Masking is best effort, like any CI runner's: a guest that transforms
+//! a value in any other way (reverses it, prints it byte by byte with separators) is not
+//! caught.
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+use base64::Engine as _;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use zeroize::Zeroizing;
+
+/// Values shorter than this (in bytes) are not masked: masking `ab` would mangle ordinary
+/// output. The host warns about each one.
+pub const MIN_MASKED_LEN: usize = 4;
+
+/// What a masked value is replaced with.
+pub const MASK: &[u8] = b"***";
+
+/// RFC 3986 unreserved characters stay as they are; everything else is percent-encoded.
+const URL_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The masked forms of a set of values, compiled once per execution.
+#[derive(Clone)]
+pub struct Patterns {
+    matcher: Option<AhoCorasick>,
+    longest: usize,
+}
+
+impl Patterns {
+    /// Compiles the masked forms of `values`; values shorter than [`MIN_MASKED_LEN`] are
+    /// skipped (the caller warns about them).
+    pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut forms: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+        let mut add = |form: &[u8]| {
+            if form.len() >= MIN_MASKED_LEN && !forms.iter().any(|f| f.as_slice() == form) {
+                forms.push(Zeroizing::new(form.to_vec()));
+            }
+        };
+        for value in values {
+            if value.len() < MIN_MASKED_LEN {
+                continue;
+            }
+            add(value.as_bytes());
+            for line in value.split('\n') {
+                add(line.trim_end_matches('\r').as_bytes());
+            }
+            add(Zeroizing::new(STANDARD.encode(value)).as_bytes());
+            add(Zeroizing::new(STANDARD_NO_PAD.encode(value)).as_bytes());
+            add(Zeroizing::new(utf8_percent_encode(value, URL_ENCODE).to_string()).as_bytes());
+            let json = Zeroizing::new(serde_json::Value::from(value).to_string());
+            add(json[1..json.len() - 1].as_bytes());
+        }
+        let longest = forms.iter().map(|f| f.len()).max().unwrap_or(0);
+        let matcher = if forms.is_empty() {
+            None
+        } else {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .build(forms.iter().map(|f| f.as_slice()))
+                .ok()
+        };
+        Self { matcher, longest }
+    }
+
+    /// `true` when nothing is masked.
+    pub fn is_empty(&self) -> bool {
+        self.matcher.is_none()
+    }
+
+    /// Masks everything in `bytes` at once (captured output).
+    pub fn mask_all(&self, bytes: &[u8]) -> Vec<u8> {
+        let mut stream = Stream::new(self.clone());
+        let mut out = stream.push(bytes);
+        out.extend(stream.finish());
+        out
+    }
+}
+
+/// A redacting stream over one output (stdout or stderr).
+pub struct Stream {
+    patterns: Patterns,
+    pending: Zeroizing<Vec<u8>>,
+}
+
+impl Stream {
+    /// A stream masking `patterns`.
+    pub fn new(patterns: Patterns) -> Self {
+        Self {
+            patterns,
+            pending: Zeroizing::new(Vec::new()),
+        }
+    }
+
+    /// Takes more output; returns what can be emitted now (masked).
+    pub fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let Some(matcher) = &self.patterns.matcher else {
+            return bytes.to_vec();
+        };
+        self.pending.extend_from_slice(bytes);
+        // Any match that starts before `safe` lies wholly in `pending` (no pattern is longer
+        // than `longest`), so leftmost-longest is already decided there.
+        let safe = self.pending.len().saturating_sub(self.patterns.longest - 1);
+        let mut out = Vec::with_capacity(self.pending.len());
+        let mut emitted = 0;
+        for m in matcher.find_iter(self.pending.as_slice()) {
+            if m.start() >= safe {
+                break;
+            }
+            out.extend_from_slice(&self.pending[emitted..m.start()]);
+            out.extend_from_slice(MASK);
+            emitted = m.end();
+        }
+        let keep_from = emitted.max(safe);
+        out.extend_from_slice(&self.pending[emitted..keep_from]);
+        self.pending.drain(..keep_from);
+        out
+    }
+
+    /// Ends the stream: masks and returns what was held back.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let Some(matcher) = &self.patterns.matcher else {
+            return std::mem::take(&mut *self.pending);
+        };
+        let mut out = Vec::with_capacity(self.pending.len());
+        let mut emitted = 0;
+        for m in matcher.find_iter(self.pending.as_slice()) {
+            out.extend_from_slice(&self.pending[emitted..m.start()]);
+            out.extend_from_slice(MASK);
+            emitted = m.end();
+        }
+        out.extend_from_slice(&self.pending[emitted..]);
+        self.pending.clear();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn masked(values: &[&str], text: &str) -> String {
+        String::from_utf8(Patterns::new(values.iter().copied()).mask_all(text.as_bytes()))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn values_and_their_encodings_are_masked() {
+        let v = "s3cr3t/val+ue=ü";
+        let b64 = STANDARD.encode(v);
+        let url = utf8_percent_encode(v, URL_ENCODE).to_string();
+        let json = serde_json::Value::from("a\"quoted\\secret").to_string();
+        let text = format!("plain {v} b64 {b64} url {url} json {json} end");
+        let out = masked(&[v, "a\"quoted\\secret"], &text);
+        assert_eq!(out, "plain *** b64 *** url *** json \"***\" end");
+    }
+
+    #[test]
+    fn multi_line_values_are_masked_whole_and_line_by_line() {
+        let pem = "-----BEGIN KEY-----\nMIIBOgIBAAJBAKj34GkxFhD9\n-----END KEY-----";
+        let out = masked(
+            &[pem],
+            &format!("whole:{pem}\nline:MIIBOgIBAAJBAKj34GkxFhD9!"),
+        );
+        assert_eq!(out, "whole:***\nline:***!");
+    }
+
+    #[test]
+    fn short_values_are_not_masked() {
+        assert_eq!(masked(&["abc"], "abc abcd"), "abc abcd");
+        assert!(Patterns::new(["abc"]).is_empty());
+    }
+
+    #[test]
+    fn a_value_split_across_writes_is_masked() {
+        let secret = "hunter2-but-longer";
+        for split in 1..secret.len() {
+            let mut s = Stream::new(Patterns::new([secret]));
+            let mut out = s.push(format!("x{}", &secret[..split]).as_bytes());
+            out.extend(s.push(format!("{}y", &secret[split..]).as_bytes()));
+            out.extend(s.finish());
+            assert_eq!(
+                String::from_utf8(out).unwrap_or_default(),
+                "x***y",
+                "split {split}"
+            );
+        }
+        // Byte by byte.
+        let mut s = Stream::new(Patterns::new([secret]));
+        let mut out = Vec::new();
+        for b in format!("<{secret}>").bytes() {
+            out.extend(s.push(&[b]));
+        }
+        out.extend(s.finish());
+        assert_eq!(out, b"<***>");
+    }
+
+    #[test]
+    fn output_without_secrets_passes_unchanged_and_streams() {
+        let mut s = Stream::new(Patterns::new(["needle-value"]));
+        let mut out = s.push(b"hello world, this is a long line of output\n");
+        assert!(
+            !out.is_empty(),
+            "bytes that cannot start a match are emitted at once"
+        );
+        out.extend(s.finish());
+        assert_eq!(out, b"hello world, this is a long line of output\n");
+    }
+}
