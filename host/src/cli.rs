@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use secrecy::{ExposeSecret, SecretString};
-use zeroize::Zeroize;
+use zeroize::Zeroizing;
 
 use crate::config::Settings;
 use crate::crypto::EncryptionKey;
@@ -23,8 +23,11 @@ use crate::names::{ActionRef, Owner, PackRef, SecretName};
 use crate::runtime::{self, Limits, Output, Runtime, RuntimeConfig, Stdin};
 use crate::store::{NewSecret, OpenMode, Store, Written};
 
-/// Largest secret value accepted on write, in bytes (64 KiB).
-pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+pub use crate::store::MAX_VALUE_BYTES;
+/// Largest `.wasm` file `run` reads, in bytes (256 MiB).
+pub const MAX_MODULE_BYTES: u64 = 256 * 1024 * 1024;
+/// Longest `--timeout` (7 days).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 /// `run` exit status when the guest's deadline passed (as `timeout(1)`).
 pub const EXIT_TIMEOUT: u8 = 124;
 /// `run` exit status when the host failed before or around the guest (as `docker run`).
@@ -179,7 +182,7 @@ struct RunArgs {
     #[arg(long = "dir", value_name = "HOST::GUEST", value_parser = executor::parse_dir)]
     dirs: Vec<runtime::DirMount>,
     /// Wall-clock limit, e.g. 30s, 500ms, 2m.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_timeout)]
     timeout: Duration,
     /// Linear memory limit, e.g. 256MiB, 64MiB.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
@@ -203,6 +206,14 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .ok_or_else(|| format!("expected K=V, got {s:?}"))
+}
+
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if d > MAX_TIMEOUT {
+        return Err(format!("{s:?} is longer than the maximum of 7 days"));
+    }
+    Ok(d)
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -462,10 +473,10 @@ async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                 "OWNER", "REF", "NAME", "ENCRYPTED", "KEY HASH"
             );
             for row in rows {
-                let hash = row
-                    .key_hash
-                    .as_deref()
-                    .map_or("-", |h| &h[..h.len().min(12)]);
+                let hash = row.key_hash.as_deref().map_or_else(
+                    || "-".to_owned(),
+                    |h| h.chars().take(12).flat_map(char::escape_default).collect(),
+                );
                 println!(
                     "{:<7} {:<24} {:<32} {:<9} {:<12} {}",
                     row.owner.owner_type().as_str(),
@@ -573,8 +584,8 @@ fn is_missing(e: &anyhow::Error) -> bool {
 /// Reads the value from the argument or stdin and checks it: at most [`MAX_VALUE_BYTES`],
 /// valid UTF-8, no NUL byte (a C guest would see its env value truncated).
 fn read_value(arg: Option<String>, secret_ref: &str) -> anyhow::Result<SecretString> {
-    let mut raw = match arg {
-        Some(v) if v != "-" => v,
+    let mut raw = Zeroizing::new(match arg {
+        Some(v) if v != "-" => v.into_bytes(),
         _ => {
             if std::io::stdin().is_terminal() {
                 eprintln!("reading the value of {secret_ref} from stdin (end with Ctrl-D)");
@@ -590,35 +601,33 @@ fn read_value(arg: Option<String>, secret_ref: &str) -> anyhow::Result<SecretStr
                     buf.pop();
                 }
             }
-            match String::from_utf8(buf) {
-                Ok(s) => s,
-                Err(e) => {
-                    let mut bytes = e.into_bytes();
-                    bytes.zeroize();
-                    bail!("the value of secret {secret_ref} is not valid UTF-8");
-                }
-            }
+            buf
         }
-    };
+    });
     let problem = if raw.len() > MAX_VALUE_BYTES {
         Some(format!("it is longer than {MAX_VALUE_BYTES} bytes"))
-    } else if raw.contains('\0') {
+    } else if raw.contains(&0) {
         Some("it contains a NUL byte, which environment variables cannot carry".to_owned())
     } else {
         None
     };
     if let Some(problem) = problem {
-        raw.zeroize();
         bail!("the value of secret {secret_ref} is refused: {problem}");
     }
-    Ok(SecretString::from(raw))
+    match String::from_utf8(std::mem::take(&mut *raw)) {
+        Ok(text) => Ok(SecretString::from(text)),
+        Err(e) => {
+            Zeroizing::new(e.into_bytes());
+            bail!("the value of secret {secret_ref} is refused: it is not valid UTF-8")
+        }
+    }
 }
 
 async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<ExitCode> {
     let action = ActionRef::new(&args.action)?;
     let program = program_name(&args.file);
-    let bytes = std::fs::read(&args.file)
-        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let bytes = read_module(&args.file)?;
+    check_mounts(&args.dirs, &settings.data_dir()?)?;
     let runtime = Runtime::new(RuntimeConfig {
         fuel: args.fuel.is_some(),
     })?;
@@ -655,6 +664,45 @@ async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<ExitCode> {
         .await?;
     let code = report.exit.code;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// Reads a guest file: a regular file of at most [`MAX_MODULE_BYTES`].
+fn read_module(file: &Path) -> anyhow::Result<Vec<u8>> {
+    let shown = file.display();
+    let meta = std::fs::metadata(file).with_context(|| format!("cannot read {shown}"))?;
+    if !meta.is_file() {
+        bail!("{shown} is not a regular file");
+    }
+    if meta.len() > MAX_MODULE_BYTES {
+        bail!("{shown} is larger than {MAX_MODULE_BYTES} bytes");
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    std::fs::File::open(file)
+        .and_then(|f| f.take(MAX_MODULE_BYTES + 1).read_to_end(&mut bytes))
+        .with_context(|| format!("cannot read {shown}"))?;
+    Ok(bytes)
+}
+
+/// Refuses two mounts at one guest path, and any mount that contains or lies inside the data
+/// directory (the secret store).
+fn check_mounts(dirs: &[runtime::DirMount], data_dir: &Path) -> anyhow::Result<()> {
+    let data = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let mut guests = BTreeSet::new();
+    for dir in dirs {
+        if !guests.insert(dir.guest.as_str()) {
+            bail!("two --dir mounts at guest path {}", dir.guest);
+        }
+        let host = std::fs::canonicalize(&dir.host)
+            .with_context(|| format!("cannot mount directory {}", dir.host.display()))?;
+        if data.starts_with(&host) || host.starts_with(&data) {
+            bail!(
+                "refusing to mount {}: it overlaps the data directory {} (the secret store)",
+                dir.host.display(),
+                data.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 fn program_name(file: &Path) -> String {

@@ -23,9 +23,10 @@ pub const ENV_PREFIX: &str = "ATTUNE";
 /// Configuration load failures.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The file or an `ATTUNE__…` variable could not be read or has the wrong shape.
+    /// The file or an `ATTUNE__…` variable could not be read or has the wrong shape. The
+    /// message never quotes a configured value (it could be the encryption key).
     #[error("invalid configuration: {0}")]
-    Invalid(#[from] config::ConfigError),
+    Invalid(String),
     /// No data directory could be determined.
     #[error("no data directory: set data_dir or ATTUNE__DATA_DIR")]
     NoDataDir,
@@ -64,12 +65,58 @@ pub struct Database {
 #[derive(Deserialize, Default)]
 pub struct Security {
     /// Password the AES-256 key is derived from (`security.encryption_key`,
-    /// `ATTUNE__SECURITY__ENCRYPTION_KEY`); at least 32 bytes.
+    /// `ATTUNE__SECURITY__ENCRYPTION_KEY`); at least 32 bytes. Must be a string (quote an
+    /// all-digit password in YAML).
+    #[serde(default, deserialize_with = "string_secret")]
     pub encryption_key: Option<SecretString>,
     /// Fail an execution (before its guest starts) when a visible secret cannot be delivered
     /// or the store is missing, instead of warning (`security.strict_secrets`).
     #[serde(default)]
     pub strict_secrets: bool,
+}
+
+/// Accepts only a string: a YAML number would reach us already rounded.
+fn string_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+    struct Visitor;
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = Option<SecretString>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string (quote the encryption key in YAML)")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Some(SecretString::from(v.to_owned())))
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
+            Ok(Some(SecretString::from(v)))
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(Visitor)
+}
+
+/// Replaces every `"…"`-quoted part of a message (serde quotes the offending value) by `"…"`.
+fn without_quoted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quoted = false;
+    for c in message.chars() {
+        if c == '"' {
+            if !quoted {
+                out.push_str("\"…");
+            }
+            quoted = !quoted;
+            if !quoted {
+                out.push('"');
+            }
+        } else if !quoted {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl Settings {
@@ -90,9 +137,13 @@ impl Settings {
             config::Environment::with_prefix(ENV_PREFIX)
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                // Values stay strings: parsing would turn an all-digit password into a float.
+                .try_parsing(false),
         );
-        Ok(builder.build()?.try_deserialize()?)
+        builder
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(|e| Error::Invalid(without_quoted(&e.to_string())))
     }
 
     /// The data directory: `data_dir`, else `$XDG_DATA_HOME/attune-wasm` (usually
@@ -117,10 +168,19 @@ impl Settings {
         if let Some(url) = &self.database.url {
             return Ok(url.clone());
         }
-        Ok(format!(
-            "sqlite://{}",
-            self.data_dir()?.join("secrets.db").display()
-        ))
+        // The path is escaped: sqlx decodes `%xx` and splits at `?`/`#` in SQLite URLs.
+        let path = self.data_dir()?.join("secrets.db");
+        let path = path.to_string_lossy();
+        let mut escaped = String::with_capacity(path.len());
+        for c in path.chars() {
+            match c {
+                '%' => escaped.push_str("%25"),
+                '?' => escaped.push_str("%3F"),
+                '#' => escaped.push_str("%23"),
+                c => escaped.push(c),
+            }
+        }
+        Ok(format!("sqlite://{escaped}"))
     }
 }
 
@@ -181,6 +241,34 @@ mod tests {
         assert!(s.security.strict_secrets);
         assert_eq!(s.database_url().unwrap(), "sqlite:///tmp/x/secrets.db");
         assert!(!format!("{s:?}").contains("yaml-key"));
+    }
+
+    #[test]
+    fn numbers_and_misplaced_values_are_refused_without_echo() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.yaml");
+        std::fs::write(
+            &file,
+            "security:\n  encryption_key: 12345678901234567890123456789012345678\n",
+        )
+        .unwrap();
+        let err = Settings::load(Some(&file)).unwrap_err().to_string();
+        assert!(err.contains("quote"), "{err}");
+        std::fs::write(&file, "security: my-password-0123456789abcdef-0123456789\n").unwrap();
+        let err = Settings::load(Some(&file)).unwrap_err().to_string();
+        assert!(!err.contains("my-password"), "{err}");
+    }
+
+    #[test]
+    fn data_dir_is_escaped_in_the_default_url() {
+        let s = Settings {
+            data_dir: Some(PathBuf::from("/x/c%2Fd?mode=memory#f")),
+            ..Settings::default()
+        };
+        assert_eq!(
+            s.database_url().unwrap(),
+            "sqlite:///x/c%252Fd%3Fmode=memory%23f/secrets.db"
+        );
     }
 
     #[test]

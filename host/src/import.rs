@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::crypto;
 use crate::names::{ActionRef, Owner, PackRef, SecretName};
-use crate::store::NewSecret;
+use crate::store::{NewSecret, MAX_VALUE_BYTES};
 
 /// Why an import was refused. Names the row (its `ref`, else its line), never its value.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +123,22 @@ pub fn plan(input: &str) -> Result<Plan, Error> {
             // Later Attune stores values as JSON; a non-string plain value is kept as JSON text.
             (false, other) => other.to_string(),
         };
+        // The write rules of `secret set`, for what a plain value can carry; a ciphertext may
+        // be a third longer (base64) plus nonce and tag.
+        let limit = if row.encrypted {
+            MAX_VALUE_BYTES * 4 / 3 + 64
+        } else {
+            MAX_VALUE_BYTES
+        };
+        if value.len() > limit {
+            return Err(fail(
+                &secret_ref,
+                format!("the value is longer than {limit} bytes"),
+            ));
+        }
+        if value.contains('\0') {
+            return Err(fail(&secret_ref, "the value contains a NUL byte".into()));
+        }
         secrets.push(NewSecret {
             owner,
             name,
@@ -150,6 +166,22 @@ fn owner(row: &KeyRow) -> Result<Option<Owner>, String> {
         Some(serde_json::Value::String(s)) => Some(s.clone()),
         _ => None,
     };
+    // `owner` and the specific ref column must agree when both are given.
+    let specific = match row.owner_type.as_str() {
+        "pack" => row.owner_pack_ref.as_ref(),
+        "action" => row.owner_action_ref.as_ref(),
+        _ => None,
+    };
+    if let (Some(specific), Some(owner)) = (specific, text(&row.owner)) {
+        if *specific != owner {
+            return Err(format!(
+                "owner {:?} and owner_{}_ref {:?} disagree",
+                owner.escape_default().to_string(),
+                row.owner_type,
+                specific.escape_default().to_string()
+            ));
+        }
+    }
     match row.owner_type.as_str() {
         "system" => Ok(Some(Owner::System)),
         "pack" => {

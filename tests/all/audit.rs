@@ -66,10 +66,9 @@ fn audit_flow(host: &Host) {
         ),
         "{all}"
     );
-    assert!(
-        has("mypack.deploy", "absent", "get-secret", "not-found", "1"),
-        "{all}"
-    );
+    // Names that resolve to nothing are guest-chosen text: counted, never recorded.
+    assert!(all.contains("(unrecorded name)"), "{all}");
+    assert!(!all.contains("absent"), "{all}");
     assert!(all.contains("invalid-name"), "{all}");
     assert!(
         has("mypack.other", "mypack.api_key", "env", "delivered", "1"),

@@ -6,6 +6,7 @@
 
 mod audit;
 mod bad_inputs;
+mod hardening;
 mod import;
 mod leaks;
 mod postgres;

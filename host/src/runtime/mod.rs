@@ -328,10 +328,15 @@ impl Runtime {
             }
             GuestKind::Module => {
                 let module = Module::new(&self.engine, bytes).map_err(compile)?;
-                if module.get_export("_start").is_none() {
+                let is_command = matches!(
+                    module.get_export("_start"),
+                    Some(wasmtime::ExternType::Func(f))
+                        if f.params().len() == 0 && f.results().len() == 0
+                );
+                if !is_command {
                     return Err(Error::Link {
                         name: name.to_owned(),
-                        reason: "a core module action must export _start (a WASI p1 command)"
+                        reason: "a core module action must export a function _start: [] -> [] (a WASI p1 command)"
                             .into(),
                     });
                 }
@@ -401,7 +406,7 @@ impl Runtime {
                 }
             }
         };
-        let grace = limits.timeout + TICK * 10;
+        let grace = limits.timeout.saturating_add(TICK * 10);
         let (code, secret_calls) = tokio::time::timeout(grace, run)
             .await
             .map_err(|_| Error::Timeout(limits.timeout))??;

@@ -67,15 +67,17 @@ impl SecretDoor {
     }
 
     /// Looks `name` up as the guest asked for it, and counts the request in the audit log.
-    pub fn lookup(&mut self, name: &str) -> (Result<String, SecretError>, Outcome) {
+    /// Returns the answer, its outcome and what was recorded (the resolved ref, or
+    /// [`UNRECORDED`]).
+    pub fn lookup(&mut self, name: &str) -> (Result<String, SecretError>, Outcome, String) {
         let (result, outcome, recorded) = self.answer(name);
         self.log.note(&recorded, Door::GetSecret, outcome);
-        (result, outcome)
+        (result, outcome, recorded)
     }
 
-    /// The answer, its outcome, and what to record: the resolved ref, the requested (valid)
-    /// name, or [`UNRECORDED`] when the name is invalid or equals a value of this execution,
-    /// so that a guest cannot write a secret into the audit table.
+    /// The answer, its outcome, and what to record: the resolved ref, or [`UNRECORDED`] when
+    /// the name resolves to nothing, so that a guest cannot write a secret into the audit
+    /// table or the host log.
     fn answer(&mut self, name: &str) -> (Result<String, SecretError>, Outcome, String) {
         self.calls = self.calls.saturating_add(1);
         let Ok(name) = SecretName::new(name) else {
@@ -86,10 +88,11 @@ impl SecretDoor {
             );
         };
         let resolved = self.resolution.get(&name);
+        // A requested name that resolves to nothing is guest-chosen text: it could carry a
+        // secret (encoded any way), so it is neither recorded nor logged.
         let recorded = match resolved {
             Some(r) => r.secret_ref(),
-            None if self.resolution.has_value(name.as_str()) => UNRECORDED.to_owned(),
-            None => name.to_string(),
+            None => UNRECORDED.to_owned(),
         };
         if self.calls > self.budget {
             return (
@@ -131,14 +134,8 @@ impl SecretDoor {
 
 impl Host for ComponentState {
     fn get_secret(&mut self, name: String) -> Result<String, SecretError> {
-        let (result, outcome) = self.secrets.lookup(&name);
-        // The name is guest-chosen: log it escaped and bounded; never the value.
-        let shown: String = name
-            .chars()
-            .take(128)
-            .flat_map(char::escape_default)
-            .collect();
-        tracing::debug!(name = %shown, ?outcome, "get-secret");
+        let (result, outcome, recorded) = self.secrets.lookup(&name);
+        tracing::debug!(secret = %recorded, %outcome, "get-secret");
         result
     }
 }
@@ -150,6 +147,9 @@ pub(crate) struct Limiter {
     used: usize,
     pub(crate) hit: bool,
 }
+
+/// Bytes of host memory one table element is counted as (a pointer and its metadata).
+const TABLE_ELEMENT_BYTES: usize = 16;
 
 impl Limiter {
     pub(crate) fn new(max_memory: usize) -> Self {
@@ -180,12 +180,26 @@ impl wasmtime::ResourceLimiter for Limiter {
         Ok(true)
     }
 
+    /// Tables count against the same budget as memories: a guest cannot trade memory for
+    /// huge tables.
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= MAX_TABLE_ELEMENTS)
+        if desired > MAX_TABLE_ELEMENTS {
+            return Ok(false);
+        }
+        let bytes = desired
+            .saturating_sub(current)
+            .saturating_mul(TABLE_ELEMENT_BYTES);
+        let grown = self.used.saturating_add(bytes);
+        if grown > self.max_memory {
+            self.hit = true;
+            return Err(wasmtime::Error::msg("memory limit exceeded (tables)"));
+        }
+        self.used = grown;
+        Ok(true)
     }
 }

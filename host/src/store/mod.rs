@@ -14,6 +14,9 @@ use secrecy::SecretString;
 
 use crate::names::{ActionRef, NameError, Owner, OwnerType, SecretName};
 
+/// Largest secret value accepted on write, in bytes (64 KiB).
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+
 /// Store failures. Messages name the database (password redacted) and the secret ref, never
 /// a value.
 #[derive(Debug, thiserror::Error)]
@@ -323,19 +326,35 @@ impl Store {
     }
 }
 
-/// Replaces the password of a URL (`scheme://user:password@host`) by `***`.
+/// Replaces the password of a URL (`scheme://user:password@host…`) by `***`. Everything
+/// between the first `:` of the user part and the last `@` is hidden, so a password holding
+/// `/`, `@` or `:` does not show either.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}{tail}")
-        }
+    let Some(at) = rest.rfind('@') else {
+        return url.to_owned();
+    };
+    let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
         None => url.to_owned(),
     }
+}
+
+/// Decodes rows, skipping (with a warning naming it) any row that does not parse, so one bad
+/// row cannot hide every other secret.
+fn decode_rows<R>(rows: &[R], decode: impl Fn(&R) -> Result<SecretRow>) -> Vec<SecretRow> {
+    rows.iter()
+        .filter_map(|r| match decode(r) {
+            Ok(row) => Some(row),
+            Err(e) => {
+                tracing::warn!("skipping a stored row: {e}");
+                None
+            }
+        })
+        .collect()
 }
 
 /// A row as the database returns it, before its columns are parsed.
@@ -695,5 +714,13 @@ pub(crate) mod tests {
             "postgres://u:***@127.0.0.1:5432/test"
         );
         assert_eq!(redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
+        assert_eq!(
+            redact_url("postgres://u:PW_pa/ss@127.0.0.1:1/db"),
+            "postgres://u:***@127.0.0.1:1/db"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p@ss/w@h/db"),
+            "postgres://u:***@h/db"
+        );
     }
 }

@@ -214,7 +214,7 @@ impl PgStore {
                 .await?
             }
         };
-        rows.iter().map(decode).collect()
+        Ok(super::decode_rows(&rows, decode))
     }
 
     pub(super) async fn delete(&self, owner: &Owner, name: &SecretName) -> Result<bool> {
@@ -239,7 +239,7 @@ impl PgStore {
             .bind(action.as_str())
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(decode).collect()
+        Ok(super::decode_rows(&rows, decode))
     }
 }
 

@@ -52,6 +52,8 @@ impl SqliteStore {
             .create_if_missing(false)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(10))
+            // Freed pages are zeroed: a deleted or overwritten plain value leaves no trace.
+            .pragma("secure_delete", "ON")
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -67,7 +69,20 @@ impl SqliteStore {
     }
 
     pub(super) async fn put(&self, s: &NewSecret) -> Result<Written> {
-        put_on(&self.pool, s).await
+        let written = put_on(&self.pool, s).await?;
+        self.checkpoint().await;
+        Ok(written)
+    }
+
+    /// Copies the WAL back into the (secure-delete) database file and truncates it, so that
+    /// an overwritten or deleted plain value does not linger in the WAL.
+    async fn checkpoint(&self) {
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await
+        {
+            tracing::debug!("WAL checkpoint skipped: {e}");
+        }
     }
 
     /// Writes every secret in one transaction: all or nothing.
@@ -78,6 +93,7 @@ impl SqliteStore {
             written.push(put_on(&mut *tx, s).await?);
         }
         tx.commit().await?;
+        self.checkpoint().await;
         Ok(written)
     }
 }
@@ -231,7 +247,7 @@ impl SqliteStore {
                 .await?
             }
         };
-        rows.iter().map(decode).collect()
+        Ok(super::decode_rows(&rows, decode))
     }
 
     pub(super) async fn delete(&self, owner: &Owner, name: &SecretName) -> Result<bool> {
@@ -242,6 +258,7 @@ impl SqliteStore {
                 .bind(name.as_str())
                 .execute(&self.pool)
                 .await?;
+        self.checkpoint().await;
         Ok(done.rows_affected() > 0)
     }
 
@@ -256,7 +273,7 @@ impl SqliteStore {
             .bind(action.as_str())
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(decode).collect()
+        Ok(super::decode_rows(&rows, decode))
     }
 }
 
