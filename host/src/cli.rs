@@ -184,6 +184,9 @@ struct RunArgs {
     /// Wall-clock limit, e.g. 30s, 500ms, 2m.
     #[arg(long, default_value = "30s", value_parser = parse_timeout)]
     timeout: Duration,
+    /// Limit on compiling the guest (before it runs), e.g. 60s.
+    #[arg(long, default_value = "60s", value_parser = parse_timeout)]
+    compile_timeout: Duration,
     /// Linear memory limit, e.g. 256MiB, 64MiB.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     max_memory: usize,
@@ -256,7 +259,10 @@ pub fn main() -> ExitCode {
         }
     };
     let is_run = matches!(cli.command, Command::Run(_));
-    match rt.block_on(dispatch(cli)) {
+    let outcome = rt.block_on(dispatch(cli));
+    // Do not wait for a compiler thread abandoned by --compile-timeout.
+    rt.shutdown_background();
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
@@ -628,10 +634,23 @@ async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<ExitCode> {
     let program = program_name(&args.file);
     let bytes = read_module(&args.file)?;
     check_mounts(&args.dirs, &settings.data_dir()?)?;
-    let runtime = Runtime::new(RuntimeConfig {
+    let runtime = std::sync::Arc::new(Runtime::new(RuntimeConfig {
         fuel: args.fuel.is_some(),
-    })?;
-    let guest = runtime.compile(&program, &bytes)?;
+    })?);
+    // Compilation is bounded too: a module built to be slow to compile must not hold the host.
+    let compiling = {
+        let (runtime, program) = (std::sync::Arc::clone(&runtime), program.clone());
+        tokio::task::spawn_blocking(move || runtime.compile(&program, &bytes))
+    };
+    let guest = tokio::time::timeout(args.compile_timeout, compiling)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "compiling {program} took longer than {} (--compile-timeout)",
+                humantime::format_duration(args.compile_timeout)
+            )
+        })?
+        .context("compiler thread failed")??;
     let strict = args.strict_secrets || settings.security.strict_secrets;
     let source = match open_store(settings, OpenMode::MustExist).await {
         Ok(store) => SecretSource::Store(store),

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -99,7 +100,7 @@ pub struct Report {
 
 /// Runs executions: a runtime, a secret source, the key and the strictness policy.
 pub struct Executor {
-    runtime: Runtime,
+    runtime: Arc<Runtime>,
     source: SecretSource,
     key: Option<EncryptionKey>,
     strict: bool,
@@ -109,7 +110,7 @@ impl Executor {
     /// Builds an executor. `strict` makes an undeliverable secret or a missing store fail the
     /// execution before its guest starts (default: warn and go on, as the seed says).
     pub fn new(
-        runtime: Runtime,
+        runtime: Arc<Runtime>,
         source: SecretSource,
         key: Option<EncryptionKey>,
         strict: bool,

@@ -128,6 +128,23 @@ fn limits_cannot_be_overflowed_or_sidestepped() {
 }
 
 #[test]
+fn compilation_is_bounded() {
+    let host = Host::new();
+    let out = host.run(
+        &probe(Target::P2),
+        ACTION,
+        &["--compile-timeout", "1ms"],
+        &["exit", "0"],
+    );
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("--compile-timeout"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn guest_files_must_be_regular_commands() {
     let host = Host::new();
     for path in ["/dev/zero", "/tmp"] {
