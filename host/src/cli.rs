@@ -200,6 +200,13 @@ struct RunArgs {
     /// Deliver only these secrets (repeatable); other visible names answer access-denied.
     #[arg(long = "allow-secret", value_name = "NAME", value_parser = parse_secret_name)]
     allow_secret: Vec<SecretName>,
+    /// Do not mask secret values in the guest's output (debugging only).
+    #[arg(long)]
+    no_redact: bool,
+    /// Most bytes of guest stdout, and of stderr, passed through (e.g. 16MiB); writes past it
+    /// fail.
+    #[arg(long, default_value = "16MiB", value_parser = parse_size)]
+    max_output: usize,
     /// Arguments passed to the guest after `--`.
     #[arg(last = true)]
     args: Vec<String>,
@@ -657,6 +664,9 @@ async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<ExitCode> {
         Err(e) => SecretSource::Missing(format!("{e:#}")),
     };
     let executor = Executor::new(runtime, source, key(settings)?, strict);
+    if args.no_redact {
+        tracing::warn!("--no-redact: secret values the guest prints are shown as they are");
+    }
     let allowed = (!args.allow_secret.is_empty())
         .then(|| args.allow_secret.into_iter().collect::<BTreeSet<_>>());
     let report = executor
@@ -678,6 +688,8 @@ async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<ExitCode> {
                     ..Limits::default()
                 },
                 allowed,
+                redact: !args.no_redact,
+                max_output: args.max_output as u64,
             },
         )
         .await?;

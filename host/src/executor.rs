@@ -85,7 +85,14 @@ pub struct Execution {
     /// When set, only these names are delivered (both doors); other visible names answer
     /// `access-denied` to `get-secret`.
     pub allowed: Option<BTreeSet<SecretName>>,
+    /// Mask every resolved secret value in stdout/stderr (see [`crate::redact`]).
+    pub redact: bool,
+    /// Most bytes of stdout, and separately of stderr; further writes fail.
+    pub max_output: u64,
 }
+
+/// Default [`Execution::max_output`]: 16 MiB per stream.
+pub const DEFAULT_MAX_OUTPUT: u64 = 16 * 1024 * 1024;
 
 /// What an execution produced.
 #[derive(Debug)]
@@ -238,6 +245,26 @@ impl Executor {
             "execution starting"
         );
 
+        let redact = if exec.redact {
+            let mut values = Vec::new();
+            for secret in resolution.iter() {
+                if let Delivery::Value(v) = &secret.delivery {
+                    let v = v.expose_secret();
+                    if !v.is_empty() && v.len() < crate::redact::MIN_MASKED_LEN {
+                        tracing::warn!(
+                            secret = %secret.secret_ref(),
+                            "value shorter than {} bytes is not masked in output",
+                            crate::redact::MIN_MASKED_LEN
+                        );
+                    }
+                    values.push(v);
+                }
+            }
+            crate::redact::Patterns::new(values)
+        } else {
+            crate::redact::Patterns::new(std::iter::empty())
+        };
+
         let mut args = Vec::with_capacity(exec.args.len() + 1);
         args.push(exec.program);
         args.extend(exec.args);
@@ -250,6 +277,8 @@ impl Executor {
             stdout: exec.stdout,
             stderr: exec.stderr,
             limits: exec.limits,
+            redact,
+            max_output: exec.max_output,
             secrets: SecretDoor::new(
                 resolution,
                 exec.allowed,
@@ -263,6 +292,13 @@ impl Executor {
         self.write_audit(log.records(&started, &execution_id, exec.action.as_str()))
             .await;
         let exit = exit?;
+        if exit.output_capped {
+            tracing::warn!(
+                execution = %execution_id,
+                "guest output was cut at {} bytes per stream",
+                exec.max_output
+            );
+        }
         tracing::info!(
             execution = %execution_id,
             code = exit.code,

@@ -50,9 +50,14 @@ fn no_plaintext_in_the_database_logs_or_errors() {
         ],
         None,
     );
+    let stdout = text(&out.stdout);
     assert!(
-        text(&out.stdout).contains(PLANTED[2]),
-        "the guest did get its secrets"
+        !stdout.contains(PLANTED[2]),
+        "values the guest prints are masked: {stdout}"
+    );
+    assert!(
+        stdout.contains(r#""a":{"value":"***"}"#),
+        "the guest did get its secrets: {stdout}"
     );
     trace(
         &[

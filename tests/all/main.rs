@@ -10,6 +10,7 @@ mod hardening;
 mod import;
 mod leaks;
 mod postgres;
+mod redaction;
 mod resolution;
 mod rotate;
 mod sandbox;

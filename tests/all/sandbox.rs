@@ -105,10 +105,10 @@ fn no_filesystem_without_dir_and_a_mounted_dir_with_it() {
 #[test]
 fn timeout_stops_an_infinite_loop_with_a_clear_error() {
     let host = Host::new();
-    host.set("api_key", "k", &[]);
+    host.set("api_key", "long-enough-to-mask", &[]);
     for target in [Target::P1, Target::P2] {
         let started = Instant::now();
-        let out = host.run(&probe(target), ACTION, &["--timeout", "300ms"], &["spin"]);
+        let out = host.run_redacted(&probe(target), ACTION, &["--timeout", "300ms"], &["spin"]);
         assert_eq!(out.status.code(), Some(124), "{target:?}");
         let err = text(&out.stderr);
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");

@@ -173,8 +173,22 @@ impl Host {
         assert!(out.status.success(), "set {name}: {}", text(&out.stderr));
     }
 
-    /// `run FILE --action ACTION -- ARGS`.
+    /// `run FILE --action ACTION --no-redact EXTRA -- ARGS`: output unmasked, so that tests
+    /// can read what the probe received (masking has tests of its own).
     pub fn run(&self, file: &Path, action: &str, extra: &[&str], guest_args: &[&str]) -> Output {
+        let mut with = vec!["--no-redact"];
+        with.extend_from_slice(extra);
+        self.run_redacted(file, action, &with, guest_args)
+    }
+
+    /// `run FILE --action ACTION EXTRA -- ARGS`, as an operator runs it (output masked).
+    pub fn run_redacted(
+        &self,
+        file: &Path,
+        action: &str,
+        extra: &[&str],
+        guest_args: &[&str],
+    ) -> Output {
         let mut c = self.cmd();
         c.arg("run")
             .arg(file)

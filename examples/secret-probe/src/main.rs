@@ -12,10 +12,32 @@
 //! - `recurse`: unbounded recursion
 //! - `stdin`: echo stdin
 //! - `exit N`: exit with status N
+//! - `show NAME`: print the secret raw, in base64, split across two flushed writes, and on
+//!   stderr (to test output masking)
+//! - `flood MIB`: write MIB mebibytes to stdout
 
 use std::io::{Read, Write};
 
 use serde_json::{json, Map, Value};
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -87,6 +109,32 @@ fn main() {
             std::io::stdout().write_all(&buf).ok();
         }
         "exit" => std::process::exit(rest[0].parse().unwrap_or(1)),
+        "show" => {
+            let v = attune_guest::get_secret(&rest[0]).unwrap_or_default();
+            let mut out = std::io::stdout();
+            writeln!(out, "raw:{v}").ok();
+            writeln!(out, "b64:{}", base64(v.as_bytes())).ok();
+            let (a, b) = v.split_at(v.len() / 2);
+            write!(out, "split:{a}").ok();
+            out.flush().ok();
+            writeln!(out, "{b}").ok();
+            eprintln!("stderr:{v}");
+        }
+        "flood" => {
+            let mib: usize = rest[0].parse().unwrap_or(1);
+            let line = [b'x'; 1023];
+            let mut out = std::io::stdout();
+            for _ in 0..mib * 1024 {
+                if out
+                    .write_all(&line)
+                    .and_then(|()| out.write_all(b"\n"))
+                    .is_err()
+                {
+                    eprintln!("write failed");
+                    std::process::exit(3);
+                }
+            }
+        }
         other => {
             eprintln!("unknown command {other}");
             std::process::exit(64);

@@ -6,6 +6,7 @@
 //! `_start`), detected from the binary's header. A guest gets exactly what [`GuestSetup`] lists:
 //! no host environment, no network, no filesystem unless a directory is mounted.
 
+mod output;
 mod state;
 
 use std::path::PathBuf;
@@ -199,6 +200,10 @@ pub struct GuestSetup {
     pub limits: Limits,
     /// The `get-secret` door.
     pub secrets: SecretDoor,
+    /// Values masked in stdout/stderr (empty: no masking).
+    pub redact: crate::redact::Patterns,
+    /// Most bytes of stdout, and separately of stderr, passed through; further writes fail.
+    pub max_output: u64,
 }
 
 /// How an execution ended.
@@ -212,6 +217,8 @@ pub struct GuestExit {
     pub stderr: Option<Bytes>,
     /// `get-secret` calls made.
     pub secret_calls: u64,
+    /// The guest wrote more than [`GuestSetup::max_output`] bytes to a stream.
+    pub output_capped: bool,
 }
 
 /// A compiled and linked guest, ready to instantiate any number of times.
@@ -354,7 +361,7 @@ impl Runtime {
     /// [`Error::Trap`], [`Error::Host`]. A guest's own non-zero exit is not an error.
     pub async fn run(&self, guest: &Guest, setup: GuestSetup) -> Result<GuestExit> {
         let limits = setup.limits;
-        let (builder, stdout, stderr) = wasi_builder(&setup)?;
+        let (builder, outputs) = wasi_builder(&setup)?;
         let limiter = Limiter::new(limits.max_memory);
         // Deadline: the epoch trap stops guests running wasm; the outer timeout also covers a
         // guest blocked in a host call (e.g. reading stdin).
@@ -407,14 +414,24 @@ impl Runtime {
             }
         };
         let grace = limits.timeout.saturating_add(TICK * 10);
-        let (code, secret_calls) = tokio::time::timeout(grace, run)
+        let result = tokio::time::timeout(grace, run)
             .await
-            .map_err(|_| Error::Timeout(limits.timeout))??;
+            .map_err(|_| Error::Timeout(limits.timeout));
+        // Whatever the outcome, what the masker held back is emitted (masked).
+        let output_capped = outputs.finish();
+        let (code, secret_calls) = result??;
         Ok(GuestExit {
             code,
-            stdout: stdout.map(|p| p.contents()),
-            stderr: stderr.map(|p| p.contents()),
+            stdout: outputs
+                .stdout
+                .map(|p| p.contents())
+                .map(|b| setup_mask(&outputs.redact, &b)),
+            stderr: outputs
+                .stderr
+                .map(|p| p.contents())
+                .map(|b| setup_mask(&outputs.redact, &b)),
             secret_calls,
+            output_capped,
         })
     }
 
@@ -446,15 +463,34 @@ impl Drop for Runtime {
     }
 }
 
+/// The guest's output sinks: captured pipes or masked pass-through streams.
+struct Outputs {
+    stdout: Option<MemoryOutputPipe>,
+    stderr: Option<MemoryOutputPipe>,
+    passthrough: Vec<output::HostOutput>,
+    redact: crate::redact::Patterns,
+}
+
+impl Outputs {
+    /// Flushes the pass-through streams; `true` if one hit its cap.
+    fn finish(&self) -> bool {
+        self.passthrough
+            .iter()
+            .fold(false, |capped, o| o.finish() || capped)
+    }
+}
+
+fn setup_mask(patterns: &crate::redact::Patterns, bytes: &[u8]) -> Bytes {
+    if patterns.is_empty() {
+        Bytes::copy_from_slice(bytes)
+    } else {
+        Bytes::from(patterns.mask_all(bytes))
+    }
+}
+
 /// Builds the WASI context: explicit env (never inherited), args, stdio, mounts. Sockets stay
 /// denied (wasmtime-wasi's default).
-fn wasi_builder(
-    setup: &GuestSetup,
-) -> Result<(
-    WasiCtxBuilder,
-    Option<MemoryOutputPipe>,
-    Option<MemoryOutputPipe>,
-)> {
+fn wasi_builder(setup: &GuestSetup) -> Result<(WasiCtxBuilder, Outputs)> {
     let mut b = WasiCtxBuilder::new();
     b.args(&setup.args);
     // WasiCtxBuilder::env does not deduplicate; the executor hands over unique names.
@@ -474,9 +510,13 @@ fn wasi_builder(
             b.inherit_stdin();
         }
     }
+    let mut passthrough = Vec::new();
     let stdout = match setup.stdout {
         Output::Inherit => {
-            b.inherit_stdout();
+            let out =
+                output::HostOutput::new(output::Fd::Stdout, setup.redact.clone(), setup.max_output);
+            b.stdout(out.clone());
+            passthrough.push(out);
             None
         }
         Output::Capture(cap) => {
@@ -487,7 +527,10 @@ fn wasi_builder(
     };
     let stderr = match setup.stderr {
         Output::Inherit => {
-            b.inherit_stderr();
+            let out =
+                output::HostOutput::new(output::Fd::Stderr, setup.redact.clone(), setup.max_output);
+            b.stderr(out.clone());
+            passthrough.push(out);
             None
         }
         Output::Capture(cap) => {
@@ -503,7 +546,15 @@ fn wasi_builder(
                 reason: format!("{e:#}"),
             })?;
     }
-    Ok((b, stdout, stderr))
+    Ok((
+        b,
+        Outputs {
+            stdout,
+            stderr,
+            passthrough,
+            redact: setup.redact.clone(),
+        },
+    ))
 }
 
 /// Maps a wasmtime error at run time to an exit code or a typed error.
