@@ -474,9 +474,12 @@ struct Outputs {
 impl Outputs {
     /// Flushes the pass-through streams; `true` if one hit its cap.
     fn finish(&self) -> bool {
-        self.passthrough
-            .iter()
-            .fold(false, |capped, o| o.finish() || capped)
+        // Every stream is finished, even after one reports its cap.
+        let mut capped = false;
+        for output in &self.passthrough {
+            capped |= output.finish();
+        }
+        capped
     }
 }
 
