@@ -8,6 +8,7 @@ mod audit;
 mod bad_inputs;
 mod hardening;
 mod import;
+mod isolation;
 mod leaks;
 mod postgres;
 mod redaction;

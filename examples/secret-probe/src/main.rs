@@ -15,6 +15,7 @@
 //! - `show NAME`: print the secret raw, in base64, split across two flushed writes, and on
 //!   stderr (to test output masking)
 //! - `flood MIB`: write MIB mebibytes to stdout
+//! - `hammer N NAME`: call get-secret N times, print the count of each outcome
 
 use std::io::{Read, Write};
 
@@ -119,6 +120,18 @@ fn main() {
             out.flush().ok();
             writeln!(out, "{b}").ok();
             eprintln!("stderr:{v}");
+        }
+        "hammer" => {
+            let n: u64 = rest[0].parse().unwrap_or(1);
+            let mut counts = std::collections::BTreeMap::<String, u64>::new();
+            for _ in 0..n {
+                let key = match attune_guest::get_secret(&rest[1]) {
+                    Ok(_) => "Ok".to_owned(),
+                    Err(e) => format!("{e:?}"),
+                };
+                *counts.entry(key).or_default() += 1;
+            }
+            println!("{}", serde_json::to_string(&counts).unwrap_or_default());
         }
         "flood" => {
             let mib: usize = rest[0].parse().unwrap_or(1);
