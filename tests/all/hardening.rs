@@ -128,6 +128,21 @@ fn limits_cannot_be_overflowed_or_sidestepped() {
 }
 
 #[test]
+fn a_100_mib_name_is_refused_without_being_copied() {
+    let host = Host::new();
+    host.set("k", "v-long-enough", &[]);
+    let out = host.run(
+        &probe(Target::P2),
+        ACTION,
+        &["--max-memory", "512MiB"],
+        &["bigname", "100"],
+    );
+    no_panic(&out);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "Err(InvalidName)");
+}
+
+#[test]
 fn compilation_is_bounded() {
     let host = Host::new();
     let out = host.run(

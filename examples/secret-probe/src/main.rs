@@ -16,6 +16,7 @@
 //!   stderr (to test output masking)
 //! - `flood MIB`: write MIB mebibytes to stdout
 //! - `hammer N NAME`: call get-secret N times, print the count of each outcome
+//! - `bigname MIB`: call get-secret with a name of MIB mebibytes
 
 use std::io::{Read, Write};
 
@@ -120,6 +121,11 @@ fn main() {
             out.flush().ok();
             writeln!(out, "{b}").ok();
             eprintln!("stderr:{v}");
+        }
+        "bigname" => {
+            let mib: usize = rest[0].parse().unwrap_or(1);
+            let name = "a".repeat(mib * 1024 * 1024);
+            println!("{:?}", attune_guest::get_secret(&name));
         }
         "hammer" => {
             let n: u64 = rest[0].parse().unwrap_or(1);

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretString};
-use wasmtime::component::{Component, HasSelf};
+use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, Trap};
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
@@ -36,6 +36,9 @@ pub(crate) mod bindings {
 }
 
 pub use bindings::attune::action::secrets::SecretError;
+
+/// The WIT interface of the `get-secret` door (`wit/action.wit`).
+pub const SECRETS_INTERFACE: &str = "attune:action/secrets@0.1.0";
 
 /// Epoch tick used for deadlines.
 const TICK: Duration = Duration::from_millis(10);
@@ -267,11 +270,25 @@ impl Runtime {
 
         let mut components = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut components).map_err(host)?;
-        bindings::attune::action::secrets::add_to_linker::<_, HasSelf<ComponentState>>(
-            &mut components,
-            |s| s,
-        )
-        .map_err(host)?;
+        // `get-secret` by hand rather than through the bindgen `Host` trait: the name arrives as
+        // a `WasmStr` (a view of guest memory), so an oversized name is refused before it is
+        // copied into the host.
+        components
+            .instance(SECRETS_INTERFACE)
+            .and_then(|mut secrets| {
+                secrets.func_wrap(
+                    "get-secret",
+                    |mut store: wasmtime::StoreContextMut<'_, ComponentState>,
+                     (name,): (wasmtime::component::WasmStr,)| {
+                        let name = {
+                            let text = name.to_str(&store)?;
+                            (text.len() <= crate::names::MAX_NAME_BYTES).then(|| text.into_owned())
+                        };
+                        Ok((store.data_mut().get_secret(name),))
+                    },
+                )
+            })
+            .map_err(host)?;
 
         let mut modules = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, |s: &mut ModuleState| &mut s.wasi)

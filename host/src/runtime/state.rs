@@ -7,7 +7,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::attune::action::secrets::{Host, SecretError};
+use super::bindings::attune::action::secrets::SecretError;
 use crate::audit::{Door, Log, Outcome, UNRECORDED};
 use crate::names::SecretName;
 use crate::resolve::{Delivery, Resolution};
@@ -132,9 +132,11 @@ impl SecretDoor {
     }
 }
 
-impl Host for ComponentState {
-    fn get_secret(&mut self, name: String) -> Result<String, SecretError> {
-        let (result, outcome, recorded) = self.secrets.lookup(&name);
+impl ComponentState {
+    /// Answers one `get-secret` call; `None` is a name longer than the naming rule allows,
+    /// refused before it was copied out of guest memory.
+    pub(crate) fn get_secret(&mut self, name: Option<String>) -> Result<String, SecretError> {
+        let (result, outcome, recorded) = self.secrets.lookup(name.as_deref().unwrap_or(""));
         tracing::debug!(secret = %recorded, %outcome, "get-secret");
         result
     }
