@@ -143,7 +143,15 @@ impl Settings {
         builder
             .build()
             .and_then(config::Config::try_deserialize)
-            .map_err(|e| Error::Invalid(without_quoted(&e.to_string())))
+            .map_err(|e| {
+                let text = e.to_string();
+                // serde quotes the offending value in type errors: never echo it.
+                if text.contains("invalid type") || text.contains("invalid value") {
+                    Error::Invalid(without_quoted(&text))
+                } else {
+                    Error::Invalid(text)
+                }
+            })
     }
 
     /// The data directory: `data_dir`, else `$XDG_DATA_HOME/attune-wasm` (usually
