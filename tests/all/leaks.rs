@@ -183,3 +183,26 @@ fn debug_of_public_types_shows_no_secret() {
         );
     }
 }
+
+#[test]
+fn the_host_process_environment_never_holds_a_secret() {
+    // While a guest runs with its secrets, the host's own /proc/PID/environ is searched.
+    let host = Host::new();
+    host.set("sys", PLANTED[0], &[]);
+    host.set("p", PLANTED[1], &["--pack", "mypack"]);
+    let mut c = host.cmd();
+    c.arg("run")
+        .arg(probe(Target::P1))
+        .args(["--action", "mypack.deploy", "--timeout", "3s", "--", "spin"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let environ = std::fs::read(format!("/proc/{}/environ", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(!environ.is_empty());
+    for planted in &PLANTED[..2] {
+        assert!(!environ.windows(planted.len()).any(|w| w == planted.as_bytes()), "{planted} in the host environment");
+    }
+}
