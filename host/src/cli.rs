@@ -253,6 +253,7 @@ fn parse_secret_name(s: &str) -> Result<SecretName, String> {
 /// Entry point of the binary: parses arguments, sets up logging (`RUST_LOG`, default `warn`,
 /// to stderr), runs the command on a tokio runtime and maps the outcome to an exit status.
 pub fn main() -> ExitCode {
+    install_panic_hook();
     let cli = Cli::parse();
     init_logging();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -279,6 +280,26 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// Replaces the default panic hook: a panic payload could hold data the host was handling
+/// (a secret), so only the location is printed.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("{}", panic_line(info.location()));
+    }));
+}
+
+/// The one line printed for a panic: where, never what.
+fn panic_line(location: Option<&std::panic::Location<'_>>) -> String {
+    match location {
+        Some(l) => format!(
+            "error: internal error at {}:{} (details withheld: they could contain secret data); please report it",
+            l.file(),
+            l.line()
+        ),
+        None => "error: internal error (details withheld); please report it".to_owned(),
     }
 }
 
@@ -761,6 +782,21 @@ mod tests {
             humantime::parse_duration("2s").unwrap(),
             Duration::from_secs(2)
         );
+    }
+
+    #[test]
+    fn panics_print_where_never_what() {
+        let caught = std::panic::catch_unwind(|| {
+            let secret = "planted-panic-secret-0a1b";
+            panic!("{secret}");
+        });
+        assert!(caught.is_err());
+        let line = panic_line(Some(std::panic::Location::caller()));
+        assert!(
+            line.contains("cli.rs") && !line.contains("planted"),
+            "{line}"
+        );
+        assert!(!panic_line(None).contains("planted"));
     }
 
     #[test]

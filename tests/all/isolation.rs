@@ -145,3 +145,33 @@ fn a_million_get_secret_calls_hit_the_budget_not_the_host() {
         "{audit}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_results_are_masked_too() {
+    let host = Host::new();
+    host.put_raw(
+        Owner::Pack(PackRef::new("p").unwrap()),
+        "tok",
+        false,
+        None,
+        "result-secret-77aa",
+    )
+    .await;
+    let runtime = Arc::new(Runtime::new(RuntimeConfig::default()).unwrap());
+    let guest = runtime
+        .compile("probe.wasm", &std::fs::read(probe(Target::P2)).unwrap())
+        .unwrap();
+    let executor = Executor::new(
+        runtime,
+        SecretSource::Store(host.store().await),
+        None,
+        false,
+    );
+    let mut exec = execution("p.a", &["show", "tok"]);
+    exec.redact = true;
+    let report = executor.execute(&guest, exec).await.unwrap();
+    let stdout = String::from_utf8_lossy(report.exit.stdout.as_deref().unwrap()).into_owned();
+    let stderr = String::from_utf8_lossy(report.exit.stderr.as_deref().unwrap()).into_owned();
+    assert_eq!(stdout, "raw:***\nb64:***\nsplit:***\n");
+    assert!(stderr.contains("stderr:***") && !format!("{report:?}").contains("result-secret"));
+}

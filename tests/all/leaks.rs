@@ -203,6 +203,11 @@ fn the_host_process_environment_never_holds_a_secret() {
     let _ = child.wait();
     assert!(!environ.is_empty());
     for planted in &PLANTED[..2] {
-        assert!(!environ.windows(planted.len()).any(|w| w == planted.as_bytes()), "{planted} in the host environment");
+        assert!(
+            !environ
+                .windows(planted.len())
+                .any(|w| w == planted.as_bytes()),
+            "{planted} in the host environment"
+        );
     }
 }
