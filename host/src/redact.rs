@@ -3,14 +3,15 @@
 //! For each value of at least [`MIN_MASKED_LEN`] bytes the masked forms are: the value; each of
 //! its lines of at least [`MIN_MASKED_LEN`] bytes (multi-line secrets such as PEM keys); its
 //! standard base64 (RFC 4648 §4, padded and unpadded); its percent-encoding (RFC 3986, all but
-//! unreserved characters encoded); and its JSON string escaping. Matching is leftmost-longest
-//! (Aho-Corasick), on a stream: a value split across writes is still masked, because the last
-//! `longest pattern - 1` bytes are held back until more output or the end arrives. Cost is
-//! linear in the output. Masking is best effort, like any CI runner's: a guest that transforms
+//! unreserved characters encoded); and its JSON string escaping. Every byte covered by any
+//! occurrence (overlapping ones included, Aho-Corasick) is masked, each run of masked bytes
+//! becoming one `***`, on a stream: a value split across writes is still masked, because up to
+//! twice the longest form is held back until more output or the end arrives. Cost is linear
+//! in the output. Masking is best effort, like any CI runner's: a guest that transforms
 //! a value in any other way (reverses it, prints it byte by byte with separators) is not
 //! caught.
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use base64::Engine as _;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -66,7 +67,11 @@ impl Patterns {
             None
         } else {
             AhoCorasick::builder()
-                .match_kind(MatchKind::LeftmostLongest)
+                // Standard semantics: every occurrence, overlapping ones included.
+                .match_kind(MatchKind::Standard)
+                // A DFA over long secrets is huge and slow to build; the contiguous NFA is
+                // linear in the pattern bytes to build and linear in the haystack to search.
+                .kind(Some(AhoCorasickKind::ContiguousNFA))
                 .build(forms.iter().map(|f| f.as_slice()))
                 .ok()
         };
@@ -88,9 +93,17 @@ impl Patterns {
 }
 
 /// A redacting stream over one output (stdout or stderr).
+///
+/// Every byte covered by any occurrence of any form is masked (overlapping occurrences of two
+/// secrets are merged into one `***`). A byte is emitted once every occurrence that could
+/// cover it has been seen, i.e. `longest - 1` bytes later.
 pub struct Stream {
     patterns: Patterns,
     pending: Zeroizing<Vec<u8>>,
+    /// Bytes at the start of `pending` covered by an occurrence seen in an earlier scan.
+    carry: usize,
+    /// The last emitted byte was masked (a run continuing it adds no second `***`).
+    in_mask: bool,
 }
 
 impl Stream {
@@ -99,48 +112,79 @@ impl Stream {
         Self {
             patterns,
             pending: Zeroizing::new(Vec::new()),
+            carry: 0,
+            in_mask: false,
         }
     }
 
     /// Takes more output; returns what can be emitted now (masked).
     pub fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let Some(matcher) = &self.patterns.matcher else {
+        if self.patterns.matcher.is_none() {
             return bytes.to_vec();
-        };
-        self.pending.extend_from_slice(bytes);
-        // Any match that starts before `safe` lies wholly in `pending` (no pattern is longer
-        // than `longest`), so leftmost-longest is already decided there.
-        let safe = self.pending.len().saturating_sub(self.patterns.longest - 1);
-        let mut out = Vec::with_capacity(self.pending.len());
-        let mut emitted = 0;
-        for m in matcher.find_iter(self.pending.as_slice()) {
-            if m.start() >= safe {
-                break;
-            }
-            out.extend_from_slice(&self.pending[emitted..m.start()]);
-            out.extend_from_slice(MASK);
-            emitted = m.end();
         }
-        let keep_from = emitted.max(safe);
-        out.extend_from_slice(&self.pending[emitted..keep_from]);
-        self.pending.drain(..keep_from);
-        out
+        self.pending.extend_from_slice(bytes);
+        // Scan only once twice the longest pattern has gathered: every scan then consumes at
+        // least `longest` bytes, so the work is linear in the output even for many small
+        // writes and a long secret (at most `2 × longest` bytes are held back).
+        if self.pending.len() < 2 * self.patterns.longest {
+            return Vec::new();
+        }
+        // Any occurrence covering a byte before `upto` starts at most `longest - 1` bytes
+        // earlier and so lies wholly in `pending` (or was seen before: `carry`).
+        let upto = self.pending.len() - (self.patterns.longest - 1);
+        self.emit(upto)
     }
 
     /// Ends the stream: masks and returns what was held back.
     pub fn finish(&mut self) -> Vec<u8> {
-        let Some(matcher) = &self.patterns.matcher else {
+        if self.patterns.matcher.is_none() {
             return std::mem::take(&mut *self.pending);
-        };
-        let mut out = Vec::with_capacity(self.pending.len());
-        let mut emitted = 0;
-        for m in matcher.find_iter(self.pending.as_slice()) {
-            out.extend_from_slice(&self.pending[emitted..m.start()]);
-            out.extend_from_slice(MASK);
-            emitted = m.end();
         }
-        out.extend_from_slice(&self.pending[emitted..]);
-        self.pending.clear();
+        let out = self.emit(self.pending.len());
+        self.in_mask = false;
+        out
+    }
+
+    /// Emits `pending[..upto]`, masked, and keeps the rest.
+    fn emit(&mut self, upto: usize) -> Vec<u8> {
+        let Some(matcher) = &self.patterns.matcher else {
+            return Vec::new();
+        };
+        // depth[i] > 0 ⇔ byte i is covered (prefix sums of +1/-1 at range ends).
+        let mut delta = vec![0i32; upto + 1];
+        let mut carry_next = self.carry.saturating_sub(upto);
+        if self.carry > 0 {
+            delta[0] += 1;
+            delta[self.carry.min(upto)] -= 1;
+        }
+        for m in matcher.find_overlapping_iter(self.pending.as_slice()) {
+            if m.start() >= upto {
+                continue;
+            }
+            delta[m.start()] += 1;
+            delta[m.end().min(upto)] -= 1;
+            carry_next = carry_next.max(m.end().saturating_sub(upto));
+        }
+        let mut out = Vec::with_capacity(upto);
+        let mut depth = 0;
+        let mut in_mask = self.in_mask;
+        for (i, byte) in self.pending[..upto].iter().enumerate() {
+            depth += delta[i];
+            if depth > 0 {
+                if !in_mask {
+                    out.extend_from_slice(MASK);
+                }
+                in_mask = true;
+            } else {
+                out.push(*byte);
+                in_mask = false;
+            }
+        }
+        if upto > 0 {
+            self.in_mask = in_mask;
+        }
+        self.pending.drain(..upto);
+        self.carry = carry_next;
         out
     }
 }
@@ -173,6 +217,41 @@ mod tests {
             &format!("whole:{pem}\nline:MIIBOgIBAAJBAKj34GkxFhD9!"),
         );
         assert_eq!(out, "whole:***\nline:***!");
+    }
+
+    #[test]
+    fn many_small_writes_against_a_long_secret_stay_linear() {
+        // 60 KiB secret, 16 MiB of near-matches in 1 KiB writes: every byte is scanned a
+        // bounded number of times (this took minutes when each write rescanned the tail).
+        let secret = "x".repeat(60 * 1024) + "!";
+        let mut s = Stream::new(Patterns::new([secret.as_str()]));
+        let line = [b'x'; 1024];
+        let started = std::time::Instant::now();
+        let mut total = 0;
+        for _ in 0..16 * 1024 {
+            total += s.push(&line).len();
+        }
+        total += s.finish().len();
+        assert_eq!(total, 16 * 1024 * 1024);
+        // Not a timing test of speed, a guard against the quadratic case (minutes).
+        assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    }
+
+    #[test]
+    fn overlapping_values_of_two_secrets_are_masked_whole() {
+        assert_eq!(
+            masked(
+                &["wxyz", "zTOPSECRETTOKEN-0123456789"],
+                "xxwxyzTOPSECRETTOKEN-0123456789xx"
+            ),
+            "xx***xx"
+        );
+        assert_eq!(
+            masked(&["ABCDEFGH", "CDEFGHIJKLMN"], "zzABCDEFGHIJKLMNzz"),
+            "zz***zz"
+        );
+        // Runs of one value repeated are one mask, not one per occurrence.
+        assert_eq!(masked(&["abcd"], "abcdabcd abcd"), "*** ***");
     }
 
     #[test]
