@@ -4,23 +4,9 @@
 
 use attune_wasm::names::{Owner, PackRef};
 
-use crate::support::{probe, text, value, Host, Target, OTHER_KEY};
+use crate::support::{assert_no_panic, probe, text, value, Host, Target, OTHER_KEY};
 
 const ACTION: &str = "mypack.deploy";
-
-fn assert_no_panic(out: &std::process::Output) {
-    assert_ne!(
-        out.status.code(),
-        Some(101),
-        "panicked: {}",
-        text(&out.stderr)
-    );
-    assert!(
-        !text(&out.stderr).contains("panicked"),
-        "{}",
-        text(&out.stderr)
-    );
-}
 
 #[test]
 fn n7_bad_names_are_refused_on_write_with_the_rule_and_nothing_is_stored() {

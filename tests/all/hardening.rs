@@ -1,23 +1,9 @@
 //! Regressions for what an adversarial review found: each test plants the input that broke
 //! (or nearly broke) the host and checks the fix.
 
-use crate::support::{probe, run_cmd, text, value, Host, Target};
+use crate::support::{assert_no_panic, probe, run_cmd, text, value, Host, Target};
 
 const ACTION: &str = "mypack.deploy";
-
-fn no_panic(out: &std::process::Output) {
-    assert_ne!(
-        out.status.code(),
-        Some(101),
-        "panicked: {}",
-        text(&out.stderr)
-    );
-    assert!(
-        !text(&out.stderr).contains("panicked"),
-        "{}",
-        text(&out.stderr)
-    );
-}
 
 #[test]
 fn all_digit_passwords_are_not_rounded() {
@@ -66,7 +52,7 @@ async fn odd_key_hashes_and_malformed_rows_do_not_panic_or_hide_other_secrets() 
         .unwrap();
     drop(c);
     let out = host.exec(&["secret", "list"], None);
-    no_panic(&out);
+    assert_no_panic(&out);
     assert!(out.status.success());
     assert!(text(&out.stdout).contains("good"));
     assert!(
@@ -79,7 +65,7 @@ async fn odd_key_hashes_and_malformed_rows_do_not_panic_or_hide_other_secrets() 
         text(&out.stderr)
     );
     let out = host.run(&probe(Target::P2), ACTION, &[], &["get", "good", "odd"]);
-    no_panic(&out);
+    assert_no_panic(&out);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         value(&report, "good").as_deref(),
@@ -99,7 +85,7 @@ fn limits_cannot_be_overflowed_or_sidestepped() {
         &["--timeout", "18446744073709551615s 999ms"],
         &["exit", "0"],
     );
-    no_panic(&out);
+    assert_no_panic(&out);
     assert_eq!(out.status.code(), Some(2), "refused as a usage error");
     assert!(text(&out.stderr).contains("7 days"));
 
@@ -118,7 +104,7 @@ fn limits_cannot_be_overflowed_or_sidestepped() {
     wat.push(')');
     std::fs::write(&tables, wat::parse_str(&wat).unwrap()).unwrap();
     let out = host.run(&tables, ACTION, &["--max-memory", "64MiB"], &[]);
-    no_panic(&out);
+    assert_no_panic(&out);
     assert_eq!(out.status.code(), Some(134), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("memory limit"),
@@ -137,7 +123,7 @@ fn a_100_mib_name_is_refused_without_being_copied() {
         &["--max-memory", "512MiB"],
         &["bigname", "100"],
     );
-    no_panic(&out);
+    assert_no_panic(&out);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "Err(InvalidName)");
 }

@@ -291,6 +291,16 @@ pub fn run_cmd(c: &mut Command, stdin: Option<&[u8]>) -> Output {
     child.wait_with_output().expect("wait")
 }
 
+/// Fails if the process panicked (exit 101 or a panic or internal-error line on stderr).
+pub fn assert_no_panic(out: &Output) {
+    let stderr = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(101), "panicked: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("internal error"),
+        "{stderr}"
+    );
+}
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
