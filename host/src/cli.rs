@@ -181,6 +181,9 @@ struct RunArgs {
     /// Mount a host directory: HOST::GUEST, or HOST at the same path (repeatable).
     #[arg(long = "dir", value_name = "HOST::GUEST", value_parser = executor::parse_dir)]
     dirs: Vec<runtime::DirMount>,
+    /// Mount a host directory read-only: HOST::GUEST, or HOST at the same path (repeatable).
+    #[arg(long = "dir-ro", value_name = "HOST::GUEST", value_parser = executor::parse_dir_ro)]
+    dirs_ro: Vec<runtime::DirMount>,
     /// Wall-clock limit, e.g. 30s, 500ms, 2m.
     #[arg(long, default_value = "30s", value_parser = parse_timeout)]
     timeout: Duration,
@@ -661,7 +664,9 @@ async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<ExitCode> {
     let action = ActionRef::new(&args.action)?;
     let program = program_name(&args.file);
     let bytes = read_module(&args.file)?;
-    check_mounts(&args.dirs, &settings.data_dir()?)?;
+    let mut dirs = args.dirs;
+    dirs.extend(args.dirs_ro);
+    check_mounts(&dirs, &settings.data_dir()?)?;
     let runtime = std::sync::Arc::new(Runtime::new(RuntimeConfig {
         fuel: args.fuel.is_some(),
     })?);
@@ -698,7 +703,7 @@ async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<ExitCode> {
                 program,
                 args: args.args,
                 env: args.env,
-                dirs: args.dirs,
+                dirs,
                 stdin: Stdin::Inherit,
                 stdout: Output::Inherit,
                 stderr: Output::Inherit,

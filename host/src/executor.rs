@@ -368,6 +368,18 @@ pub fn parse_dir(spec: &str) -> std::result::Result<DirMount, String> {
     Ok(DirMount {
         host: PathBuf::from(host),
         guest: guest.to_owned(),
+        read_only: false,
+    })
+}
+
+/// As [`parse_dir`], for a read-only mount (`--dir-ro`).
+///
+/// # Errors
+/// A message when either side is empty.
+pub fn parse_dir_ro(spec: &str) -> std::result::Result<DirMount, String> {
+    parse_dir(spec).map(|d| DirMount {
+        read_only: true,
+        ..d
     })
 }
 

@@ -103,6 +103,48 @@ fn no_filesystem_without_dir_and_a_mounted_dir_with_it() {
 }
 
 #[test]
+fn read_only_mounts_cannot_be_written() {
+    let host = Host::new();
+    let shared = host.dir.path().join("ro");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("config.txt"), "original").unwrap();
+    for target in [Target::P1, Target::P2] {
+        let ro = format!("{}::/ro", shared.display());
+        let out = host.run(
+            &probe(target),
+            ACTION,
+            &["--dir-ro", &ro],
+            &["read", "/ro/config.txt"],
+        );
+        assert_eq!(text(&out.stdout), "original", "{target:?} reads");
+        for path in ["/ro/config.txt", "/ro/new.txt"] {
+            let out = host.run(
+                &probe(target),
+                ACTION,
+                &["--dir-ro", &ro],
+                &["write", path, "changed"],
+            );
+            assert_eq!(out.status.code(), Some(failed(target)), "{target:?} {path}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(shared.join("config.txt")).unwrap(),
+            "original"
+        );
+        assert!(!shared.join("new.txt").exists());
+        // The same directory read-write can be written.
+        let rw = format!("{}::/rw", shared.display());
+        let out = host.run(
+            &probe(target),
+            ACTION,
+            &["--dir", &rw],
+            &["write", "/rw/new.txt", "made"],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        std::fs::remove_file(shared.join("new.txt")).unwrap();
+    }
+}
+
+#[test]
 fn timeout_stops_an_infinite_loop_with_a_clear_error() {
     let host = Host::new();
     host.set("api_key", "long-enough-to-mask", &[]);

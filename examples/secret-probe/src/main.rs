@@ -7,6 +7,7 @@
 //! - `env`: every environment variable as a JSON object
 //! - `read PATH`: the file's text, or exit 2 with the error
 //! - `ls PATH`: directory entries, or exit 2
+//! - `write PATH TEXT`: create or overwrite a file, or exit 2
 //! - `spin`: loop forever
 //! - `alloc MIB`: allocate and touch MIB mebibytes
 //! - `recurse`: unbounded recursion
@@ -71,6 +72,12 @@ fn main() {
                 std::process::exit(2);
             }
         },
+        "write" => {
+            if let Err(e) = std::fs::write(&rest[0], rest.get(1).map_or("", String::as_str)) {
+                eprintln!("write failed: {e}");
+                std::process::exit(2);
+            }
+        }
         "ls" => match std::fs::read_dir(&rest[0]) {
             Ok(entries) => {
                 for e in entries.flatten() {

@@ -162,6 +162,8 @@ pub struct DirMount {
     pub host: PathBuf,
     /// Path the guest sees.
     pub guest: String,
+    /// Mounted read-only (`--dir-ro`): the guest can read but not create, change or delete.
+    pub read_only: bool,
 }
 
 /// Where guest stdin comes from.
@@ -560,7 +562,12 @@ fn wasi_builder(setup: &GuestSetup) -> Result<(WasiCtxBuilder, Outputs)> {
         }
     };
     for dir in &setup.dirs {
-        b.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)
+        let perms = if dir.read_only {
+            FsPerms::ReadOnly
+        } else {
+            FsPerms::ReadWrite
+        };
+        b.preopened_dir(&dir.host, &dir.guest, perms)
             .map_err(|e| Error::Dir {
                 host: dir.host.clone(),
                 reason: format!("{e:#}"),
