@@ -203,6 +203,9 @@ struct RunArgs {
     /// Deliver only these secrets (repeatable); other visible names answer access-denied.
     #[arg(long = "allow-secret", value_name = "NAME", value_parser = parse_secret_name)]
     allow_secret: Vec<SecretName>,
+    /// Compile without wasmtime's cache (`<data_dir>/cache`, compiled code reused across runs).
+    #[arg(long)]
+    no_cache: bool,
     /// Do not mask secret values in the guest's output (debugging only).
     #[arg(long)]
     no_redact: bool,
@@ -669,6 +672,9 @@ async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<ExitCode> {
     check_mounts(&dirs, &settings.data_dir()?)?;
     let runtime = std::sync::Arc::new(Runtime::new(RuntimeConfig {
         fuel: args.fuel.is_some(),
+        cache_dir: (!args.no_cache)
+            .then(|| settings.data_dir().map(|d| d.join("cache")))
+            .transpose()?,
     })?);
     // Compilation is bounded too: a module built to be slow to compile must not hold the host.
     let compiling = {

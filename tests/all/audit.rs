@@ -105,8 +105,8 @@ fn audit_flow(host: &Host) {
 fn audit_on_sqlite_and_no_value_in_the_file() {
     let host = Host::new();
     audit_flow(&host);
-    for entry in std::fs::read_dir(host.dir.path().join("data")).unwrap() {
-        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+    for path in host.stored_files() {
+        let bytes = std::fs::read(&path).unwrap();
         for value in ["audit-value-7f3a91", "audit-withheld-20c4"] {
             assert!(!bytes.windows(value.len()).any(|w| w == value.as_bytes()));
         }

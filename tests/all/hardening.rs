@@ -261,8 +261,7 @@ fn deleted_plain_values_leave_no_trace_in_the_database_files() {
         .exec(&["secret", "delete", "p2"], None)
         .status
         .success());
-    for entry in std::fs::read_dir(host.dir.path().join("data")).unwrap() {
-        let path = entry.unwrap().path();
+    for path in host.stored_files() {
         let bytes = std::fs::read(&path).unwrap();
         assert!(
             !bytes.windows(11).any(|w| w == b"PLAIN-TRACE"),

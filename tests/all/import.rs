@@ -146,4 +146,25 @@ fn imported_blob_and_seed_secrets_reach_guests() {
         host.env(Target::P1, "mypack.deploy")["SECRET_BLOB"],
         "pässwörd€"
     );
+    // Attune's blob "key hash" is the key itself: it is never stored or shown.
+    let raw = blob["encryption_key_hash"].as_str().unwrap();
+    let meta = text(
+        &host
+            .exec(&["secret", "get", "blob", "--pack", "mypack"], None)
+            .stdout,
+    );
+    assert!(!meta.contains(raw), "{meta}");
+    let seed_hash = seed["encryption_key_hash"].as_str().unwrap();
+    assert!(
+        meta.contains(seed_hash),
+        "stored as the key's seed hash: {meta}"
+    );
+    for path in host.stored_files() {
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !bytes.windows(raw.len()).any(|w| w == raw.as_bytes()),
+            "{}",
+            path.display()
+        );
+    }
 }

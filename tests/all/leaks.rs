@@ -133,9 +133,7 @@ fn no_plaintext_in_the_database_logs_or_errors() {
     assert!(!stderr_all.contains(KEY), "the encryption key leaked");
 
     // The database and its WAL/SHM side files.
-    let data = host.dir.path().join("data");
-    for entry in std::fs::read_dir(&data).unwrap() {
-        let path = entry.unwrap().path();
+    for path in host.stored_files() {
         let bytes = std::fs::read(&path).unwrap();
         for planted in PLANTED {
             assert!(

@@ -103,6 +103,37 @@ fn no_filesystem_without_dir_and_a_mounted_dir_with_it() {
 }
 
 #[test]
+fn compiled_code_is_cached_privately_in_the_data_dir() {
+    use std::os::unix::fs::PermissionsExt;
+    let host = Host::new();
+    let cache = host.dir.path().join("data").join("cache");
+    let out = host.run(&probe(Target::P2), ACTION, &["--no-cache"], &["exit", "0"]);
+    assert!(out.status.success());
+    assert!(!cache.exists(), "--no-cache writes no cache");
+    for _ in 0..2 {
+        let out = host.run(&probe(Target::P2), ACTION, &[], &["exit", "0"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let mode = std::fs::metadata(&cache).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "cache dir {mode:o}");
+    let entries = walk(&cache);
+    assert!(!entries.is_empty(), "compiled code was cached");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+#[test]
 fn read_only_mounts_cannot_be_written() {
     let host = Host::new();
     let shared = host.dir.path().join("ro");

@@ -143,6 +143,27 @@ impl Host {
         }
     }
 
+    /// Every regular file under the data directory (database, WAL, compilation cache).
+    pub fn stored_files(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.dir.path().join("data"), &mut out);
+        assert!(!out.is_empty(), "the data directory holds files");
+        out
+    }
+
     pub fn db_path(&self) -> PathBuf {
         self.dir.path().join("data").join("secrets.db")
     }

@@ -149,10 +149,13 @@ impl Default for Limits {
 }
 
 /// Engine-wide settings.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RuntimeConfig {
     /// Enable fuel metering (needed for [`Limits::fuel`]; costs some speed).
     pub fuel: bool,
+    /// Directory of wasmtime's compilation cache (compiled code keyed by module hash and
+    /// engine settings); `None` compiles every time. Holds no secret.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// A directory mounted into the guest (`--dir HOST::GUEST`).
@@ -268,6 +271,18 @@ impl Runtime {
         wasm.epoch_interruption(true);
         wasm.consume_fuel(config.fuel);
         wasm.wasm_component_model(true);
+        if let Some(dir) = &config.cache_dir {
+            match private_dir(dir).and_then(|()| {
+                let mut cache = wasmtime::CacheConfig::new();
+                cache.with_directory(dir);
+                wasmtime::Cache::new(cache).map_err(|e| std::io::Error::other(format!("{e:#}")))
+            }) {
+                Ok(cache) => {
+                    wasm.cache(Some(cache));
+                }
+                Err(e) => tracing::warn!("compilation cache off ({}): {e}", dir.display()),
+            }
+        }
         let engine = Engine::new(&wasm).map_err(host)?;
 
         let mut components = wasmtime::component::Linker::new(&engine);
@@ -508,6 +523,19 @@ fn setup_mask(patterns: &crate::redact::Patterns, bytes: &[u8]) -> Bytes {
     } else {
         Bytes::from(patterns.mask_all(bytes))
     }
+}
+
+/// Creates `dir` (and missing parents) readable by the owner only: the compilation cache is
+/// code the host will run.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
 }
 
 /// Builds the WASI context: explicit env (never inherited), args, stdio, mounts. Sockets stay
