@@ -249,7 +249,7 @@ fn parse_since(s: &str) -> Result<String, String> {
             .map_err(|_| format!("expected a duration like 1h or an RFC 3339 time, got {s:?}"))?
             .with_timezone(&chrono::Utc),
     };
-    Ok(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    Ok(crate::store::timestamp(at))
 }
 
 fn parse_secret_name(s: &str) -> Result<SecretName, String> {

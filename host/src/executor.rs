@@ -144,7 +144,7 @@ impl Executor {
         let rows = match &self.source {
             SecretSource::Store(store) => match store.visible_to(action).await {
                 Ok(rows) => rows,
-                Err(e) => self.store_problem(&e)?,
+                Err(e) => self.missing(&e.to_string())?,
             },
             SecretSource::Missing(why) => self.missing(why)?,
         };
@@ -163,10 +163,6 @@ impl Executor {
             );
         }
         Ok(resolution)
-    }
-
-    fn store_problem(&self, e: &store::Error) -> Result<Vec<store::SecretRow>> {
-        self.missing(&e.to_string())
     }
 
     fn missing(&self, why: &str) -> Result<Vec<store::SecretRow>> {
@@ -286,7 +282,7 @@ impl Executor {
                 log.clone(),
             ),
         };
-        let started = now();
+        let started = store::now();
         let exit = self.runtime.run(guest, setup).await;
         // The audit is written once, after the guest, whatever its outcome.
         self.write_audit(log.records(&started, &execution_id, exec.action.as_str()))
@@ -311,10 +307,6 @@ impl Executor {
             env_secrets,
         })
     }
-}
-
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 impl Executor {

@@ -451,8 +451,15 @@ fn owner_pack(owner: &Owner) -> String {
     }
 }
 
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+/// A time as the store keeps it: RFC 3339, UTC, millisecond precision (`2026-11-29T08:22:01.407Z`).
+/// One fixed format, so that times compare correctly as text on SQLite (`audit list --since`).
+pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// The current time in the store's format ([`timestamp`]).
+pub(crate) fn now() -> String {
+    timestamp(chrono::Utc::now())
 }
 
 #[cfg(test)]
