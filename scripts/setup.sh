@@ -1,4 +1,44 @@
 #!/usr/bin/env bash
-# Installs what building the guests needs: the two WASI targets of the Rust toolchain.
+# Installs what building and testing the guests needs, at pinned versions, skipping whatever is
+# already installed at the right version:
+# - the two WASI targets of the Rust toolchain (wasm32-wasip1, wasm32-wasip2);
+# - the wasmtime CLI, at the version the host embeds (tests compare `wasmtime run` with
+#   `attune-wasm run`; first install ~7 min on 2 cores);
+# - wac-cli, to compose an action with the secrets adapter (`wac plug`; ~5 min);
+# - componentize-py, to build the Python action (pip, ~1 s).
+# cargo installs into ~/.cargo/bin: put it on PATH (scripts/test.sh does).
 set -euo pipefail
+
+WASMTIME_VERSION=48.0.8
+WAC_VERSION=0.12.0
+COMPONENTIZE_PY_VERSION=0.25.1
+
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
 rustup target add wasm32-wasip1 wasm32-wasip2
+
+# `have TOOL VERSION ARGS...`: true when `TOOL ARGS...` runs and prints VERSION as a word.
+have() {
+  local tool=$1 version=$2
+  shift 2
+  command -v "$tool" >/dev/null 2>&1 &&
+    "$tool" "$@" 2>/dev/null | grep -qE "(^|[^0-9.])${version//./\\.}([^0-9.]|$)"
+}
+
+if have wasmtime "$WASMTIME_VERSION" --version; then
+  echo "wasmtime $WASMTIME_VERSION already installed"
+else
+  cargo install wasmtime-cli --version "$WASMTIME_VERSION" --locked
+fi
+
+if have wac "$WAC_VERSION" --version; then
+  echo "wac $WAC_VERSION already installed"
+else
+  cargo install wac-cli --version "$WAC_VERSION" --locked
+fi
+
+if have componentize-py "$COMPONENTIZE_PY_VERSION" --version; then
+  echo "componentize-py $COMPONENTIZE_PY_VERSION already installed"
+else
+  python3 -m pip install "componentize-py==$COMPONENTIZE_PY_VERSION"
+fi

@@ -1,13 +1,23 @@
 //! # attune-guest
 //!
-//! Read Attune secrets from inside an action compiled to WebAssembly.
+//! Read Attune secrets from inside an action compiled to WebAssembly and run by attune-wasm.
 //!
-//! - On `wasm32-wasip2` (component actions) [`get_secret`] calls the host import
-//!   `attune:action/secrets.get-secret` (WIT: `wit/action.wit` of attune-wasm).
+//! attune-wasm gives an action its secrets through two doors:
+//!
+//! | door | who can use it | what this crate calls |
+//! |---|---|---|
+//! | the WIT import `attune:action/secrets.get-secret` (`wit/action.wit`) | components (`wasm32-wasip2`) | [`get_secret`] on `wasm32-wasip2` |
+//! | `SECRET_<NAME>` variables in the WASI environment | components and core modules | [`get_secret`] on every other target, [`secrets`] everywhere |
+//!
+//! - On `wasm32-wasip2` [`get_secret`] calls the host import: exact, case-sensitive names and
+//!   all four errors of the WIT enum `secret-error` ([`Error`]).
 //! - On every other target (`wasm32-wasip1` core modules, and native builds for `cargo test`)
-//!   it reads the variable `SECRET_<NAME>` (uppercase, `-` → `_`) from the environment, which is
-//!   how attune-wasm injects secrets into classic modules. Set `SECRET_API_KEY=…` in a unit
-//!   test and your action code runs unchanged.
+//!   it reads the variable [`env_var`]`(name)` from the environment, which is how attune-wasm
+//!   injects secrets into classic modules. Set `SECRET_API_KEY=…` in a unit test and the action
+//!   code runs unchanged. The same typed [`Error`] comes back; see [`get_secret`] for the two
+//!   cases the environment cannot tell apart.
+//! - [`secrets`] lists the names the environment door delivered, mapped back from the variable
+//!   names (lossy: see there).
 //!
 //! ```no_run
 //! fn main() -> Result<(), attune_guest::Error> {
@@ -17,87 +27,56 @@
 //!     Ok(())
 //! }
 //! ```
+//!
+//! The doc examples of this crate run natively (`cargo test -p attune-guest`), where the
+//! environment door is the one in use.
 
 #![deny(missing_docs)]
 
-use std::fmt;
+mod env;
+mod error;
 
-/// Why [`get_secret`] returned no value. Mirrors `secret-error` in `wit/action.wit`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Error {
-    /// No secret of that name is visible to this action.
-    NotFound,
-    /// The secret exists but this execution may not read it.
-    AccessDenied,
-    /// The name breaks the rule: 1 to 128 bytes of `[A-Za-z0-9][A-Za-z0-9_-]*`.
-    InvalidName,
-    /// The host could not deliver the secret (e.g. it failed to decrypt).
-    Unavailable,
-}
+pub use env::{env_var, secrets};
+pub use error::Error;
 
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::NotFound => "secret not found",
-            Self::AccessDenied => "access to secret denied",
-            Self::InvalidName => "invalid secret name",
-            Self::Unavailable => "secret unavailable",
-        })
-    }
-}
+/// Longest secret name, in bytes (the host's naming rule: 1 to 128 bytes of
+/// `[A-Za-z0-9][A-Za-z0-9_-]*`).
+const MAX_NAME_BYTES: usize = 128;
 
-impl std::error::Error for Error {}
+/// Prefix of every variable the environment door sets (`SECRET_API_KEY` for `api_key`).
+const ENV_PREFIX: &str = "SECRET_";
 
-/// Returns the value of secret `name` (exact, case-sensitive) as resolved for this execution
-/// (action over pack over system).
+/// Returns the value of secret `name` as resolved for this execution (action over pack over
+/// system).
+///
+/// - `wasm32-wasip2` (component): asks the host through `get-secret`; `name` must match the
+///   stored name exactly (case-sensitive, `-` and `_` distinct).
+/// - any other target (`wasm32-wasip1` module, native): reads [`env_var`]`(name)`. That mapping
+///   is lossy (uppercase, `-` → `_`), so `API_KEY`, `api_key` and `Api-Key` all read
+///   `SECRET_API_KEY` there.
 ///
 /// # Errors
-/// [`Error::NotFound`], [`Error::AccessDenied`], [`Error::InvalidName`] or
-/// [`Error::Unavailable`]; see [`Error`].
+/// The four cases of the WIT enum `secret-error`, on every target:
+///
+/// | error | `wasm32-wasip2` (`get-secret`) | other targets (environment) |
+/// |---|---|---|
+/// | [`Error::InvalidName`] | the host refused the name | refused here, with the host's rule, before reading anything |
+/// | [`Error::NotFound`] | no secret of that name is visible | the variable is not set: not visible, **or** withheld by `--allow-secret`, **or** undeliverable (the host leaves those out of the environment) |
+/// | [`Error::AccessDenied`] | withheld by `--allow-secret`, or the call budget is spent | never (indistinguishable from not found) |
+/// | [`Error::Unavailable`] | the host could not decrypt it | the variable is set but is not valid UTF-8 |
 ///
 /// # Examples
 /// ```
+/// use attune_guest::{get_secret, Error};
+///
 /// // Natively, secrets come from SECRET_* variables, so actions are testable with cargo test.
 /// std::env::set_var("SECRET_DB_PASSWORD", "hunter2-but-longer");
-/// assert_eq!(attune_guest::get_secret("db-password").unwrap(), "hunter2-but-longer");
-/// assert_eq!(attune_guest::get_secret("missing"), Err(attune_guest::Error::NotFound));
-/// assert_eq!(attune_guest::get_secret("bad name"), Err(attune_guest::Error::InvalidName));
+/// assert_eq!(get_secret("db-password").as_deref(), Ok("hunter2-but-longer"));
+/// assert_eq!(get_secret("missing"), Err(Error::NotFound));
+/// assert_eq!(get_secret("bad name"), Err(Error::InvalidName));
 /// ```
 pub fn get_secret(name: &str) -> Result<String, Error> {
     imp::get_secret(name)
-}
-
-/// The environment variable a secret is injected as: `SECRET_` + uppercase, `-` → `_`.
-///
-/// # Errors
-/// [`Error::InvalidName`] when `name` breaks the naming rule.
-///
-/// # Examples
-/// ```
-/// assert_eq!(attune_guest::env_var("api_key").unwrap(), "SECRET_API_KEY");
-/// assert_eq!(attune_guest::env_var("db-password").unwrap(), "SECRET_DB_PASSWORD");
-/// ```
-pub fn env_var(name: &str) -> Result<String, Error> {
-    if !valid_name(name) {
-        return Err(Error::InvalidName);
-    }
-    let mut out = String::from("SECRET_");
-    out.extend(name.chars().map(|c| {
-        if c == '-' {
-            '_'
-        } else {
-            c.to_ascii_uppercase()
-        }
-    }));
-    Ok(out)
-}
-
-fn valid_name(name: &str) -> bool {
-    let mut bytes = name.bytes();
-    !name.is_empty()
-        && name.len() <= 128
-        && bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
-        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 #[cfg(all(target_arch = "wasm32", target_env = "p2"))]
@@ -108,6 +87,7 @@ mod imp {
             world: "action",
         });
     }
+
     use bindings::attune::action::secrets::{self, SecretError};
 
     pub(super) fn get_secret(name: &str) -> Result<String, super::Error> {
@@ -123,26 +103,6 @@ mod imp {
 #[cfg(not(all(target_arch = "wasm32", target_env = "p2")))]
 mod imp {
     pub(super) fn get_secret(name: &str) -> Result<String, super::Error> {
-        let var = super::env_var(name)?;
-        match std::env::var(var) {
-            Ok(v) => Ok(v),
-            Err(std::env::VarError::NotPresent) => Err(super::Error::NotFound),
-            Err(std::env::VarError::NotUnicode(_)) => Err(super::Error::Unavailable),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_follow_the_host_rule() {
-        assert!(valid_name("a"));
-        assert!(valid_name(&"a".repeat(128)));
-        for bad in ["", "_a", "-a", "a b", "a=b", "ä", &"a".repeat(129)] {
-            assert!(!valid_name(bad), "{bad:?}");
-            assert_eq!(get_secret(bad), Err(Error::InvalidName));
-        }
+        super::env::get_secret(name)
     }
 }
