@@ -1,6 +1,7 @@
 //! The audit trail: one record per (secret, door, outcome) of an execution, with a count;
-//! never a value. Collected in memory while the guest runs and written once, at the end of the
-//! execution, so `get-secret` never waits on the database.
+//! never a value. Collected in memory while the guest runs and handed, at the end of the
+//! execution, to a [`Writer`] that stores the records of many executions per transaction, so
+//! neither `get-secret` nor the end of an execution waits on the database.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -130,6 +131,81 @@ impl Log {
                 count: *count,
             })
             .collect()
+    }
+}
+
+/// Most records a [`Writer`] stores in one transaction.
+pub const BATCH_RECORDS: usize = 4_096;
+
+/// Executions whose records may wait for the [`Writer`]; a further execution's
+/// [`Writer::send`] waits (the worker slows down rather than losing audit records).
+pub const QUEUE_EXECUTIONS: usize = 4_096;
+
+enum Message {
+    Records(Vec<Record>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Stores audit records in the background: a tokio task that drains its queue and writes
+/// everything queued (up to [`BATCH_RECORDS`]) in one transaction. Records still queued when
+/// the writer is dropped are written by the task before it ends, if the tokio runtime lives
+/// on; call [`Writer::flush`] before shutting down to be sure.
+pub struct Writer {
+    queue: tokio::sync::mpsc::Sender<Message>,
+}
+
+impl Writer {
+    /// Starts the writer task on the current tokio runtime.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (as `tokio::spawn`).
+    pub fn spawn(store: crate::store::Store) -> Self {
+        let (queue, mut inbox) = tokio::sync::mpsc::channel::<Message>(QUEUE_EXECUTIONS);
+        tokio::spawn(async move {
+            let mut messages = Vec::new();
+            while inbox.recv_many(&mut messages, 256).await > 0 {
+                let mut records = Vec::new();
+                let mut flushed = Vec::new();
+                for message in messages.drain(..) {
+                    match message {
+                        Message::Records(r) => records.extend(r),
+                        Message::Flush(done) => flushed.push(done),
+                    }
+                }
+                for batch in records.chunks(BATCH_RECORDS) {
+                    if let Err(e) = store.record_audit(batch).await {
+                        tracing::warn!("{} audit records not written: {e}", batch.len());
+                    }
+                }
+                for done in flushed {
+                    // The flusher may have stopped waiting; nothing to tell then.
+                    let _ = done.send(());
+                }
+            }
+        });
+        Self { queue }
+    }
+
+    /// Queues one execution's records; waits only when [`QUEUE_EXECUTIONS`] executions are
+    /// already queued.
+    pub async fn send(&self, records: Vec<Record>) {
+        if records.is_empty() {
+            return;
+        }
+        let count = records.len();
+        if self.queue.send(Message::Records(records)).await.is_err() {
+            tracing::warn!("{count} audit records not written: the audit writer has stopped");
+        }
+    }
+
+    /// Waits until every record queued before this call is stored (or its write failed and
+    /// was logged).
+    pub async fn flush(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.queue.send(Message::Flush(done)).await.is_ok() {
+            // An error means the task ended, after which nothing is pending.
+            let _ = wait.await;
+        }
     }
 }
 

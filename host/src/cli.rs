@@ -675,6 +675,7 @@ async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<ExitCode> {
         cache_dir: (!args.no_cache)
             .then(|| settings.data_dir().map(|d| d.join("cache")))
             .transpose()?,
+        pooling: None,
     })?);
     // Compilation is bounded too: a module built to be slow to compile must not hold the host.
     let compiling = {
@@ -724,7 +725,10 @@ async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<ExitCode> {
                 max_output: args.max_output as u64,
             },
         )
-        .await?;
+        .await;
+    // The audit records are written in the background: wait for them, whatever the outcome.
+    executor.flush().await;
+    let report = report?;
     let code = report.exit.code;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }

@@ -111,6 +111,8 @@ pub struct Executor {
     source: SecretSource,
     key: Option<EncryptionKey>,
     strict: bool,
+    /// Started by the first execution that has records (it needs the tokio runtime).
+    audit: std::sync::OnceLock<audit::Writer>,
 }
 
 impl Executor {
@@ -127,6 +129,15 @@ impl Executor {
             source,
             key,
             strict,
+            audit: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Waits until the audit records of every execution finished so far are stored. Call it
+    /// before shutting the tokio runtime down or reading the trail back.
+    pub async fn flush(&self) {
+        if let Some(writer) = self.audit.get() {
+            writer.flush().await;
         }
     }
 
@@ -284,7 +295,7 @@ impl Executor {
         };
         let started = store::now();
         let exit = self.runtime.run(guest, setup).await;
-        // The audit is written once, after the guest, whatever its outcome.
+        // The audit is queued once, after the guest, whatever its outcome (see `flush`).
         self.write_audit(log.records(&started, &execution_id, exec.action.as_str()))
             .await;
         let exit = exit?;
@@ -315,9 +326,10 @@ impl Executor {
             return;
         }
         if let SecretSource::Store(store) = &self.source {
-            if let Err(e) = store.record_audit(&records).await {
-                tracing::warn!("audit records not written: {e}");
-            }
+            self.audit
+                .get_or_init(|| audit::Writer::spawn(store.clone()))
+                .send(records)
+                .await;
         }
     }
 }

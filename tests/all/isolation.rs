@@ -5,9 +5,16 @@ use std::sync::Arc;
 
 use attune_wasm::executor::{Execution, Executor, SecretSource};
 use attune_wasm::names::{ActionRef, Owner, PackRef};
-use attune_wasm::runtime::{Limits, Output, Runtime, RuntimeConfig, Stdin};
+use attune_wasm::runtime::{Limits, Output, Pooling, Runtime, RuntimeConfig, Stdin};
 
 use crate::support::{probe, Host, Target};
+
+fn pooled() -> RuntimeConfig {
+    RuntimeConfig {
+        pooling: Some(Pooling::default()),
+        ..RuntimeConfig::default()
+    }
+}
 
 fn execution(action: &str, args: &[&str]) -> Execution {
     Execution {
@@ -43,13 +50,14 @@ async fn two_hundred_concurrent_executions_see_only_their_own_scope() {
         )
         .await;
     }
-    let runtime = Arc::new(Runtime::new(RuntimeConfig::default()).unwrap());
+    // The worker's settings: pooled instance slots (reused between executions), cached rows.
+    let runtime = Arc::new(Runtime::new(pooled()).unwrap());
     let guest = runtime
-        .compile("probe.wasm", &std::fs::read(probe(Target::P2)).unwrap())
+        .load("probe.wasm", &std::fs::read(probe(Target::P2)).unwrap())
         .unwrap();
     let executor = Arc::new(Executor::new(
         runtime,
-        SecretSource::Store(host.store().await),
+        SecretSource::Store(host.store_cached(Some(std::time::Duration::from_secs(60))).await),
         None,
         false,
     ));
@@ -101,7 +109,8 @@ async fn guest_memory_never_carries_data_from_a_previous_execution() {
                (i32.store (i32.const 65536) (i32.const 0x5ec2e7))))"#,
     )
     .unwrap();
-    let runtime = Arc::new(Runtime::new(RuntimeConfig::default()).unwrap());
+    // Pooled: slots, and their memories, are reused across executions; each must start zeroed.
+    let runtime = Arc::new(Runtime::new(pooled()).unwrap());
     let guest = runtime.compile("marker.wasm", &wasm).unwrap();
     let executor = Arc::new(Executor::new(
         runtime,

@@ -18,3 +18,4 @@ mod sandbox;
 mod secrets_cli;
 mod support;
 mod vectors;
+mod worker;

@@ -115,14 +115,22 @@ impl Host {
         })
     }
 
+    /// The value of setting `key` (e.g. `ATTUNE__DATABASE__URL`), if set.
+    pub fn setting(&self, key: &str) -> Option<String> {
+        self.settings
+            .iter()
+            .find(|(n, _)| n == key)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// This host's PostgreSQL schema (`None` on SQLite).
+    pub fn schema(&self) -> Option<String> {
+        self.setting("ATTUNE__DATABASE__SCHEMA")
+    }
+
     /// Drops this host's PostgreSQL schema (if any).
     pub async fn drop_schema(&self) {
-        let get = |k: &str| {
-            self.settings
-                .iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.clone())
-        };
+        let get = |k: &str| self.setting(k);
         if let (Some(url), Some(schema)) = (
             get("ATTUNE__DATABASE__URL"),
             get("ATTUNE__DATABASE__SCHEMA"),
@@ -250,12 +258,12 @@ impl Host {
 
     /// Opens this host's store through the library (for rows the CLI refuses to write).
     pub async fn store(&self) -> Store {
-        let get = |k: &str| {
-            self.settings
-                .iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.clone())
-        };
+        self.store_cached(None).await
+    }
+
+    /// As [`Host::store`], keeping the rows each action sees in memory for `ttl`.
+    pub async fn store_cached(&self, ttl: Option<std::time::Duration>) -> Store {
+        let get = |k: &str| self.setting(k);
         let mut options = attune_wasm::store::StoreOptions::new(
             get("ATTUNE__DATABASE__URL")
                 .unwrap_or_else(|| format!("sqlite://{}", self.db_path().display())),
@@ -263,6 +271,7 @@ impl Host {
         if let Some(schema) = get("ATTUNE__DATABASE__SCHEMA") {
             options.schema = schema;
         }
+        options.cache_ttl = ttl;
         Store::open_with(&options, OpenMode::CreateIfMissing)
             .await
             .expect("open store")

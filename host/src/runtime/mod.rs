@@ -156,6 +156,54 @@ pub struct RuntimeConfig {
     /// Directory of wasmtime's compilation cache (compiled code keyed by module hash and
     /// engine settings); `None` compiles every time. Holds no secret.
     pub cache_dir: Option<PathBuf>,
+    /// Use wasmtime's pooling instance allocator (pre-reserved slots reused across
+    /// executions, memory zeroed on reuse): the worker setting for many short executions.
+    /// `None` allocates on demand (the CLI's setting: one execution per process).
+    pub pooling: Option<Pooling>,
+}
+
+/// Sizes of the pooling allocator ([`RuntimeConfig::pooling`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Pooling {
+    /// Most executions alive at once; one more fails to instantiate with [`Error::Host`]
+    /// ("maximum concurrent ... limit reached") until one ends. Default 200.
+    pub executions: u32,
+    /// Largest size of one linear memory in bytes (default 256 MiB, the default
+    /// [`Limits::max_memory`]). A guest whose initial memory is larger cannot run; a
+    /// `memory.grow` past it fails inside the guest.
+    pub max_memory_size: usize,
+    /// Bytes of each linear memory kept mapped and zeroed with `memset` when a slot is
+    /// released, instead of `madvise` (default 64 KiB: fewer page faults on reuse).
+    pub keep_resident: usize,
+}
+
+impl Default for Pooling {
+    fn default() -> Self {
+        Self {
+            executions: 200,
+            max_memory_size: 256 * 1024 * 1024,
+            keep_resident: 64 * 1024,
+        }
+    }
+}
+
+impl Pooling {
+    /// The wasmtime configuration. A Rust WASI p2 command component holds about five core
+    /// instances, two memories and a few tables (the guest, the p1 adapter, shims), so each
+    /// execution is given room for 16 core instances, 4 memories and 16 tables.
+    fn allocation(&self) -> wasmtime::PoolingAllocationConfig {
+        let n = self.executions.max(1);
+        let mut pool = wasmtime::PoolingAllocationConfig::new();
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(16))
+            .total_memories(n.saturating_mul(4))
+            .total_tables(n.saturating_mul(16))
+            .total_stacks(n)
+            .max_memory_size(self.max_memory_size)
+            .linear_memory_keep_resident(self.keep_resident)
+            .table_keep_resident(self.keep_resident);
+        pool
+    }
 }
 
 /// A directory mounted into the guest (`--dir HOST::GUEST`).
@@ -249,14 +297,43 @@ impl Guest {
     }
 }
 
+/// Most guests [`Runtime::load`] keeps compiled in memory; past it the least recently loaded
+/// is dropped (it stays in the on-disk cache, if one is configured).
+pub const MAX_CACHED_GUESTS: usize = 64;
+
 /// The wasmtime engine and linkers, shared by all executions of a process.
 pub struct Runtime {
     engine: Engine,
     components: wasmtime::component::Linker<ComponentState>,
     modules: Linker<ModuleState>,
     config: RuntimeConfig,
+    guests: std::sync::Mutex<GuestCache>,
     ticker: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
+}
+
+/// Compiled guests by SHA-256 of their bytes, most recently loaded last.
+#[derive(Default)]
+struct GuestCache {
+    entries: Vec<([u8; 32], Guest)>,
+}
+
+impl GuestCache {
+    fn get(&mut self, hash: &[u8; 32]) -> Option<Guest> {
+        let at = self.entries.iter().position(|(h, _)| h == hash)?;
+        let entry = self.entries.remove(at);
+        let guest = entry.1.clone();
+        self.entries.push(entry);
+        Some(guest)
+    }
+
+    fn insert(&mut self, hash: [u8; 32], guest: Guest) {
+        self.entries.retain(|(h, _)| *h != hash);
+        if self.entries.len() >= MAX_CACHED_GUESTS {
+            self.entries.remove(0);
+        }
+        self.entries.push((hash, guest));
+    }
 }
 
 impl Runtime {
@@ -271,6 +348,11 @@ impl Runtime {
         wasm.epoch_interruption(true);
         wasm.consume_fuel(config.fuel);
         wasm.wasm_component_model(true);
+        if let Some(pooling) = &config.pooling {
+            wasm.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(
+                pooling.allocation(),
+            ));
+        }
         if let Some(dir) = &config.cache_dir {
             match private_dir(dir).and_then(|()| {
                 let mut cache = wasmtime::CacheConfig::new();
@@ -330,6 +412,7 @@ impl Runtime {
             components,
             modules,
             config,
+            guests: std::sync::Mutex::default(),
             ticker: Some(ticker),
             stop,
         })
@@ -340,7 +423,47 @@ impl Runtime {
         &self.engine
     }
 
-    /// Compiles and links `bytes` (named `name` in errors).
+    /// As [`Runtime::compile`], but returns the guest already compiled from the same bytes
+    /// (same SHA-256) by this runtime when there is one: the worker's path, where the same
+    /// action runs many times. Keeps up to [`MAX_CACHED_GUESTS`] guests; failures are not
+    /// kept.
+    ///
+    /// # Errors
+    /// As [`Runtime::compile`].
+    pub fn load(&self, name: &str, bytes: &[u8]) -> Result<Guest> {
+        use sha2::Digest;
+        let hash: [u8; 32] = sha2::Sha256::digest(bytes).into();
+        if let Some(guest) = self.cached(&hash) {
+            return Ok(guest);
+        }
+        let guest = self.compile(name, bytes)?;
+        // A poisoned lock only means another thread panicked while moving entries: the
+        // cache is still a valid list, so it is used as is.
+        self.guests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(hash, guest.clone());
+        Ok(guest)
+    }
+
+    /// Number of guests [`Runtime::load`] holds compiled.
+    pub fn cached_guests(&self) -> usize {
+        self.guests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entries
+            .len()
+    }
+
+    fn cached(&self, hash: &[u8; 32]) -> Option<Guest> {
+        self.guests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(hash)
+    }
+
+    /// Compiles and links `bytes` (named `name` in errors), every time (the on-disk cache of
+    /// [`RuntimeConfig::cache_dir`] still spares the compiler when it holds the code).
     ///
     /// # Errors
     /// [`Error::NotWasm`], [`Error::UnsupportedBinary`], [`Error::Compile`], or
@@ -676,6 +799,75 @@ mod tests {
         };
         let text = err.to_string();
         assert!(text.contains("evil") && text.contains("steal"), "{text}");
+    }
+
+    #[test]
+    fn load_reuses_compiled_guests_by_content() {
+        let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+        let a = wat::parse_str(r#"(module (func (export "_start")))"#).unwrap();
+        let b = wat::parse_str(r#"(module (func (export "_start") nop))"#).unwrap();
+        let module = |g: &Guest| match &g.0 {
+            Compiled::Module(pre) => pre.module().clone(),
+            Compiled::Component(_) => panic!("a module"),
+        };
+        let first = rt.load("a.wasm", &a).unwrap();
+        let again = rt.load("renamed.wasm", &a).unwrap();
+        assert!(Module::same(&module(&first), &module(&again)));
+        assert_eq!(rt.cached_guests(), 1);
+        let other = rt.load("b.wasm", &b).unwrap();
+        assert!(!Module::same(&module(&first), &module(&other)));
+        assert_eq!(rt.cached_guests(), 2);
+        assert!(rt.load("bad.wasm", b"\0asm\x01\0\0\0junk").is_err());
+        assert_eq!(rt.cached_guests(), 2, "failures are not kept");
+        let fresh = rt.compile("a.wasm", &a).unwrap();
+        assert!(!Module::same(&module(&first), &module(&fresh)), "compile always compiles");
+    }
+
+    #[test]
+    fn pooled_runtime_runs_and_reuses_slots() {
+        let rt = Runtime::new(RuntimeConfig {
+            pooling: Some(Pooling {
+                executions: 2,
+                ..Pooling::default()
+            }),
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        let wasm = wat::parse_str(
+            r#"(module (memory (export "memory") 1)
+                 (func (export "_start")
+                   (if (i32.ne (i32.load (i32.const 16)) (i32.const 0)) (then unreachable))
+                   (i32.store (i32.const 16) (i32.const 7))))"#,
+        )
+        .unwrap();
+        let guest = rt.load("m.wasm", &wasm).unwrap();
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // More executions than slots, one after another: each slot is reused, zeroed.
+        for _ in 0..10 {
+            let setup = GuestSetup {
+                args: vec!["m.wasm".into()],
+                env: Vec::new(),
+                secret_env: Vec::new(),
+                dirs: Vec::new(),
+                stdin: Stdin::Empty,
+                stdout: Output::Capture(1024),
+                stderr: Output::Capture(1024),
+                limits: Limits::default(),
+                secrets: SecretDoor::new(
+                    crate::resolve::Resolution::resolve(Vec::new(), None).unwrap(),
+                    None,
+                    10,
+                    crate::audit::Log::default(),
+                ),
+                redact: crate::redact::Patterns::new(std::iter::empty()),
+                max_output: 1024,
+            };
+            let exit = tokio.block_on(rt.run(&guest, setup)).unwrap();
+            assert_eq!(exit.code, 0);
+        }
     }
 
     #[test]

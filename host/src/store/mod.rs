@@ -5,10 +5,13 @@
 //! key hash, value (ciphertext, or the value itself for `--plain` secrets), created/updated.
 //! The store never decrypts: it moves stored text only.
 
+mod cache;
 mod postgres;
 mod sqlite;
 
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use secrecy::SecretString;
 
@@ -104,6 +107,7 @@ pub struct Rotation {
 /// One stored secret.
 ///
 /// `Debug` is written by hand and never shows `value` (which is plaintext for plain rows).
+#[derive(Clone)]
 pub struct SecretRow {
     /// Owner.
     pub owner: Owner,
@@ -159,10 +163,23 @@ pub enum OpenMode {
     MustExist,
 }
 
-/// A handle on the secret store. Cheap to clone (a connection pool).
+/// A handle on the secret store. Cheap to clone (a connection pool, and the row cache if
+/// one is configured, shared by the clones).
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    cache: Option<Arc<cache::RowCache>>,
+    _listener: Option<Arc<Listener>>,
+}
+
+/// The PostgreSQL change listener of a cached store; stopped when the last clone of the store
+/// is dropped.
+struct Listener(tokio::task::JoinHandle<()>);
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[derive(Clone)]
@@ -189,6 +206,12 @@ pub struct StoreOptions {
     pub schema: String,
     /// Connection pool size (PostgreSQL; SQLite uses 4).
     pub max_connections: u32,
+    /// Keep the rows each action may see (ciphertexts and plain rows as stored, never a
+    /// decrypted value) in memory for this long; `None` (the default) queries every time.
+    /// Every write through this store empties the cache; on PostgreSQL so does every change
+    /// by any writer (`LISTEN attune_secrets`). With SQLite, a change made by another process
+    /// is seen after at most this long. A worker setting: a few seconds is typical.
+    pub cache_ttl: Option<Duration>,
 }
 
 impl StoreOptions {
@@ -198,6 +221,7 @@ impl StoreOptions {
             url: url.into(),
             schema: "attune".into(),
             max_connections: 5,
+            cache_ttl: None,
         }
     }
 }
@@ -245,7 +269,40 @@ impl Store {
                 url: redact_url(url),
             });
         };
-        Ok(Self { backend })
+        let Some(ttl) = options.cache_ttl else {
+            return Ok(Self {
+                backend,
+                cache: None,
+                _listener: None,
+            });
+        };
+        let (cache, listener) = match &backend {
+            // Only writes through this store invalidate: live from the start.
+            Backend::Sqlite(_) => (Arc::new(cache::RowCache::new(ttl, true)), None),
+            // Live once the listener runs.
+            Backend::Postgres(pg) => {
+                let cache = Arc::new(cache::RowCache::new(ttl, false));
+                let task = tokio::spawn(pg.clone().invalidate_on_notify(Arc::downgrade(&cache)));
+                (cache, Some(Arc::new(Listener(task))))
+            }
+        };
+        Ok(Self {
+            backend,
+            cache: Some(cache),
+            _listener: listener,
+        })
+    }
+
+    /// Empties the row cache (after every write through this store).
+    fn invalidate(&self) {
+        if let Some(cache) = &self.cache {
+            cache.invalidate();
+        }
+    }
+
+    /// Number of actions whose rows are cached now (0 without a cache).
+    pub fn cached_actions(&self) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.len())
     }
 
     /// Inserts or replaces the secret (`owner`, `name`) atomically.
@@ -253,7 +310,9 @@ impl Store {
     /// # Errors
     /// [`Error::Query`].
     pub async fn put(&self, secret: &NewSecret) -> Result<Written> {
-        dispatch!(self.put(secret))
+        let result = dispatch!(self.put(secret));
+        self.invalidate();
+        result
     }
 
     /// Inserts or replaces every secret in one transaction: all are written or none.
@@ -261,7 +320,9 @@ impl Store {
     /// # Errors
     /// [`Error::Query`]; nothing is written then.
     pub async fn put_many(&self, secrets: &[NewSecret]) -> Result<Vec<Written>> {
-        dispatch!(self.put_many(secrets))
+        let result = dispatch!(self.put_many(secrets));
+        self.invalidate();
+        result
     }
 
     /// Applies `rotations` in one transaction, each as a compare-and-swap on the old value.
@@ -270,7 +331,9 @@ impl Store {
     /// [`Error::Changed`] when a row no longer holds its old value; [`Error::Query`]. Nothing
     /// is changed then.
     pub async fn replace_values(&self, rotations: &[Rotation]) -> Result<()> {
-        dispatch!(self.replace_values(rotations))
+        let result = dispatch!(self.replace_values(rotations));
+        self.invalidate();
+        result
     }
 
     /// Writes one execution's audit records in one transaction.
@@ -313,7 +376,9 @@ impl Store {
     /// # Errors
     /// [`Error::Query`].
     pub async fn delete(&self, owner: &Owner, name: &SecretName) -> Result<bool> {
-        dispatch!(self.delete(owner, name))
+        let result = dispatch!(self.delete(owner, name));
+        self.invalidate();
+        result
     }
 
     /// Every row `action` may see (system, its pack, itself) in one query: the input of
@@ -322,7 +387,17 @@ impl Store {
     /// # Errors
     /// [`Error::Query`], [`Error::Corrupt`].
     pub async fn visible_to(&self, action: &ActionRef) -> Result<Vec<SecretRow>> {
-        dispatch!(self.visible_to(action))
+        let Some(cache) = &self.cache else {
+            return dispatch!(self.visible_to(action));
+        };
+        match cache.get(action.as_str()) {
+            Ok(rows) => Ok(rows.to_vec()),
+            Err(generation) => {
+                let rows = dispatch!(self.visible_to(action))?;
+                cache.insert(action.as_str(), Arc::from(rows.clone()), generation);
+                Ok(rows)
+            }
+        }
     }
 }
 

@@ -15,6 +15,9 @@ const COLUMNS: &str = "owner_type, owner, name, encrypted, encryption_key_hash, 
      to_char(created AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS created, \
      to_char(updated AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS updated";
 
+/// Channel of the change notifications sent by migration `0003` (payload: the schema).
+pub(super) const NOTIFY_CHANNEL: &str = "attune_secrets";
+
 #[derive(Clone)]
 pub(super) struct PgStore {
     pool: PgPool,
@@ -51,6 +54,67 @@ impl PgStore {
 
     pub(super) fn schema(&self) -> &str {
         &self.schema
+    }
+
+    /// Empties `cache` on every change to this schema's `secrets` table (migration `0003`
+    /// sends `NOTIFY attune_secrets, '<schema>'`). The cache serves entries only while the
+    /// listener is connected; a lost connection marks it not live (and empties it) until
+    /// `LISTEN` is re-established. Runs until aborted.
+    pub(super) async fn invalidate_on_notify(
+        self,
+        cache: std::sync::Weak<super::cache::RowCache>,
+    ) {
+        use sqlx::postgres::PgListener;
+        let set_live = |live: bool| match cache.upgrade() {
+            Some(cache) => {
+                cache.set_live(live);
+                true
+            }
+            None => false,
+        };
+        let mut backoff = std::time::Duration::from_millis(100);
+        loop {
+            let listener = async {
+                let mut listener = PgListener::connect_with(&self.pool).await?;
+                listener.listen(NOTIFY_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(listener)
+            }
+            .await;
+            match listener {
+                Ok(mut listener) => {
+                    if !set_live(true) {
+                        return;
+                    }
+                    backoff = std::time::Duration::from_millis(100);
+                    loop {
+                        match listener.try_recv().await {
+                            Ok(Some(note)) => {
+                                if note.payload() == self.schema {
+                                    match cache.upgrade() {
+                                        Some(cache) => cache.invalidate(),
+                                        None => return,
+                                    }
+                                }
+                            }
+                            Ok(None) => {
+                                tracing::warn!("secret cache: PostgreSQL listener connection lost; reconnecting");
+                                break;
+                            }
+                            Err(e) => {
+                                tracing::warn!("secret cache: PostgreSQL listener failed: {e}; reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("secret cache: cannot LISTEN on PostgreSQL: {e}"),
+            }
+            if !set_live(false) {
+                return;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+        }
     }
 
     pub(super) async fn put(&self, s: &NewSecret) -> Result<Written> {

@@ -1,0 +1,165 @@
+//! Resident memory over many executions (BENCHMARKS.md, "Memory over 1,000,000 executions").
+//!
+//! ```text
+//! cargo run --release -p attune-wasm --example soak -- GUEST.wasm [EXECUTIONS]
+//! ```
+//!
+//! Runs `GUEST.wasm` (e.g. `examples/bench-action`, wasm32-wasip2) as `mypack.deploy` with three
+//! stored secrets, on two tokio workers, through one pooled [`Executor`] over a cached SQLite
+//! store in a temporary directory, `EXECUTIONS` times (default 1,000,000). Prints the resident
+//! set size (`/proc/self/statm`) after a 10,000-execution warm-up and every tenth of the run,
+//! then the largest deviation from the warm-up value, in percent. Exits 1 if any execution
+//! failed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use attune_wasm::crypto::EncryptionKey;
+use attune_wasm::executor::{Execution, Executor, SecretSource, DEFAULT_MAX_OUTPUT};
+use attune_wasm::names::{ActionRef, Owner, PackRef, SecretName};
+use attune_wasm::runtime::{Limits, Output, Pooling, Runtime, RuntimeConfig, Stdin};
+use attune_wasm::store::{NewSecret, OpenMode, Store, StoreOptions};
+use secrecy::SecretString;
+
+const WARM_UP: u64 = 10_000;
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let guest_path = args.next().expect("usage: soak GUEST.wasm [EXECUTIONS]");
+    let total: u64 = args.next().map_or(1_000_000, |n| n.parse().expect("a count"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut options =
+        StoreOptions::new(format!("sqlite://{}", dir.path().join("secrets.db").display()));
+    options.cache_ttl = Some(Duration::from_secs(5));
+    let store = Store::open_with(&options, OpenMode::CreateIfMissing)
+        .await
+        .unwrap();
+    let key = EncryptionKey::from_password(&SecretString::from(
+        "soak-test-password-0123456789abcdefghijkl",
+    ))
+    .unwrap();
+    let secret = |owner: Owner, name: &str, value: &str| NewSecret {
+        owner,
+        name: SecretName::new(name).unwrap(),
+        encrypted: true,
+        key_hash: Some(key.key_hash().to_owned()),
+        value: SecretString::from(key.encrypt(&SecretString::from(value))),
+    };
+    let action = ActionRef::new("mypack.deploy").unwrap();
+    store
+        .put_many(&[
+            secret(Owner::System, "region", "eu-west-1-soak"),
+            secret(
+                Owner::Pack(PackRef::new("mypack").unwrap()),
+                "api_key",
+                "sk-soak-0123456789",
+            ),
+            secret(Owner::Action(action.clone()), "db_password", "soak-password"),
+        ])
+        .await
+        .unwrap();
+    let runtime = Arc::new(
+        Runtime::new(RuntimeConfig {
+            pooling: Some(Pooling {
+                executions: 16,
+                ..Pooling::default()
+            }),
+            ..RuntimeConfig::default()
+        })
+        .unwrap(),
+    );
+    let guest = runtime
+        .load("guest.wasm", &std::fs::read(&guest_path).unwrap())
+        .unwrap();
+    let executor = Arc::new(Executor::new(
+        runtime,
+        SecretSource::Store(store),
+        Some(key),
+        false,
+    ));
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let run = |count: u64| {
+        let workers: Vec<_> = (0..2)
+            .map(|w| {
+                let (executor, guest, action) =
+                    (Arc::clone(&executor), guest.clone(), action.clone());
+                let (done, failed) = (Arc::clone(&done), Arc::clone(&failed));
+                tokio::spawn(async move {
+                    for _ in 0..(count / 2 + u64::from(w == 0) * (count % 2)) {
+                        let exec = Execution {
+                            action: action.clone(),
+                            program: "guest.wasm".into(),
+                            args: Vec::new(),
+                            env: Vec::new(),
+                            dirs: Vec::new(),
+                            stdin: Stdin::Empty,
+                            stdout: Output::Capture(64 * 1024),
+                            stderr: Output::Capture(64 * 1024),
+                            limits: Limits::default(),
+                            allowed: None,
+                            redact: true,
+                            max_output: DEFAULT_MAX_OUTPUT,
+                        };
+                        match executor.execute(&guest, exec).await {
+                            Ok(r) if r.exit.code == 0 => {}
+                            _ => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect::<Vec<_>>();
+        async move {
+            for w in workers {
+                w.await.unwrap();
+            }
+        }
+    };
+    run(WARM_UP).await;
+    executor.flush().await;
+    let base = rss_bytes();
+    println!("after {WARM_UP} warm-up executions: RSS {} KiB", base / 1024);
+    let started = Instant::now();
+    let step = (total / 10).max(1);
+    let mut worst: f64 = 0.0;
+    let mut ran = 0;
+    while ran < total {
+        let n = step.min(total - ran);
+        run(n).await;
+        executor.flush().await;
+        ran += n;
+        let rss = rss_bytes();
+        let deviation = (rss as f64 - base as f64) / base as f64 * 100.0;
+        worst = if deviation.abs() > worst.abs() { deviation } else { worst };
+        println!(
+            "{ran:>9} executions: RSS {} KiB ({deviation:+.2} %), {:.0} executions/s",
+            rss / 1024,
+            ran as f64 / started.elapsed().as_secs_f64()
+        );
+    }
+    let failures = failed.load(Ordering::Relaxed);
+    println!(
+        "{} executions, {failures} failed; largest RSS deviation from warm-up: {worst:+.2} %",
+        done.load(Ordering::Relaxed)
+    );
+    if failures > 0 {
+        std::process::exit(1);
+    }
+}
