@@ -6,6 +6,7 @@
 
 mod audit;
 mod bad_inputs;
+mod docs;
 mod hardening;
 mod import;
 mod isolation;
