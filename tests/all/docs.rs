@@ -514,9 +514,17 @@ fn first_message_in_call(code: &str, start: usize) -> Option<String> {
     None
 }
 
-/// The inline-code spans of a text, normalized.
+/// The inline-code spans of a text, normalized (a line break inside a span, with the next
+/// line's indentation, is one space, as CommonMark renders it).
 fn code_spans(text: &str) -> BTreeSet<String> {
-    text.split('`').skip(1).step_by(2).map(normalize).collect()
+    text.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|span| {
+            let joined: Vec<&str> = span.split('\n').map(str::trim_start).collect();
+            normalize(&joined.join(" "))
+        })
+        .collect()
 }
 
 #[test]
