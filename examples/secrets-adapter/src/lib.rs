@@ -19,6 +19,10 @@
 //! `[A-Za-z0-9][A-Za-z0-9_-]*`); `not-found` when the variable is unset; `unavailable` when
 //! it is set but not UTF-8. It never answers `access-denied` (there is no `--allow-secret`
 //! here).
+//!
+//! One difference from attune-wasm: the host matches `get-secret` names exactly, while this
+//! adapter answers every name that maps to a set variable (`db-password`, `db_password` and
+//! `DB-PASSWORD` all read `SECRET_DB_PASSWORD`). Ask for the stored name and both agree.
 
 mod bindings {
     wit_bindgen::generate!({

@@ -1,0 +1,526 @@
+//! Differential tests against the real wasmtime CLI (`wasmtime run`, same version as the host):
+//! each case runs an action under `attune-wasm run` with secrets stored, and under
+//! `wasmtime run --env SECRET_…=…` with the variables the host should inject, and requires the
+//! same stdout and exit status. Component actions run under wasmtime composed with
+//! `examples/secrets-adapter` (`wac plug`), which answers `get-secret` from `SECRET_*`.
+//!
+//! Every case also checks the expected status and what the guest received, so two runtimes that
+//! failed the same way do not pass. Needs `wasmtime` and `wac` (scripts/setup.sh);
+//! `ATTUNE_TEST_WASMTIME_CLI=skip` skips.
+//!
+//! Known difference, pinned by the last test: the adapter only sees variables, so it cannot
+//! tell names apart that map to the same one (`db-password`/`db_password`, `API_KEY`/`api_key`),
+//! while the host's `get-secret` matches names exactly. The cases use exact stored names.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::external::{WAC, WASMTIME};
+use crate::support::{assert_no_panic, run_cmd, text, wasm, Host, Target};
+
+/// Execution id given to wasmtime when the guest does not print attune-wasm's.
+const EXECUTION_ID: &str = "00000000-0000-4000-8000-000000000000";
+
+/// One action run under both runtimes.
+struct Case<'a> {
+    /// `pack.action`.
+    action: &'a str,
+    /// Secrets stored in attune-wasm: (name, value, owner arguments of `secret set`).
+    stored: &'a [(&'a str, &'a str, &'a [&'a str])],
+    /// What wasmtime gets instead: the `SECRET_*` variables the host should resolve and inject.
+    env: &'a [(&'a str, &'a str)],
+    /// Guest arguments.
+    args: &'a [&'a str],
+    /// Parameters on stdin.
+    stdin: &'a [u8],
+}
+
+/// The wasmtime CLI and wac, with a private CLI cache; `None` when skipped.
+struct Cli {
+    wasmtime: PathBuf,
+    wac: PathBuf,
+    /// `XDG_CACHE_HOME` for `wasmtime run` (its compile cache) and the composed components.
+    dir: tempfile::TempDir,
+}
+
+impl Cli {
+    fn new() -> Option<Self> {
+        let wasmtime = WASMTIME.require()?;
+        let wac = WAC.require()?;
+        Some(Self {
+            wasmtime,
+            wac,
+            dir: tempfile::tempdir().expect("tempdir"),
+        })
+    }
+
+    /// `wac plug ACTION --plug secrets-adapter`: the action with `get-secret` answered from the
+    /// WASI environment.
+    fn compose(&self, action: &Path) -> PathBuf {
+        let adapter = wasm("secrets_adapter", Target::P2);
+        let stem = action.file_stem().expect("a file name").to_string_lossy();
+        let composed = self.dir.path().join(format!("{stem}.composed.wasm"));
+        let out = Command::new(&self.wac)
+            .arg("plug")
+            .arg(action)
+            .arg("--plug")
+            .arg(&adapter)
+            .arg("-o")
+            .arg(&composed)
+            .output()
+            .expect("run wac");
+        assert!(
+            out.status.success(),
+            "wac plug {} failed: {}",
+            action.display(),
+            text(&out.stderr)
+        );
+        composed
+    }
+
+    /// `wasmtime run --env K=V… FILE ARGS` with `stdin`, in an otherwise empty environment.
+    fn run(&self, file: &Path, env: &[(String, String)], args: &[&str], stdin: &[u8]) -> Output {
+        let mut c = Command::new(&self.wasmtime);
+        c.env_clear()
+            .env("XDG_CACHE_HOME", self.dir.path().join("cache"))
+            .arg("run");
+        for (k, v) in env {
+            c.arg("--env").arg(format!("{k}={v}"));
+        }
+        c.arg(file).args(args);
+        run_cmd(&mut c, Some(stdin))
+    }
+
+    /// Stores `case.stored` in `host`, runs `case` under attune-wasm (`attune_file`) and wasmtime
+    /// (`wasmtime_file`), asserts the same stdout and exit status, and returns attune-wasm's
+    /// output. The execution id wasmtime gets is the one attune-wasm's guest printed (as
+    /// `ATTUNE_EXECUTION_ID` in a JSON object), else a fixed one.
+    fn compare(
+        &self,
+        host: &Host,
+        attune_file: &Path,
+        wasmtime_file: &Path,
+        case: &Case<'_>,
+    ) -> Output {
+        for (name, value, owner) in case.stored {
+            host.set(name, value, owner);
+        }
+        let mut c = host.cmd();
+        c.arg("run")
+            .arg(attune_file)
+            .args(["--action", case.action, "--no-redact"]);
+        if !case.args.is_empty() {
+            c.arg("--").args(case.args);
+        }
+        let attune = run_cmd(&mut c, Some(case.stdin));
+        assert_no_panic(&attune);
+
+        let execution_id = serde_json::from_slice::<Value>(&attune.stdout)
+            .ok()
+            .and_then(|v| v["ATTUNE_EXECUTION_ID"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| EXECUTION_ID.to_owned());
+        let (pack, _) = case.action.split_once('.').expect("pack.action");
+        let mut env: Vec<(String, String)> = vec![
+            ("ATTUNE_ACTION_REF".into(), case.action.into()),
+            ("ATTUNE_PACK_REF".into(), pack.into()),
+            ("ATTUNE_EXECUTION_ID".into(), execution_id),
+        ];
+        env.extend(case.env.iter().map(|(k, v)| ((*k).into(), (*v).into())));
+        let wasmtime = self.run(wasmtime_file, &env, case.args, case.stdin);
+        assert_no_panic(&wasmtime);
+
+        assert_eq!(
+            text(&attune.stdout),
+            text(&wasmtime.stdout),
+            "stdout differs (left: attune-wasm, right: wasmtime run); stderr:\n\
+             attune-wasm: {}\nwasmtime: {}",
+            text(&attune.stderr),
+            text(&wasmtime.stderr)
+        );
+        assert_eq!(
+            attune.status.code(),
+            wasmtime.status.code(),
+            "exit status differs; stderr:\nattune-wasm: {}\nwasmtime: {}",
+            text(&attune.stderr),
+            text(&wasmtime.stderr)
+        );
+        attune
+    }
+}
+
+fn sha256_prefix(value: &str) -> String {
+    hex::encode(&Sha256::digest(value.as_bytes())[..4])
+}
+
+fn described(value: &str) -> Value {
+    json!({ "len": value.len(), "sha256_prefix": sha256_prefix(value) })
+}
+
+fn stdout_json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", text(&out.stdout)))
+}
+
+// Values with '=', spaces and non-ASCII: `--env K=V` splits at the first '=' only.
+const SYSTEM_KEY: &str = "sk_live_system_default_0000";
+const PACK_KEY: &str = "sk_live=mypack override ü_1111";
+const DB_PASSWORD: &str = "pg-password-for-deploy";
+const DEPLOY_TOKEN: &str = "deploy-token-value-42";
+
+/// Stored: system and pack `api_key` (the pack's wins), action `db_password` and
+/// `deploy-token` (env name `SECRET_DEPLOY_TOKEN`), another pack's secret (invisible).
+const ALL_STORED: &[(&str, &str, &[&str])] = &[
+    ("api_key", SYSTEM_KEY, &[]),
+    ("api_key", PACK_KEY, &["--pack", "mypack"]),
+    ("db_password", DB_PASSWORD, &["--action", "mypack.deploy"]),
+    ("deploy-token", DEPLOY_TOKEN, &["--action", "mypack.deploy"]),
+    ("token", "otherpack-token-value", &["--pack", "otherpack"]),
+];
+/// What mypack.deploy should receive from [`ALL_STORED`].
+const ALL_ENV: &[(&str, &str)] = &[
+    ("SECRET_API_KEY", PACK_KEY),
+    ("SECRET_DB_PASSWORD", DB_PASSWORD),
+    ("SECRET_DEPLOY_TOKEN", DEPLOY_TOKEN),
+];
+
+#[test]
+fn classic_deploy_matches_wasmtime_run() {
+    let Some(cli) = Cli::new() else { return };
+    let classic = wasm("deploy-classic", Target::P1);
+
+    // Both secrets, parameters on stdin.
+    let out = cli.compare(
+        &Host::new(),
+        &classic,
+        &classic,
+        &Case {
+            action: "mypack.deploy",
+            stored: ALL_STORED,
+            env: ALL_ENV,
+            args: &[],
+            stdin: br#"{"target": "production"}"#,
+        },
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        stdout_json(&out),
+        json!({
+            "action": "mypack.deploy",
+            "door": "env",
+            "target": "production",
+            "deployed": true,
+            "secret_vars": ["SECRET_API_KEY", "SECRET_DB_PASSWORD", "SECRET_DEPLOY_TOKEN"],
+            "api_key": described(PACK_KEY),
+            "db_password": described(DB_PASSWORD),
+        })
+    );
+
+    // api_key missing: the action fails, exit 1 under both.
+    let out = cli.compare(
+        &Host::new(),
+        &classic,
+        &classic,
+        &Case {
+            action: "mypack.deploy",
+            stored: &[("db-password", DB_PASSWORD, &["--action", "mypack.deploy"])],
+            env: &[("SECRET_DB_PASSWORD", DB_PASSWORD)],
+            args: &[],
+            stdin: b"",
+        },
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report = stdout_json(&out);
+    assert_eq!(report["deployed"], false);
+    assert_eq!(report["target"], "staging");
+    assert_eq!(report["secret_vars"], json!(["SECRET_DB_PASSWORD"]));
+    assert_eq!(report["api_key"], json!({ "error": "secret not found" }));
+}
+
+#[test]
+fn classic_probe_env_and_exit_status_match_wasmtime_run() {
+    let Some(cli) = Cli::new() else { return };
+    let probe = wasm("secret-probe", Target::P1);
+
+    // The whole guest environment: exactly the injected variables under both runtimes.
+    let out = cli.compare(
+        &Host::new(),
+        &probe,
+        &probe,
+        &Case {
+            action: "mypack.deploy",
+            stored: ALL_STORED,
+            env: ALL_ENV,
+            args: &["env"],
+            stdin: b"",
+        },
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let env = stdout_json(&out);
+    let mut names: Vec<&str> = env
+        .as_object()
+        .expect("an object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "ATTUNE_ACTION_REF",
+            "ATTUNE_EXECUTION_ID",
+            "ATTUNE_PACK_REF",
+            "SECRET_API_KEY",
+            "SECRET_DB_PASSWORD",
+            "SECRET_DEPLOY_TOKEN"
+        ]
+    );
+    assert_eq!(env["SECRET_API_KEY"], PACK_KEY);
+
+    // p1 modules keep their exit status.
+    let out = cli.compare(
+        &Host::new(),
+        &probe,
+        &probe,
+        &Case {
+            action: "mypack.deploy",
+            stored: &[],
+            env: &[],
+            args: &["exit", "3"],
+            stdin: b"",
+        },
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+
+    // Parameters on stdin reach the guest unchanged.
+    let params = br#"{"target": "production", "n": [1, 2, 3]}"#;
+    let out = cli.compare(
+        &Host::new(),
+        &probe,
+        &probe,
+        &Case {
+            action: "mypack.deploy",
+            stored: &[],
+            env: &[],
+            args: &["stdin"],
+            stdin: params,
+        },
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, params);
+}
+
+#[test]
+fn composed_deploy_component_matches_wasmtime_run() {
+    let Some(cli) = Cli::new() else { return };
+    let component = wasm("deploy-component", Target::P2);
+    let composed = cli.compose(&component);
+
+    let out = cli.compare(
+        &Host::new(),
+        &component,
+        &composed,
+        &Case {
+            action: "mypack.deploy",
+            stored: ALL_STORED,
+            env: ALL_ENV,
+            args: &[],
+            stdin: br#"{"target": "production"}"#,
+        },
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        stdout_json(&out),
+        json!({
+            "action": "mypack.deploy",
+            "door": "get-secret",
+            "target": "production",
+            "deployed": true,
+            "api_key": described(PACK_KEY),
+            "db_password": described(DB_PASSWORD),
+        })
+    );
+
+    // api_key missing: exit 1 under both (Rust wasip2 reports every failure as 1).
+    let out = cli.compare(
+        &Host::new(),
+        &component,
+        &composed,
+        &Case {
+            action: "mypack.deploy",
+            stored: &[("db_password", DB_PASSWORD, &["--action", "mypack.deploy"])],
+            env: &[("SECRET_DB_PASSWORD", DB_PASSWORD)],
+            args: &[],
+            stdin: b"",
+        },
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report = stdout_json(&out);
+    assert_eq!(report["deployed"], false);
+    assert_eq!(report["api_key"], json!({ "error": "secret not found" }));
+    assert_eq!(report["db_password"], described(DB_PASSWORD));
+}
+
+#[test]
+fn composed_probe_get_secret_answers_match_the_host() {
+    let Some(cli) = Cli::new() else { return };
+    let probe = wasm("secret-probe", Target::P2);
+    let composed = cli.compose(&probe);
+
+    // Found (a dash name and its underscore env variable), not found, and names the host rejects.
+    let long = "a".repeat(129);
+    let args = [
+        "get",
+        "api_key",
+        "deploy-token",
+        "missing",
+        "token",
+        "bad name",
+        "_x",
+        "",
+        long.as_str(),
+    ];
+    let out = cli.compare(
+        &Host::new(),
+        &probe,
+        &composed,
+        &Case {
+            action: "mypack.deploy",
+            stored: ALL_STORED,
+            env: ALL_ENV,
+            args: &args,
+            stdin: b"",
+        },
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report = stdout_json(&out);
+    assert_eq!(report["api_key"], json!({ "value": PACK_KEY }));
+    assert_eq!(report["deploy-token"], json!({ "value": DEPLOY_TOKEN }));
+    assert_eq!(report["missing"], json!({ "error": "NotFound" }));
+    assert_eq!(report["token"], json!({ "error": "NotFound" }));
+    for bad in ["bad name", "_x", "", long.as_str()] {
+        assert_eq!(report[bad], json!({ "error": "InvalidName" }), "{bad:?}");
+    }
+
+    // The composed component's environment is the injected one (shared WASI context).
+    let out = cli.compare(
+        &Host::new(),
+        &probe,
+        &composed,
+        &Case {
+            action: "mypack.deploy",
+            stored: ALL_STORED,
+            env: ALL_ENV,
+            args: &["env"],
+            stdin: b"",
+        },
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(stdout_json(&out)["SECRET_DB_PASSWORD"], DB_PASSWORD);
+}
+
+#[test]
+fn composed_python_action_matches_wasmtime_run() {
+    let Some(cli) = Cli::new() else { return };
+    let Some(python) = crate::python_action::python_action() else {
+        return;
+    };
+    let composed = cli.compose(python);
+    // One host for every case: the 18 MB component is compiled once, into its cache.
+    let host = Host::new();
+
+    // Nothing stored yet: the error path, exit 1 under both.
+    let out = cli.compare(
+        &host,
+        python,
+        &composed,
+        &Case {
+            action: "mypack.deploy",
+            stored: &[],
+            env: &[],
+            args: &[],
+            stdin: b"",
+        },
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report = stdout_json(&out);
+    assert_eq!(report["deployed"], false);
+    assert_eq!(report["api_key"], json!({ "error": "not-found" }));
+    assert_eq!(report["db_password"], json!({ "error": "not-found" }));
+
+    let out = cli.compare(
+        &host,
+        python,
+        &composed,
+        &Case {
+            action: "mypack.deploy",
+            stored: ALL_STORED,
+            env: ALL_ENV,
+            args: &[],
+            stdin: br#"{"target": "production"}"#,
+        },
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report = stdout_json(&out);
+    assert_eq!(report["target"], "production");
+    assert_eq!(report["api_key"], described(PACK_KEY));
+    assert_eq!(report["db_password"], described(DB_PASSWORD));
+
+    // otherpack.deploy sees the system api_key and its own pack's token, not mypack's secrets.
+    let out = cli.compare(
+        &host,
+        python,
+        &composed,
+        &Case {
+            action: "otherpack.deploy",
+            stored: &[],
+            env: &[
+                ("SECRET_API_KEY", SYSTEM_KEY),
+                ("SECRET_TOKEN", "otherpack-token-value"),
+            ],
+            args: &[],
+            stdin: b"{}",
+        },
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report = stdout_json(&out);
+    assert_eq!(report["action"], "otherpack.deploy");
+    assert_eq!(report["api_key"], described(SYSTEM_KEY));
+    assert_eq!(report["db_password"], json!({ "error": "not-found" }));
+}
+
+/// The documented difference: `get-secret` under attune-wasm matches the stored name exactly;
+/// the adapter answers any name that maps to a set variable.
+#[test]
+fn adapter_matches_names_by_variable_unlike_the_host() {
+    let Some(cli) = Cli::new() else { return };
+    let probe = wasm("secret-probe", Target::P2);
+    let composed = cli.compose(&probe);
+    let host = Host::new();
+    host.set("db-password", DB_PASSWORD, &["--action", "mypack.deploy"]);
+    let args = ["get", "db-password", "db_password", "DB-PASSWORD"];
+
+    let out = host.run(&probe, "mypack.deploy", &[], &args);
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        stdout_json(&out),
+        json!({
+            "db-password": { "value": DB_PASSWORD },
+            "db_password": { "error": "NotFound" },
+            "DB-PASSWORD": { "error": "NotFound" },
+        })
+    );
+
+    let env = [("SECRET_DB_PASSWORD".to_owned(), DB_PASSWORD.to_owned())];
+    let out = cli.run(&composed, &env, &args, b"");
+    assert_no_panic(&out);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let value = json!({ "value": DB_PASSWORD });
+    assert_eq!(
+        stdout_json(&out),
+        json!({ "db-password": value, "db_password": value, "DB-PASSWORD": value })
+    );
+}
