@@ -30,13 +30,15 @@ pub fn python_action() -> Option<&'static Path> {
         let out_dir = example_dir().join("target").join("python-action");
         std::fs::create_dir_all(&out_dir).expect("create output dir");
         let wasm = out_dir.join("python-action.wasm");
+        // Built under a private name, then renamed: another test process may be reading `wasm`.
+        let partial = out_dir.join(format!("python-action.{}.wasm.tmp", std::process::id()));
         let tool_dir = tool.parent().expect("a tool path has a directory");
         let path = std::env::join_paths(std::iter::once(tool_dir.to_path_buf()).chain(
             std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
         ))
         .expect("PATH entries are joinable");
         let out = Command::new(example_dir().join("python-action").join("build.sh"))
-            .arg(&wasm)
+            .arg(&partial)
             .env("PATH", path)
             .output()
             .expect("run examples/python-action/build.sh");
@@ -46,6 +48,7 @@ pub fn python_action() -> Option<&'static Path> {
             text(&out.stdout),
             text(&out.stderr)
         );
+        std::fs::rename(&partial, &wasm).expect("rename the built component");
         wasm
     }))
 }
