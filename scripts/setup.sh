@@ -5,13 +5,17 @@
 # - the wasmtime CLI, at the version the host embeds (tests compare `wasmtime run` with
 #   `attune-wasm run`; first install ~7 min on 2 cores);
 # - wac-cli, to compose an action with the secrets adapter (`wac plug`; ~5 min);
-# - componentize-py, to build the Python action (pip, ~1 s).
+# - componentize-py, to build the Python action (pip, ~1 s);
+# - componentize-js, to build the JavaScript action (npm ci in examples/js-action, from its
+#   package-lock.json; ~15 s, needs Node.js/npm).
 # cargo installs into ~/.cargo/bin: put it on PATH (scripts/test.sh does).
 set -euo pipefail
 
 WASMTIME_VERSION=48.0.8
 WAC_VERSION=0.12.0
 COMPONENTIZE_PY_VERSION=0.25.1
+COMPONENTIZE_JS_VERSION=0.23.0 # must match examples/js-action/package-lock.json
+js_action="$(cd "$(dirname "$0")/.." && pwd)/examples/js-action"
 
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
@@ -41,4 +45,15 @@ if have componentize-py "$COMPONENTIZE_PY_VERSION" --version; then
   echo "componentize-py $COMPONENTIZE_PY_VERSION already installed"
 else
   python3 -m pip install "componentize-py==$COMPONENTIZE_PY_VERSION"
+fi
+
+# node_modules is current when it was installed from this very package-lock.json.
+if cmp -s "$js_action/package-lock.json" "$js_action/node_modules/.installed-from-package-lock.json"; then
+  echo "componentize-js $COMPONENTIZE_JS_VERSION already installed"
+elif command -v npm >/dev/null 2>&1; then
+  grep -q "\"version\": \"$COMPONENTIZE_JS_VERSION\"" "$js_action/package-lock.json"
+  (cd "$js_action" && npm ci --no-audit --no-fund &&
+    cp package-lock.json node_modules/.installed-from-package-lock.json)
+else
+  echo "warning: npm not found: the JavaScript action's test fails (install Node.js and npm, or set ATTUNE_TEST_JS=skip)" >&2
 fi

@@ -11,6 +11,7 @@ mod external;
 mod hardening;
 mod import;
 mod isolation;
+mod js_action;
 mod leaks;
 mod postgres;
 mod python_action;

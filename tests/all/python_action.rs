@@ -2,20 +2,13 @@
 //! `attune-wasm run`: the secret arrives through `get-secret`, a missing one takes the error path.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
 use sha2::{Digest, Sha256};
 
-use crate::external::COMPONENTIZE_PY;
+use crate::external::{build_example, COMPONENTIZE_PY};
 use crate::support::{assert_no_panic, run_cmd, text, Host};
-
-fn example_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("host/ has a parent")
-        .join("examples")
-}
 
 /// Builds the Python action once per test process with its `build.sh` (componentize-py from
 /// `scripts/setup.sh`) into `examples/target/python-action/`; `None` when
@@ -26,30 +19,11 @@ pub fn python_action() -> Option<&'static Path> {
         return None;
     }
     Some(BUILT.get_or_init(|| {
-        let tool = COMPONENTIZE_PY.path();
-        let out_dir = example_dir().join("target").join("python-action");
-        std::fs::create_dir_all(&out_dir).expect("create output dir");
-        let wasm = out_dir.join("python-action.wasm");
-        // Built under a private name, then renamed: another test process may be reading `wasm`.
-        let partial = out_dir.join(format!("python-action.{}.wasm.tmp", std::process::id()));
-        let tool_dir = tool.parent().expect("a tool path has a directory");
-        let path = std::env::join_paths(std::iter::once(tool_dir.to_path_buf()).chain(
-            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
-        ))
-        .expect("PATH entries are joinable");
-        let out = Command::new(example_dir().join("python-action").join("build.sh"))
-            .arg(&partial)
-            .env("PATH", path)
-            .output()
-            .expect("run examples/python-action/build.sh");
-        assert!(
-            out.status.success(),
-            "building the Python action failed:\n{}{}",
-            text(&out.stdout),
-            text(&out.stderr)
-        );
-        std::fs::rename(&partial, &wasm).expect("rename the built component");
-        wasm
+        build_example(
+            "python-action",
+            "python-action.wasm",
+            &COMPONENTIZE_PY.path(),
+        )
     }))
 }
 
