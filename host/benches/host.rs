@@ -17,6 +17,8 @@
 //!   with it (PostgreSQL skipped with a message when not reachable);
 //! - `crypto/decrypt/{32B,64KiB}` vs `crypto/aes_gcm/{32B,64KiB}`: [`EncryptionKey::decrypt`]
 //!   of a stored value vs one raw `aes-gcm` decryption of the same bytes;
+//! - `redact/patterns_3`, `redact/mask_line_3`: compiling the masked forms of three secrets
+//!   (once per execution) and masking one line with them;
 //! - `cold_start/compile` vs `cold_start/disk_cache` vs `cold_start/memory_cache`: getting a
 //!   runnable guest for a component never seen by the process, with wasmtime's on-disk cache
 //!   warm, and from [`Runtime::load`]'s in-memory cache;
@@ -333,6 +335,7 @@ fn executions(c: &mut Criterion) {
                 b.iter(|| {
                     let out = Command::new("wasmtime")
                         .env_clear()
+                        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
                         .env("XDG_CACHE_HOME", cache.path())
                         .arg("run")
                         .args(["--env", "SECRET_API_KEY=sk-benchmark-0123456789abcdef"])
@@ -446,6 +449,19 @@ fn crypto(c: &mut Criterion) {
     group.finish();
 }
 
+fn redact(c: &mut Criterion) {
+    let values = ["eu-west-1-benchmark", "sk-benchmark-0123456789abcdef", "hunter2-but-longer"];
+    let mut group = c.benchmark_group("redact");
+    group.bench_function("patterns_3", |b| {
+        b.iter(|| attune_wasm::redact::Patterns::new(values));
+    });
+    let patterns = attune_wasm::redact::Patterns::new(values);
+    group.bench_function("mask_line_3", |b| {
+        b.iter(|| patterns.mask_all(b"bench-action: 3 secrets\n"));
+    });
+    group.finish();
+}
+
 fn cold_start(c: &mut Criterion) {
     let (p2, _) = bench_action();
     let bytes = std::fs::read(p2).unwrap();
@@ -523,5 +539,5 @@ fn throughput(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, executions, resolve, crypto, cold_start, throughput);
+criterion_group!(benches, executions, resolve, crypto, redact, cold_start, throughput);
 criterion_main!(benches);

@@ -134,6 +134,10 @@ impl Log {
     }
 }
 
+/// How long a [`Writer`] gathers records before writing them, unless a flush is waiting or
+/// [`BATCH_RECORDS`] are gathered first: 50 ms.
+pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Most records a [`Writer`] stores in one transaction.
 pub const BATCH_RECORDS: usize = 4_096;
 
@@ -146,8 +150,9 @@ enum Message {
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
-/// Stores audit records in the background: a tokio task that drains its queue and writes
-/// everything queued (up to [`BATCH_RECORDS`]) in one transaction. Records still queued when
+/// Stores audit records in the background: a tokio task that gathers records for up to
+/// [`BATCH_WINDOW`] (less when a [`Writer::flush`] waits) and writes them in transactions of
+/// up to [`BATCH_RECORDS`]. Records still queued when
 /// the writer is dropped are written by the task before it ends, if the tokio runtime lives
 /// on; call [`Writer::flush`] before shutting down to be sure.
 pub struct Writer {
@@ -162,15 +167,32 @@ impl Writer {
     pub fn spawn(store: crate::store::Store) -> Self {
         let (queue, mut inbox) = tokio::sync::mpsc::channel::<Message>(QUEUE_EXECUTIONS);
         tokio::spawn(async move {
-            let mut messages = Vec::new();
-            while inbox.recv_many(&mut messages, 256).await > 0 {
+            while let Some(first) = inbox.recv().await {
                 let mut records = Vec::new();
                 let mut flushed = Vec::new();
-                for message in messages.drain(..) {
+                let take = |message: Message,
+                            records: &mut Vec<Record>,
+                            flushed: &mut Vec<tokio::sync::oneshot::Sender<()>>| {
                     match message {
                         Message::Records(r) => records.extend(r),
                         Message::Flush(done) => flushed.push(done),
                     }
+                };
+                take(first, &mut records, &mut flushed);
+                // Gather what arrives within the batch window, unless someone waits.
+                let window = tokio::time::sleep(BATCH_WINDOW);
+                tokio::pin!(window);
+                while flushed.is_empty() && records.len() < BATCH_RECORDS {
+                    tokio::select! {
+                        () = &mut window => break,
+                        next = inbox.recv() => match next {
+                            Some(message) => take(message, &mut records, &mut flushed),
+                            None => break,
+                        },
+                    }
+                }
+                while let Ok(message) = inbox.try_recv() {
+                    take(message, &mut records, &mut flushed);
                 }
                 for batch in records.chunks(BATCH_RECORDS) {
                     if let Err(e) = store.record_audit(batch).await {

@@ -16,6 +16,51 @@
 //! of a WASI environment built from an explicit list (never the host's own environment).
 //! Plaintexts are [`secrecy::SecretString`]s held by the execution's store and zeroized when it
 //! is dropped.
+//!
+//! ## Embedding: many executions in one process (the worker)
+//!
+//! Build one [`runtime::Runtime`] (pooled instance slots), one [`store::Store`] (optionally
+//! caching the rows each action sees) and one [`executor::Executor`]; compile each action once
+//! with [`runtime::Runtime::load`] (reused by content hash); then run executions concurrently,
+//! each in its own wasmtime store with its own secrets. Audit records are written in the
+//! background: [`executor::Executor::flush`] before shutting down.
+//!
+//! ```no_run
+//! use std::{sync::Arc, time::Duration};
+//! use attune_wasm::{crypto::EncryptionKey, executor::*, names::ActionRef, runtime::*, store::*};
+//!
+//! # async fn worker() -> Result<(), Box<dyn std::error::Error>> {
+//! let runtime = Arc::new(Runtime::new(RuntimeConfig {
+//!     pooling: Some(Pooling::default()),   // up to 200 executions alive at once
+//!     ..RuntimeConfig::default()
+//! })?);
+//! let mut options = StoreOptions::new("postgres://attune@db/attune");
+//! options.cache_ttl = Some(Duration::from_secs(5)); // emptied by NOTIFY on any change
+//! let store = Store::open_with(&options, OpenMode::MustExist).await?;
+//! let key = EncryptionKey::from_password(&"a-password-of-32-bytes-or-more....".into())?;
+//! let executor = Arc::new(Executor::new(runtime, SecretSource::Store(store), Some(key), true));
+//!
+//! let guest = executor.runtime().load("deploy.wasm", &std::fs::read("deploy.wasm")?)?;
+//! let report = executor
+//!     .execute(&guest, Execution {
+//!         action: ActionRef::new("mypack.deploy")?,
+//!         program: "deploy.wasm".into(),
+//!         args: vec![],
+//!         env: vec![],
+//!         dirs: vec![],
+//!         stdin: Stdin::Bytes(r#"{"target":"prod"}"#.into()),
+//!         stdout: Output::Capture(1 << 20),
+//!         stderr: Output::Capture(1 << 20),
+//!         limits: Limits::default(),
+//!         allowed: None,
+//!         redact: true,
+//!         max_output: DEFAULT_MAX_OUTPUT,
+//!     })
+//!     .await?;
+//! println!("exit {}", report.exit.code);
+//! executor.flush().await;
+//! # Ok(()) }
+//! ```
 
 #![deny(missing_docs)]
 

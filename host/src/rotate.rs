@@ -18,13 +18,12 @@ pub enum Error {
     #[error("the new encryption key is the same as the current one")]
     SameKey,
     /// A row cannot be decrypted with the old key; nothing was changed.
-    #[error("secret {secret_ref} cannot be decrypted with the current key ({source}); nothing was changed")]
+    #[error("secret {secret_ref} cannot be decrypted with the current key ({cause}); nothing was changed")]
     Undecryptable {
         /// Ref of the row.
         secret_ref: String,
-        /// Why.
-        #[source]
-        source: crypto::Error,
+        /// Why (shown in the message, so not chained as a source as well).
+        cause: crypto::Error,
     },
     /// The store failed; nothing was changed.
     #[error(transparent)]
@@ -80,7 +79,7 @@ pub async fn rotate(
                 summary.already_new.push(secret_ref);
                 continue;
             }
-            Err(source) => return Err(Error::Undecryptable { secret_ref, source }),
+            Err(cause) => return Err(Error::Undecryptable { secret_ref, cause }),
         };
         summary.rotated.push(secret_ref);
         if !dry_run {

@@ -17,6 +17,10 @@ use secrecy::SecretString;
 
 use crate::names::{ActionRef, NameError, Owner, OwnerType, SecretName};
 
+/// Audit records per `INSERT` statement (7 bound values each: 3,500 per statement, below
+/// SQLite's 32,766 and PostgreSQL's 65,535).
+const AUDIT_ROWS_PER_INSERT: usize = 500;
+
 /// Largest secret value accepted on write, in bytes (64 KiB).
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 

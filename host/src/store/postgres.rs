@@ -193,23 +193,25 @@ impl PgStore {
         Ok(())
     }
 
-    /// Writes an execution's audit records in one transaction.
+    /// Writes audit records (of one or many executions) in one transaction.
     pub(super) async fn record_audit(&self, records: &[audit::Record]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        for r in records {
-            sqlx::query(
-                "INSERT INTO audit (at, execution_id, action_ref, secret_ref, door, outcome, count) \
-                 VALUES ($1::timestamptz, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(&r.at)
-            .bind(&r.execution_id)
-            .bind(&r.action_ref)
-            .bind(&r.secret_ref)
-            .bind(r.door.as_str())
-            .bind(r.outcome.as_str())
-            .bind(i64::try_from(r.count).unwrap_or(i64::MAX))
-            .execute(&mut *tx)
-            .await?;
+        // Multi-row INSERTs: one statement per {AUDIT_ROWS_PER_INSERT} records, not one per record.
+        for chunk in records.chunks(super::AUDIT_ROWS_PER_INSERT) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+                "INSERT INTO audit (at, execution_id, action_ref, secret_ref, door, outcome, count) ",
+            );
+            insert.push_values(chunk, |mut row, r| {
+                row.push_bind(&r.at)
+                    .push_unseparated("::timestamptz")
+                    .push_bind(&r.execution_id)
+                    .push_bind(&r.action_ref)
+                    .push_bind(&r.secret_ref)
+                    .push_bind(r.door.as_str())
+                    .push_bind(r.outcome.as_str())
+                    .push_bind(i64::try_from(r.count).unwrap_or(i64::MAX));
+            });
+            insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
