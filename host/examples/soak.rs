@@ -1,8 +1,11 @@
 //! Resident memory over many executions (BENCHMARKS.md, "Memory over 1,000,000 executions").
 //!
 //! ```text
-//! cargo run --release -p attune-wasm --example soak -- GUEST.wasm [EXECUTIONS]
+//! cargo run --release -p attune-wasm --example soak -- GUEST.wasm [EXECUTIONS] [--no-store]
 //! ```
+//!
+//! `--no-store` runs without a store (no secrets, no audit): the runtime alone, to tell its
+//! memory from the store's (SQLite's page caches fill as the audit table grows).
 //!
 //! Runs `GUEST.wasm` (e.g. `examples/bench-action`, wasm32-wasip2) as `mypack.deploy` with three
 //! stored secrets, on two tokio workers, through one pooled [`Executor`] over a cached SQLite
@@ -41,6 +44,7 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let guest_path = args.next().expect("usage: soak GUEST.wasm [EXECUTIONS]");
     let total: u64 = args.next().map_or(1_000_000, |n| n.parse().expect("a count"));
+    let no_store = args.next().as_deref() == Some("--no-store");
     let dir = tempfile::tempdir().unwrap();
     let mut options =
         StoreOptions::new(format!("sqlite://{}", dir.path().join("secrets.db").display()));
@@ -85,9 +89,14 @@ async fn main() {
     let guest = runtime
         .load("guest.wasm", &std::fs::read(&guest_path).unwrap())
         .unwrap();
+    let source = if no_store {
+        SecretSource::Missing("--no-store".into())
+    } else {
+        SecretSource::Store(store)
+    };
     let executor = Arc::new(Executor::new(
         runtime,
-        SecretSource::Store(store),
+        source,
         Some(key),
         false,
     ));

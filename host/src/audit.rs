@@ -208,6 +208,12 @@ impl Writer {
         Self { queue }
     }
 
+    /// `true` once the writer task has ended (its tokio runtime shut down): records sent now
+    /// are lost, start a new writer.
+    pub fn is_closed(&self) -> bool {
+        self.queue.is_closed()
+    }
+
     /// Queues one execution's records; waits only when [`QUEUE_EXECUTIONS`] executions are
     /// already queued.
     pub async fn send(&self, records: Vec<Record>) {

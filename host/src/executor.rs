@@ -111,8 +111,9 @@ pub struct Executor {
     source: SecretSource,
     key: Option<EncryptionKey>,
     strict: bool,
-    /// Started by the first execution that has records (it needs the tokio runtime).
-    audit: std::sync::OnceLock<audit::Writer>,
+    /// Started by the first execution that has records, on its tokio runtime; started again
+    /// on the current one if that runtime has shut down since.
+    audit: std::sync::Mutex<Option<Arc<audit::Writer>>>,
 }
 
 impl Executor {
@@ -129,15 +130,38 @@ impl Executor {
             source,
             key,
             strict,
-            audit: std::sync::OnceLock::new(),
+            audit: std::sync::Mutex::new(None),
         }
     }
 
     /// Waits until the audit records of every execution finished so far are stored. Call it
     /// before shutting the tokio runtime down or reading the trail back.
     pub async fn flush(&self) {
-        if let Some(writer) = self.audit.get() {
+        let writer = self
+            .audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(writer) = writer {
             writer.flush().await;
+        }
+    }
+
+    /// The running audit writer, started on the current tokio runtime when there is none or
+    /// the previous one's runtime has shut down.
+    fn audit_writer(&self, store: &Store) -> Arc<audit::Writer> {
+        // A poisoned lock only means a panic while swapping the handle; the slot is valid.
+        let mut slot = self
+            .audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*slot {
+            Some(writer) if !writer.is_closed() => Arc::clone(writer),
+            _ => {
+                let writer = Arc::new(audit::Writer::spawn(store.clone()));
+                *slot = Some(Arc::clone(&writer));
+                writer
+            }
         }
     }
 
@@ -326,10 +350,7 @@ impl Executor {
             return;
         }
         if let SecretSource::Store(store) = &self.source {
-            self.audit
-                .get_or_init(|| audit::Writer::spawn(store.clone()))
-                .send(records)
-                .await;
+            self.audit_writer(store).send(records).await;
         }
     }
 }

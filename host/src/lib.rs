@@ -35,7 +35,7 @@
 //!     ..RuntimeConfig::default()
 //! })?);
 //! let mut options = StoreOptions::new("postgres://attune@db/attune");
-//! options.cache_ttl = Some(Duration::from_secs(5)); // emptied by NOTIFY on any change
+//! options.cache_ttl = Some(Duration::from_secs(5)); // emptied on change (NOTIFY trigger)
 //! let store = Store::open_with(&options, OpenMode::MustExist).await?;
 //! let key = EncryptionKey::from_password(&"a-password-of-32-bytes-or-more....".into())?;
 //! let executor = Arc::new(Executor::new(runtime, SecretSource::Store(store), Some(key), true));

@@ -213,3 +213,150 @@ async fn audit_records_of_concurrent_executions_are_complete_after_flush() {
     assert_eq!(delivered, 40, "{listing}");
     assert!(!listing.contains("audited-value-3333"));
 }
+
+/// A p1 module that spins for a while (about 100 ms of wasm) and exits 0.
+fn spinner() -> Vec<u8> {
+    wat::parse_str(
+        r#"(module
+             (memory (export "memory") 1)
+             (func (export "_start") (local i64)
+               (loop
+                 (local.set 0 (i64.add (local.get 0) (i64.const 1)))
+                 (br_if 0 (i64.lt_u (local.get 0) (i64.const 200000000))))))"#,
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_is_a_clear_error_and_the_next_execution_runs() {
+    let runtime = Arc::new(
+        Runtime::new(RuntimeConfig {
+            pooling: Some(Pooling {
+                executions: 1,
+                ..Pooling::default()
+            }),
+            ..RuntimeConfig::default()
+        })
+        .unwrap(),
+    );
+    let guest = runtime.load("spin.wasm", &spinner()).unwrap();
+    let executor = Arc::new(Executor::new(
+        runtime,
+        SecretSource::Missing("test".into()),
+        None,
+        false,
+    ));
+    let tasks: Vec<_> = (0..3)
+        .map(|_| {
+            let (executor, guest) = (Arc::clone(&executor), guest.clone());
+            tokio::spawn(async move { executor.execute(&guest, execution("p.a", &[])).await })
+        })
+        .collect();
+    let mut full = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(report) => assert_eq!(report.exit.code, 0),
+            Err(e) => {
+                let text = e.to_string();
+                assert!(text.starts_with("too many executions at once"), "{text}");
+                full += 1;
+            }
+        }
+    }
+    assert!(full >= 1, "three executions at once in a pool of one");
+    let report = executor
+        .execute(&guest, execution("p.a", &[]))
+        .await
+        .unwrap();
+    assert_eq!(report.exit.code, 0);
+}
+
+#[test]
+fn audit_survives_the_runtime_that_started_its_writer() {
+    let host = Host::new();
+    host.set("api_key", "audited-value-4444", &["--pack", "mypack"]);
+    let rt = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = rt();
+    let worker = first.block_on(async {
+        let store = host.store().await;
+        Worker::new(&host, store).await
+    });
+    first.block_on(async {
+        worker.api_key().await.unwrap();
+        worker.executor.flush().await;
+    });
+    drop(first); // ends the audit writer's task
+    for _ in 0..2 {
+        rt().block_on(async {
+            worker.api_key().await.unwrap();
+            worker.executor.flush().await;
+        });
+    }
+    let out = host.exec(&["audit", "list", "--limit", "100"], None);
+    let delivered = text(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("mypack.api_key") && l.contains("get-secret"))
+        .count();
+    assert_eq!(delivered, 3, "{}", text(&out.stdout));
+}
+
+#[test]
+fn postgres_cache_stops_serving_when_its_listener_is_gone() {
+    let Some(host) = Host::postgres() else {
+        return;
+    };
+    host.set("api_key", "first-value-1111", &["--pack", "mypack"]);
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let store = first.block_on(async {
+        let store = host.store_cached(Some(Duration::from_secs(3600))).await;
+        let worker = Worker::new(&host, store.clone()).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.cached_actions() == 0 {
+            assert!(Instant::now() < deadline, "the cache never went live");
+            worker.api_key().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        store
+    });
+    drop(first); // cancels the listener task
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        host.set("api_key", "second-value-2222", &["--pack", "mypack"]);
+        let worker = Worker::new(&host, store).await;
+        assert_eq!(worker.api_key().await.unwrap(), "second-value-2222");
+        host.drop_schema().await;
+    });
+}
+
+#[test]
+fn a_compilation_cache_others_can_write_is_narrowed_or_refused() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let host = Host::new();
+    let cache = host.dir.path().join("data").join("cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let deploy = crate::support::wasm("deploy-classic", Target::P1);
+    let out = host.run(&deploy, "mypack.deploy", &[], &[]);
+    crate::support::assert_no_panic(&out);
+    let mode = std::fs::metadata(&cache).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o700, "narrowed to the owner");
+
+    // Owned by someone else (possible to arrange only as root): not used at all.
+    let nobody = std::process::Command::new("chown")
+        .args(["-R", "65534"])
+        .arg(&cache)
+        .status();
+    if nobody.is_ok_and(|s| s.success()) {
+        let out = host.run(&deploy, "mypack.deploy", &[], &[]);
+        crate::support::assert_no_panic(&out);
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("compilation cache off") && stderr.contains("owned by uid 65534"),
+            "{stderr}"
+        );
+    }
+}

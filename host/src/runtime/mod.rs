@@ -88,6 +88,9 @@ pub enum Error {
     /// The guest trapped.
     #[error("guest trapped: {0}")]
     Trap(String),
+    /// Every pooled slot of some kind is in use ([`Pooling::executions`] executions running).
+    #[error("too many executions at once: {0}; retry when one has finished")]
+    PoolExhausted(String),
     /// An engine or host failure.
     #[error("runtime failure: {0}")]
     Host(String),
@@ -165,8 +168,10 @@ pub struct RuntimeConfig {
 /// Sizes of the pooling allocator ([`RuntimeConfig::pooling`]).
 #[derive(Debug, Clone, Copy)]
 pub struct Pooling {
-    /// Most executions alive at once; one more fails to instantiate with [`Error::Host`]
-    /// ("maximum concurrent ... limit reached") until one ends. Default 200.
+    /// Most executions alive at once; one more fails with [`Error::PoolExhausted`] until one
+    /// ends. Default 200. Each execution may use up to 16 core instances, 4 linear memories
+    /// and 16 tables; a core module may define one memory and one table (wasmtime's pooling
+    /// defaults): a guest needing more is refused at [`Runtime::load`] under pooling only.
     pub executions: u32,
     /// Largest size of one linear memory in bytes (default 256 MiB, the default
     /// [`Limits::max_memory`]). A guest whose initial memory is larger cannot run; a
@@ -194,10 +199,15 @@ impl Pooling {
     fn allocation(&self) -> wasmtime::PoolingAllocationConfig {
         let n = self.executions.max(1);
         let mut pool = wasmtime::PoolingAllocationConfig::new();
+        // Per-component caps equal the per-execution share, so one guest cannot take the
+        // slots of the others.
         pool.total_component_instances(n)
             .total_core_instances(n.saturating_mul(16))
             .total_memories(n.saturating_mul(4))
             .total_tables(n.saturating_mul(16))
+            .max_core_instances_per_component(16)
+            .max_memories_per_component(4)
+            .max_tables_per_component(16)
             .total_stacks(n)
             .max_memory_size(self.max_memory_size)
             .linear_memory_keep_resident(self.keep_resident)
@@ -649,15 +659,40 @@ fn setup_mask(patterns: &crate::redact::Patterns, bytes: &[u8]) -> Bytes {
 }
 
 /// Creates `dir` (and missing parents) readable by the owner only: the compilation cache is
-/// code the host will run.
+/// native code the host will load and run without checking it against the guest, so a cache
+/// that anyone else can write is refused (the caller then runs without it). An existing
+/// directory of ours that is open to others is narrowed to 0700.
+///
+/// # Errors
+/// When the directory cannot be created, belongs to another user, or cannot be narrowed.
 fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
     {
-        use std::os::unix::fs::DirBuilderExt;
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
         builder.mode(0o700);
+        builder.create(dir)?;
+        let meta = std::fs::symlink_metadata(dir)?;
+        if !meta.is_dir() {
+            return Err(std::io::Error::other("not a directory (or a symlink)"));
+        }
+        // /proc/self belongs to the process's effective user (Linux).
+        if let Ok(me) = std::fs::metadata("/proc/self") {
+            if meta.uid() != me.uid() {
+                return Err(std::io::Error::other(format!(
+                    "owned by uid {}, not by this user (uid {})",
+                    meta.uid(),
+                    me.uid()
+                )));
+            }
+        }
+        if meta.mode() & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(())
     }
+    #[cfg(not(unix))]
     builder.create(dir)
 }
 
@@ -742,6 +777,9 @@ fn classify(e: wasmtime::Error, memory_hit: bool, limits: Limits) -> Result<i32>
     }
     if memory_hit {
         return Err(Error::MemoryLimit(limits.max_memory));
+    }
+    if let Some(pool) = e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
+        return Err(Error::PoolExhausted(pool.to_string()));
     }
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Err(Error::Timeout(limits.timeout)),

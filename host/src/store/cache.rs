@@ -1,8 +1,9 @@
 //! An in-process cache of the rows each action may see ([`super::Store::visible_to`]): stored
 //! text only (ciphertexts, and plain rows as the operator stored them), never a decrypted
 //! value. Entries live for a short TTL and the whole cache is emptied by every write through
-//! this store and, on PostgreSQL, by every change to the `secrets` table from any writer
-//! (a statement trigger sends `NOTIFY attune_secrets`, see migration `0003`).
+//! this store and, on PostgreSQL, by every change to the `secrets` table from any writer whose
+//! statements fire triggers (a statement trigger sends `NOTIFY attune_secrets`, see migration
+//! `0003`); while the listener is not connected, the cache is bypassed.
 //!
 //! A lookup that races a write cannot put stale rows back: each entry records the cache
 //! *generation* read before its query, and an invalidation bumps the generation.

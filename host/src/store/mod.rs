@@ -213,8 +213,11 @@ pub struct StoreOptions {
     /// Keep the rows each action may see (ciphertexts and plain rows as stored, never a
     /// decrypted value) in memory for this long; `None` (the default) queries every time.
     /// Every write through this store empties the cache; on PostgreSQL so does every change
-    /// by any writer (`LISTEN attune_secrets`). With SQLite, a change made by another process
-    /// is seen after at most this long. A worker setting: a few seconds is typical.
+    /// to the table by any writer whose statements fire triggers (`LISTEN attune_secrets`;
+    /// not `session_replication_role = replica`, e.g. `pg_restore --disable-triggers`), and the
+    /// cache is bypassed while the listener is not connected (it uses one extra pool
+    /// connection). With SQLite, a change made by another process is seen after at most this
+    /// long. A worker setting: a few seconds is typical.
     pub cache_ttl: Option<Duration>,
 }
 
@@ -266,7 +269,15 @@ impl Store {
             Backend::Sqlite(sqlite::SqliteStore::open(url, mode).await?)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Backend::Postgres(
-                postgres::PgStore::open(url, &options.schema, options.max_connections).await?,
+                // One more connection for the change listener of a cached store.
+                postgres::PgStore::open(
+                    url,
+                    &options.schema,
+                    options
+                        .max_connections
+                        .saturating_add(u32::from(options.cache_ttl.is_some())),
+                )
+                .await?,
             )
         } else {
             return Err(Error::UnsupportedUrl {

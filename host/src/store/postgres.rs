@@ -59,7 +59,9 @@ impl PgStore {
     /// Empties `cache` on every change to this schema's `secrets` table (migration `0003`
     /// sends `NOTIFY attune_secrets, '<schema>'`). The cache serves entries only while the
     /// listener is connected; a lost connection marks it not live (and empties it) until
-    /// `LISTEN` is re-established. Runs until aborted.
+    /// `LISTEN` is re-established, and for good when this task is cancelled. The listener
+    /// holds one connection of the pool (which [`super::Store::open_with`] enlarges by one).
+    /// Runs until aborted.
     pub(super) async fn invalidate_on_notify(
         self,
         cache: std::sync::Weak<super::cache::RowCache>,
@@ -72,6 +74,17 @@ impl PgStore {
             }
             None => false,
         };
+        // If this task is cancelled (the store dropped, or the tokio runtime that ran it shut
+        // down), the cache must stop serving: nothing would tell it about changes any more.
+        struct NotLiveOnDrop(std::sync::Weak<super::cache::RowCache>);
+        impl Drop for NotLiveOnDrop {
+            fn drop(&mut self) {
+                if let Some(cache) = self.0.upgrade() {
+                    cache.set_live(false);
+                }
+            }
+        }
+        let _guard = NotLiveOnDrop(cache.clone());
         let mut backoff = std::time::Duration::from_millis(100);
         loop {
             let listener = async {
@@ -211,7 +224,8 @@ impl PgStore {
                     .push_bind(r.outcome.as_str())
                     .push_bind(i64::try_from(r.count).unwrap_or(i64::MAX));
             });
-            insert.build().execute(&mut *tx).await?;
+            // Not kept as a prepared statement: the row count, and so the SQL, varies per batch.
+            insert.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

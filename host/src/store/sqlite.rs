@@ -181,7 +181,8 @@ impl SqliteStore {
                     .push_bind(r.outcome.as_str())
                     .push_bind(i64::try_from(r.count).unwrap_or(i64::MAX));
             });
-            insert.build().execute(&mut *tx).await?;
+            // Not kept as a prepared statement: the row count, and so the SQL, varies per batch.
+            insert.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
