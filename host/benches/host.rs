@@ -17,8 +17,9 @@
 //!   with it (PostgreSQL skipped with a message when not reachable);
 //! - `crypto/decrypt/{32B,64KiB}` vs `crypto/aes_gcm/{32B,64KiB}`: [`EncryptionKey::decrypt`]
 //!   of a stored value vs one raw `aes-gcm` decryption of the same bytes;
-//! - `redact/patterns_3`, `redact/mask_line_3`: compiling the masked forms of three secrets
-//!   (once per execution) and masking one line with them;
+//! - `redact/patterns_3`, `redact/automaton_3`, `redact/mask_line_3`: collecting the masked
+//!   forms of three secrets (every execution), that plus building their automaton and masking
+//!   a line that holds one (executions that print a secret), and masking a clean line;
 //! - `cold_start/compile` vs `cold_start/disk_cache` vs `cold_start/memory_cache`: getting a
 //!   runnable guest for a component never seen by the process, with wasmtime's on-disk cache
 //!   warm, and from [`Runtime::load`]'s in-memory cache;
@@ -454,6 +455,12 @@ fn redact(c: &mut Criterion) {
     let mut group = c.benchmark_group("redact");
     group.bench_function("patterns_3", |b| {
         b.iter(|| attune_wasm::redact::Patterns::new(values));
+    });
+    // A line holding a secret: the automaton is built (once per execution, on first need).
+    group.bench_function("automaton_3", |b| {
+        b.iter(|| {
+            attune_wasm::redact::Patterns::new(values).mask_all(b"key=hunter2-but-longer\n")
+        });
     });
     let patterns = attune_wasm::redact::Patterns::new(values);
     group.bench_function("mask_line_3", |b| {

@@ -31,15 +31,30 @@ const URL_ENCODE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
-/// The masked forms of a set of values, compiled once per execution.
+/// Most bytes a pre-check may scan (forms × haystack bytes) before the automaton is built
+/// instead: 1 MiB.
+const PRECHECK_BUDGET: usize = 1 << 20;
+
+/// The masked forms of a set of values, for one execution. Cheap to clone (shared).
+///
+/// The Aho-Corasick automaton over the forms is built on first need: while output is small
+/// enough, each scan first looks for any form with a substring search (at most
+/// [`PRECHECK_BUDGET`] bytes compared), and output that holds none is passed on without
+/// building it. Most actions print no secret, and building the automaton is most of the
+/// per-execution cost of masking (BENCHMARKS.md, `redact/patterns_3`).
 #[derive(Clone)]
 pub struct Patterns {
-    matcher: Option<AhoCorasick>,
+    inner: Option<std::sync::Arc<Forms>>,
     longest: usize,
 }
 
+struct Forms {
+    forms: Vec<Zeroizing<Vec<u8>>>,
+    matcher: std::sync::OnceLock<Option<AhoCorasick>>,
+}
+
 impl Patterns {
-    /// Compiles the masked forms of `values`; values shorter than [`MIN_MASKED_LEN`] are
+    /// Collects the masked forms of `values`; values shorter than [`MIN_MASKED_LEN`] are
     /// skipped (the caller warns about them).
     pub fn new<'a>(values: impl IntoIterator<Item = &'a str>) -> Self {
         let mut forms: Vec<Zeroizing<Vec<u8>>> = Vec::new();
@@ -63,26 +78,18 @@ impl Patterns {
             add(json[1..json.len() - 1].as_bytes());
         }
         let longest = forms.iter().map(|f| f.len()).max().unwrap_or(0);
-        let matcher = if forms.is_empty() {
-            None
-        } else {
-            AhoCorasick::builder()
-                // Standard semantics: every occurrence, overlapping ones included.
-                .match_kind(MatchKind::Standard)
-                // Built once per execution: a DFA over long secrets is huge and slow to build;
-                // the noncontiguous NFA builds fastest (BENCHMARKS.md: `redact/patterns_3`,
-                // 18 µs contiguous vs 12.6 µs) and, like it, searches in time linear in the
-                // output.
-                .kind(Some(AhoCorasickKind::NoncontiguousNFA))
-                .build(forms.iter().map(|f| f.as_slice()))
-                .ok()
-        };
-        Self { matcher, longest }
+        let inner = (!forms.is_empty()).then(|| {
+            std::sync::Arc::new(Forms {
+                forms,
+                matcher: std::sync::OnceLock::new(),
+            })
+        });
+        Self { inner, longest }
     }
 
     /// `true` when nothing is masked.
     pub fn is_empty(&self) -> bool {
-        self.matcher.is_none()
+        self.inner.is_none()
     }
 
     /// Masks everything in `bytes` at once (captured output).
@@ -91,6 +98,43 @@ impl Patterns {
         let mut out = stream.push(bytes);
         out.extend(stream.finish());
         out
+    }
+
+    /// Every occurrence `(start, end)` of every form in `haystack`, overlapping ones
+    /// included.
+    fn occurrences(&self, haystack: &[u8]) -> Vec<(usize, usize)> {
+        let Some(inner) = &self.inner else {
+            return Vec::new();
+        };
+        let small = inner.forms.len().saturating_mul(haystack.len()) <= PRECHECK_BUDGET;
+        if small
+            && !inner
+                .forms
+                .iter()
+                .any(|form| memchr::memmem::find(haystack, form).is_some())
+        {
+            return Vec::new();
+        }
+        let matcher = inner.matcher.get_or_init(|| {
+            AhoCorasick::builder()
+                // Standard semantics: every occurrence, overlapping ones included.
+                .match_kind(MatchKind::Standard)
+                // A DFA over long secrets is huge and slow to build; the noncontiguous NFA
+                // builds fastest (BENCHMARKS.md: `redact/automaton_3`) and, like the
+                // contiguous one, searches in time linear in the output.
+                .kind(Some(AhoCorasickKind::NoncontiguousNFA))
+                .build(inner.forms.iter().map(|f| f.as_slice()))
+                .map_err(|e| tracing::warn!("output masking is off: {e}"))
+                .ok()
+        });
+        match matcher {
+            Some(m) => m
+                .find_overlapping_iter(haystack)
+                .map(|m| (m.start(), m.end()))
+                .collect(),
+            // Building fails only past aho-corasick's size limits (warned above).
+            None => Vec::new(),
+        }
     }
 }
 
@@ -121,7 +165,7 @@ impl Stream {
 
     /// Takes more output; returns what can be emitted now (masked).
     pub fn push(&mut self, bytes: &[u8]) -> Vec<u8> {
-        if self.patterns.matcher.is_none() {
+        if self.patterns.is_empty() {
             return bytes.to_vec();
         }
         self.pending.extend_from_slice(bytes);
@@ -139,7 +183,7 @@ impl Stream {
 
     /// Ends the stream: masks and returns what was held back.
     pub fn finish(&mut self) -> Vec<u8> {
-        if self.patterns.matcher.is_none() {
+        if self.patterns.is_empty() {
             return std::mem::take(&mut *self.pending);
         }
         let out = self.emit(self.pending.len());
@@ -149,9 +193,9 @@ impl Stream {
 
     /// Emits `pending[..upto]`, masked, and keeps the rest.
     fn emit(&mut self, upto: usize) -> Vec<u8> {
-        let Some(matcher) = &self.patterns.matcher else {
+        if self.patterns.is_empty() {
             return Vec::new();
-        };
+        }
         // depth[i] > 0 ⇔ byte i is covered (prefix sums of +1/-1 at range ends).
         let mut delta = vec![0i32; upto + 1];
         let mut carry_next = self.carry.saturating_sub(upto);
@@ -159,13 +203,13 @@ impl Stream {
             delta[0] += 1;
             delta[self.carry.min(upto)] -= 1;
         }
-        for m in matcher.find_overlapping_iter(self.pending.as_slice()) {
-            if m.start() >= upto {
+        for (start, end) in self.patterns.occurrences(self.pending.as_slice()) {
+            if start >= upto {
                 continue;
             }
-            delta[m.start()] += 1;
-            delta[m.end().min(upto)] -= 1;
-            carry_next = carry_next.max(m.end().saturating_sub(upto));
+            delta[start] += 1;
+            delta[end.min(upto)] -= 1;
+            carry_next = carry_next.max(end.saturating_sub(upto));
         }
         let mut out = Vec::with_capacity(upto);
         let mut depth = 0;
@@ -198,6 +242,29 @@ mod tests {
     fn masked(values: &[&str], text: &str) -> String {
         String::from_utf8(Patterns::new(values.iter().copied()).mask_all(text.as_bytes()))
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_automaton_is_built_only_when_a_form_occurs() {
+        let patterns = Patterns::new(["lazy-secret-value"]);
+        let built = |p: &Patterns| p.inner.as_ref().is_some_and(|i| i.matcher.get().is_some());
+        let clean = patterns.mask_all(b"nothing to see here\n".repeat(100).as_slice());
+        assert_eq!(clean, b"nothing to see here\n".repeat(100));
+        assert!(!built(&patterns));
+        // Large output (past the pre-check budget) with the value at the very end.
+        let mut big = vec![b'x'; 2 << 20];
+        big.extend_from_slice(b"lazy-secret-value");
+        let out = patterns.mask_all(&big);
+        assert!(out.ends_with(b"x***") && out.len() == (2 << 20) + 3);
+        assert!(built(&patterns));
+        // Small output, a secret split over writes: the pre-check sees the held-back bytes.
+        let other = Patterns::new(["lazy-secret-value"]);
+        let mut stream = Stream::new(other.clone());
+        let mut out = stream.push(b"a lazy-sec");
+        out.extend(stream.push(b"ret-value b"));
+        out.extend(stream.finish());
+        assert_eq!(out, b"a *** b");
+        assert!(built(&other));
     }
 
     #[test]
