@@ -1,4 +1,4 @@
-//! Resident memory over many executions (BENCHMARKS.md, "Memory over 1,000,000 executions").
+//! Resident memory over many executions (BENCHMARKS.md, "Resident memory").
 //!
 //! ```text
 //! cargo run --release -p attune-wasm --example soak -- GUEST.wasm [EXECUTIONS] [--no-store]

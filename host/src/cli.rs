@@ -582,9 +582,6 @@ async fn rotate(settings: &Settings, dry_run: bool) -> anyhow::Result<()> {
     let new_password = match std::env::var(NEW_KEY_ENV) {
         Ok(v) => SecretString::from(v),
         Err(_) => {
-            if std::io::stdin().is_terminal() {
-                eprintln!("reading the new encryption key from stdin (end with Ctrl-D)");
-            }
             read_value(Some("-".into()), "new encryption key")?
         }
     };
@@ -626,10 +623,14 @@ fn is_missing(e: &anyhow::Error) -> bool {
 fn read_value(arg: Option<String>, secret_ref: &str) -> anyhow::Result<SecretString> {
     let mut raw = Zeroizing::new(match arg {
         Some(v) if v != "-" => v.into_bytes(),
+        // At a terminal, prompt without echo (one line, like Vault's CLI); multi-line values
+        // come from a pipe or file (`- < key.pem`).
+        _ if std::io::stdin().is_terminal() => {
+            rpassword::prompt_password(format!("{secret_ref} (input hidden, Enter ends): "))
+                .context("reading the value from the terminal")?
+                .into_bytes()
+        }
         _ => {
-            if std::io::stdin().is_terminal() {
-                eprintln!("reading the value of {secret_ref} from stdin (end with Ctrl-D)");
-            }
             let mut buf = Vec::new();
             std::io::stdin()
                 .take(MAX_VALUE_BYTES as u64 + 3)
