@@ -319,9 +319,17 @@ impl Executor {
         };
         let started = store::now();
         let exit = self.runtime.run(guest, setup).await;
-        // The audit is queued once, after the guest, whatever its outcome (see `flush`).
-        self.write_audit(log.records(&started, &execution_id, exec.action.as_str()))
-            .await;
+        // The audit is queued once, after the guest, whatever its outcome (see `flush`). When
+        // the guest never started (no free pool slot, a mount that failed), its environment
+        // reached no one: those env-door records would claim a delivery that did not happen.
+        let mut records = log.records(&started, &execution_id, exec.action.as_str());
+        if matches!(
+            exit,
+            Err(runtime::Error::PoolExhausted(_) | runtime::Error::Dir { .. })
+        ) {
+            records.retain(|r| r.door != audit::Door::Env);
+        }
+        self.write_audit(records).await;
         let exit = exit?;
         if exit.output_capped {
             tracing::warn!(

@@ -240,10 +240,16 @@ async fn a_full_pool_is_a_clear_error_and_the_next_execution_runs() {
         .unwrap(),
     );
     let guest = runtime.load("spin.wasm", &spinner()).unwrap();
+    let host = Host::new();
+    host.set("api_key", "pooled-value-5555", &[]);
+    let key = attune_wasm::crypto::EncryptionKey::from_password(&secrecy::SecretString::from(
+        crate::support::KEY,
+    ))
+    .unwrap();
     let executor = Arc::new(Executor::new(
         runtime,
-        SecretSource::Missing("test".into()),
-        None,
+        SecretSource::Store(host.store().await),
+        Some(key),
         false,
     ));
     let tasks: Vec<_> = (0..3)
@@ -269,6 +275,14 @@ async fn a_full_pool_is_a_clear_error_and_the_next_execution_runs() {
         .await
         .unwrap();
     assert_eq!(report.exit.code, 0);
+    // Only the executions whose guest ran are recorded as having received the secret.
+    executor.flush().await;
+    let out = host.exec(&["audit", "list", "--limit", "100"], None);
+    let delivered = text(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("api_key") && l.contains(" env ") && l.contains("delivered"))
+        .count();
+    assert_eq!(delivered, 3 - full + 1, "{}", text(&out.stdout));
 }
 
 #[test]
