@@ -39,8 +39,7 @@ use attune_wasm::crypto::EncryptionKey;
 use attune_wasm::executor::{Execution, Executor, SecretSource, DEFAULT_MAX_OUTPUT};
 use attune_wasm::names::{ActionRef, Owner, PackRef, SecretName};
 use attune_wasm::runtime::{
-    Guest, Limits, Output, Pooling, Runtime, RuntimeConfig, SecretError, Stdin,
-    SECRETS_INTERFACE,
+    Guest, Limits, Output, Pooling, Runtime, RuntimeConfig, SecretError, Stdin, SECRETS_INTERFACE,
 };
 use attune_wasm::store::{NewSecret, OpenMode, Store, StoreOptions};
 use base64::Engine as _;
@@ -55,7 +54,10 @@ const PASSWORD: &str = "benchmark-password-0123456789abcdefghijkl";
 const ACTION: &str = "mypack.deploy";
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Builds `examples/bench-action` for both targets (release) and returns (p2, p1) paths.
@@ -79,7 +81,12 @@ fn bench_action() -> (PathBuf, PathBuf) {
         "building examples/bench-action failed (run scripts/setup.sh):\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let at = |triple: &str| target.join(triple).join("release").join("bench-action.wasm");
+    let at = |triple: &str| {
+        target
+            .join(triple)
+            .join("release")
+            .join("bench-action.wasm")
+    };
     (at("wasm32-wasip2"), at("wasm32-wasip1"))
 }
 
@@ -126,7 +133,12 @@ async fn store_with_3(dir: &Path, cache_ttl: Option<Duration>) -> Store {
                 "api_key",
                 "sk-benchmark-0123456789abcdef",
             ),
-            secret(&key, Owner::Action(action), "db_password", "hunter2-but-longer"),
+            secret(
+                &key,
+                Owner::Action(action),
+                "db_password",
+                "hunter2-but-longer",
+            ),
         ])
         .await
         .unwrap();
@@ -144,11 +156,25 @@ async fn store_with_20(options: &StoreOptions) -> Store {
     let action = || Owner::Action(ActionRef::new(ACTION).unwrap());
     let mut rows = Vec::new();
     for i in 0..8 {
-        rows.push(secret(&key, Owner::System, &format!("s{i}"), "system-value-32-bytes-long-abcd"));
+        rows.push(secret(
+            &key,
+            Owner::System,
+            &format!("s{i}"),
+            "system-value-32-bytes-long-abcd",
+        ));
     }
     for i in 0..6 {
-        let name = if i < 2 { format!("s{i}") } else { format!("p{i}") };
-        rows.push(secret(&key, pack(), &name, "pack-value-32-bytes-long-abcdefg"));
+        let name = if i < 2 {
+            format!("s{i}")
+        } else {
+            format!("p{i}")
+        };
+        rows.push(secret(
+            &key,
+            pack(),
+            &name,
+            "pack-value-32-bytes-long-abcdefg",
+        ));
     }
     for i in 0..6 {
         let name = match i {
@@ -156,7 +182,12 @@ async fn store_with_20(options: &StoreOptions) -> Store {
             2 | 3 => format!("s{}", i + 2),
             _ => format!("a{i}"),
         };
-        rows.push(secret(&key, action(), &name, "action-value-32-bytes-long-abcde"));
+        rows.push(secret(
+            &key,
+            action(),
+            &name,
+            "action-value-32-bytes-long-abcde",
+        ));
     }
     store.put_many(&rows).await.unwrap();
     store
@@ -238,7 +269,12 @@ impl BareComponent {
         );
         store.set_epoch_deadline(3_000);
         let command = self.pre.instantiate_async(&mut store).await.unwrap();
-        command.wasi_cli_run().call_run(&mut store).await.unwrap().unwrap();
+        command
+            .wasi_cli_run()
+            .call_run(&mut store)
+            .await
+            .unwrap()
+            .unwrap();
         stdout.contents().len()
     }
 }
@@ -349,7 +385,9 @@ fn executions(c: &mut Criterion) {
                 });
             });
         }
-        _ => eprintln!("execution/wasmtime_cli skipped: no `wasmtime` on PATH (scripts/setup.sh installs it)"),
+        _ => eprintln!(
+            "execution/wasmtime_cli skipped: no `wasmtime` on PATH (scripts/setup.sh installs it)"
+        ),
     }
     group.bench_function("spawn_true", |b| {
         b.iter(|| {
@@ -431,8 +469,12 @@ fn crypto(c: &mut Criterion) {
         let value: String = "s".repeat(len);
         let stored = key.encrypt(&SecretString::from(value.clone()));
         let (nonce_b64, sealed_b64) = stored.split_once(':').unwrap();
-        let nonce = base64::engine::general_purpose::STANDARD.decode(nonce_b64).unwrap();
-        let sealed = base64::engine::general_purpose::STANDARD.decode(sealed_b64).unwrap();
+        let nonce = base64::engine::general_purpose::STANDARD
+            .decode(nonce_b64)
+            .unwrap();
+        let sealed = base64::engine::general_purpose::STANDARD
+            .decode(sealed_b64)
+            .unwrap();
         let hash = key.key_hash().to_owned();
         group.throughput(Throughput::Bytes(len as u64));
         group.bench_function(BenchmarkId::new("decrypt", label), |b| {
@@ -451,16 +493,18 @@ fn crypto(c: &mut Criterion) {
 }
 
 fn redact(c: &mut Criterion) {
-    let values = ["eu-west-1-benchmark", "sk-benchmark-0123456789abcdef", "hunter2-but-longer"];
+    let values = [
+        "eu-west-1-benchmark",
+        "sk-benchmark-0123456789abcdef",
+        "hunter2-but-longer",
+    ];
     let mut group = c.benchmark_group("redact");
     group.bench_function("patterns_3", |b| {
         b.iter(|| attune_wasm::redact::Patterns::new(values));
     });
     // A line holding a secret: the automaton is built (once per execution, on first need).
     group.bench_function("automaton_3", |b| {
-        b.iter(|| {
-            attune_wasm::redact::Patterns::new(values).mask_all(b"key=hunter2-but-longer\n")
-        });
+        b.iter(|| attune_wasm::redact::Patterns::new(values).mask_all(b"key=hunter2-but-longer\n"));
     });
     let patterns = attune_wasm::redact::Patterns::new(values);
     group.bench_function("mask_line_3", |b| {

@@ -43,11 +43,15 @@ fn rss_bytes() -> u64 {
 async fn main() {
     let mut args = std::env::args().skip(1);
     let guest_path = args.next().expect("usage: soak GUEST.wasm [EXECUTIONS]");
-    let total: u64 = args.next().map_or(1_000_000, |n| n.parse().expect("a count"));
+    let total: u64 = args
+        .next()
+        .map_or(1_000_000, |n| n.parse().expect("a count"));
     let no_store = args.next().as_deref() == Some("--no-store");
     let dir = tempfile::tempdir().unwrap();
-    let mut options =
-        StoreOptions::new(format!("sqlite://{}", dir.path().join("secrets.db").display()));
+    let mut options = StoreOptions::new(format!(
+        "sqlite://{}",
+        dir.path().join("secrets.db").display()
+    ));
     options.cache_ttl = Some(Duration::from_secs(5));
     let store = Store::open_with(&options, OpenMode::CreateIfMissing)
         .await
@@ -72,7 +76,11 @@ async fn main() {
                 "api_key",
                 "sk-soak-0123456789",
             ),
-            secret(Owner::Action(action.clone()), "db_password", "soak-password"),
+            secret(
+                Owner::Action(action.clone()),
+                "db_password",
+                "soak-password",
+            ),
         ])
         .await
         .unwrap();
@@ -94,12 +102,7 @@ async fn main() {
     } else {
         SecretSource::Store(store)
     };
-    let executor = Arc::new(Executor::new(
-        runtime,
-        source,
-        Some(key),
-        false,
-    ));
+    let executor = Arc::new(Executor::new(runtime, source, Some(key), false));
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let run = |count: u64| {
@@ -144,7 +147,10 @@ async fn main() {
     run(WARM_UP).await;
     executor.flush().await;
     let base = rss_bytes();
-    println!("after {WARM_UP} warm-up executions: RSS {} KiB", base / 1024);
+    println!(
+        "after {WARM_UP} warm-up executions: RSS {} KiB",
+        base / 1024
+    );
     let started = Instant::now();
     let step = (total / 10).max(1);
     let mut worst: f64 = 0.0;
@@ -156,7 +162,11 @@ async fn main() {
         ran += n;
         let rss = rss_bytes();
         let deviation = (rss as f64 - base as f64) / base as f64 * 100.0;
-        worst = if deviation.abs() > worst.abs() { deviation } else { worst };
+        worst = if deviation.abs() > worst.abs() {
+            deviation
+        } else {
+            worst
+        };
         println!(
             "{ran:>9} executions: RSS {} KiB ({deviation:+.2} %), {:.0} executions/s",
             rss / 1024,

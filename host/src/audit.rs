@@ -170,14 +170,15 @@ impl Writer {
             while let Some(first) = inbox.recv().await {
                 let mut records = Vec::new();
                 let mut flushed = Vec::new();
-                let take = |message: Message,
-                            records: &mut Vec<Record>,
-                            flushed: &mut Vec<tokio::sync::oneshot::Sender<()>>| {
-                    match message {
-                        Message::Records(r) => records.extend(r),
-                        Message::Flush(done) => flushed.push(done),
-                    }
-                };
+                let take =
+                    |message: Message,
+                     records: &mut Vec<Record>,
+                     flushed: &mut Vec<tokio::sync::oneshot::Sender<()>>| {
+                        match message {
+                            Message::Records(r) => records.extend(r),
+                            Message::Flush(done) => flushed.push(done),
+                        }
+                    };
                 take(first, &mut records, &mut flushed);
                 // Gather what arrives within the batch window, unless someone waits.
                 let window = tokio::time::sleep(BATCH_WINDOW);

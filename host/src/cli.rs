@@ -581,9 +581,7 @@ async fn rotate(settings: &Settings, dry_run: bool) -> anyhow::Result<()> {
     let old = require_key(settings)?;
     let new_password = match std::env::var(NEW_KEY_ENV) {
         Ok(v) => SecretString::from(v),
-        Err(_) => {
-            read_value(Some("-".into()), "new encryption key")?
-        }
+        Err(_) => read_value(Some("-".into()), "new encryption key")?,
     };
     let new = EncryptionKey::from_password(&new_password).context("new encryption key")?;
     let store = open_store(settings, OpenMode::MustExist).await?;

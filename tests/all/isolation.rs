@@ -3,33 +3,16 @@
 
 use std::sync::Arc;
 
-use attune_wasm::executor::{Execution, Executor, SecretSource};
-use attune_wasm::names::{ActionRef, Owner, PackRef};
-use attune_wasm::runtime::{Limits, Output, Pooling, Runtime, RuntimeConfig, Stdin};
+use attune_wasm::executor::{Executor, SecretSource};
+use attune_wasm::names::{Owner, PackRef};
+use attune_wasm::runtime::{Pooling, Runtime, RuntimeConfig};
 
-use crate::support::{probe, Host, Target};
+use crate::support::{probe, probe_execution as execution, Host, Target};
 
 fn pooled() -> RuntimeConfig {
     RuntimeConfig {
         pooling: Some(Pooling::default()),
         ..RuntimeConfig::default()
-    }
-}
-
-fn execution(action: &str, args: &[&str]) -> Execution {
-    Execution {
-        action: ActionRef::new(action).unwrap(),
-        program: "probe.wasm".into(),
-        args: args.iter().map(|a| (*a).to_owned()).collect(),
-        env: Vec::new(),
-        dirs: Vec::new(),
-        stdin: Stdin::Empty,
-        stdout: Output::Capture(1 << 20),
-        stderr: Output::Capture(1 << 20),
-        limits: Limits::default(),
-        allowed: None,
-        redact: false,
-        max_output: 1 << 20,
     }
 }
 
@@ -57,7 +40,10 @@ async fn two_hundred_concurrent_executions_see_only_their_own_scope() {
         .unwrap();
     let executor = Arc::new(Executor::new(
         runtime,
-        SecretSource::Store(host.store_cached(Some(std::time::Duration::from_secs(60))).await),
+        SecretSource::Store(
+            host.store_cached(Some(std::time::Duration::from_secs(60)))
+                .await,
+        ),
         None,
         false,
     ));

@@ -344,3 +344,23 @@ pub fn value(report: &serde_json::Value, name: &str) -> Result<String, String> {
         _ => panic!("no entry for {name} in {report}"),
     }
 }
+
+/// A library execution of the probe as `action` with `args`: no stdin, output captured (1 MiB
+/// per stream), default limits, no masking.
+pub fn probe_execution(action: &str, args: &[&str]) -> attune_wasm::executor::Execution {
+    use attune_wasm::runtime::{Limits, Output, Stdin};
+    attune_wasm::executor::Execution {
+        action: attune_wasm::names::ActionRef::new(action).expect("valid action ref"),
+        program: "probe.wasm".into(),
+        args: args.iter().map(|a| (*a).to_owned()).collect(),
+        env: Vec::new(),
+        dirs: Vec::new(),
+        stdin: Stdin::Empty,
+        stdout: Output::Capture(1 << 20),
+        stderr: Output::Capture(1 << 20),
+        limits: Limits::default(),
+        allowed: None,
+        redact: false,
+        max_output: 1 << 20,
+    }
+}

@@ -6,29 +6,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use attune_wasm::executor::{Execution, Executor, SecretSource};
+use attune_wasm::executor::{Executor, SecretSource};
 use attune_wasm::names::ActionRef;
-use attune_wasm::runtime::{Guest, Limits, Output, Pooling, Runtime, RuntimeConfig, Stdin};
+use attune_wasm::runtime::{Guest, Pooling, Runtime, RuntimeConfig};
 use attune_wasm::store::Store;
 
-use crate::support::{probe, text, value, Host, Target};
-
-fn execution(action: &str, args: &[&str]) -> Execution {
-    Execution {
-        action: ActionRef::new(action).unwrap(),
-        program: "probe.wasm".into(),
-        args: args.iter().map(|a| (*a).to_owned()).collect(),
-        env: Vec::new(),
-        dirs: Vec::new(),
-        stdin: Stdin::Empty,
-        stdout: Output::Capture(1 << 20),
-        stderr: Output::Capture(1 << 20),
-        limits: Limits::default(),
-        allowed: None,
-        redact: false,
-        max_output: 1 << 20,
-    }
-}
+use crate::support::{probe, probe_execution as execution, text, value, Host, Target};
 
 struct Worker {
     executor: Executor,
@@ -100,9 +83,9 @@ async fn cached_rows_follow_writes_through_the_same_store() {
         assert_eq!(store.cached_actions(), 1, "the rows are cached");
 
         // A write through the same store is seen by the very next execution.
-        let key = attune_wasm::crypto::EncryptionKey::from_password(
-            &secrecy::SecretString::from(crate::support::KEY),
-        )
+        let key = attune_wasm::crypto::EncryptionKey::from_password(&secrecy::SecretString::from(
+            crate::support::KEY,
+        ))
         .unwrap();
         let owner = attune_wasm::names::Owner::Action(ActionRef::new("mypack.deploy").unwrap());
         let name = attune_wasm::names::SecretName::new("api_key").unwrap();
@@ -135,7 +118,9 @@ async fn postgres_cache_follows_every_writer_by_notify() {
     let store = host.store_cached(Some(Duration::from_secs(3600))).await;
     let worker = Worker::new(&host, store.clone()).await;
     // The listener connects in the background; until then nothing is cached.
-    worker.until(Ok("first-value-1111"), Duration::from_secs(10)).await;
+    worker
+        .until(Ok("first-value-1111"), Duration::from_secs(10))
+        .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while store.cached_actions() == 0 {
         assert!(Instant::now() < deadline, "the cache never went live");
@@ -208,7 +193,9 @@ async fn audit_records_of_concurrent_executions_are_complete_after_flush() {
     let listing = text(&out.stdout);
     let delivered = listing
         .lines()
-        .filter(|l| l.contains("mypack.api_key") && l.contains("get-secret") && l.contains("delivered"))
+        .filter(|l| {
+            l.contains("mypack.api_key") && l.contains("get-secret") && l.contains("delivered")
+        })
         .count();
     assert_eq!(delivered, 40, "{listing}");
     assert!(!listing.contains("audited-value-3333"));

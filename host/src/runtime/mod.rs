@@ -858,7 +858,10 @@ mod tests {
         assert!(rt.load("bad.wasm", b"\0asm\x01\0\0\0junk").is_err());
         assert_eq!(rt.cached_guests(), 2, "failures are not kept");
         let fresh = rt.compile("a.wasm", &a).unwrap();
-        assert!(!Module::same(&module(&first), &module(&fresh)), "compile always compiles");
+        assert!(
+            !Module::same(&module(&first), &module(&fresh)),
+            "compile always compiles"
+        );
     }
 
     #[test]

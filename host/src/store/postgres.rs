@@ -62,10 +62,7 @@ impl PgStore {
     /// `LISTEN` is re-established, and for good when this task is cancelled. The listener
     /// holds one connection of the pool (which [`super::Store::open_with`] enlarges by one).
     /// Runs until aborted.
-    pub(super) async fn invalidate_on_notify(
-        self,
-        cache: std::sync::Weak<super::cache::RowCache>,
-    ) {
+    pub(super) async fn invalidate_on_notify(self, cache: std::sync::Weak<super::cache::RowCache>) {
         use sqlx::postgres::PgListener;
         let set_live = |live: bool| match cache.upgrade() {
             Some(cache) => {
@@ -114,7 +111,9 @@ impl PgStore {
                                 break;
                             }
                             Err(e) => {
-                                tracing::warn!("secret cache: PostgreSQL listener failed: {e}; reconnecting");
+                                tracing::warn!(
+                                    "secret cache: PostgreSQL listener failed: {e}; reconnecting"
+                                );
                                 break;
                             }
                         }
