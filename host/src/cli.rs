@@ -678,8 +678,12 @@ async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<ExitCode> {
     })?);
     // Compilation is bounded too: a module built to be slow to compile must not hold the host.
     let compiling = {
-        let (runtime, program) = (std::sync::Arc::clone(&runtime), program.clone());
-        tokio::task::spawn_blocking(move || runtime.compile(&program, &bytes))
+        // Errors name the file as given (`run /etc/passwd` → "/etc/passwd is not …").
+        let (runtime, shown) = (
+            std::sync::Arc::clone(&runtime),
+            args.file.display().to_string(),
+        );
+        tokio::task::spawn_blocking(move || runtime.compile(&shown, &bytes))
     };
     let guest = tokio::time::timeout(args.compile_timeout, compiling)
         .await
