@@ -15,7 +15,7 @@
 
 use std::fmt;
 
-use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng};
+use aes_gcm::aead::{Aead, AeadCore, AeadInPlace, KeyInit, OsRng};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -176,11 +176,12 @@ impl EncryptionKey {
         let generation = Generation::of(stored);
         let (nonce, sealed) = parse(stored, generation)?;
         self.check_key_hash(generation, row_key_hash)?;
-        let plain = Zeroizing::new(
-            self.cipher()
-                .decrypt(Nonce::from_slice(&nonce), sealed.as_slice())
-                .map_err(|_| Error::DecryptFailed)?,
-        );
+        // Decrypted in place: the buffer holds plaintext from here on, and is wiped on drop
+        // (on failure it still holds only ciphertext).
+        let mut plain = Zeroizing::new(sealed);
+        self.cipher()
+            .decrypt_in_place(Nonce::from_slice(&nonce), b"", &mut *plain)
+            .map_err(|_| Error::DecryptFailed)?;
         match generation {
             Generation::Seed => {
                 let text = std::str::from_utf8(&plain).map_err(|_| Error::InvalidUtf8)?;
