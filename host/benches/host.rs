@@ -36,10 +36,10 @@ use std::time::{Duration, Instant};
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
 use attune_wasm::crypto::EncryptionKey;
-use attune_wasm::executor::{Execution, Executor, SecretSource, DEFAULT_MAX_OUTPUT};
+use attune_wasm::executor::{Execution, Executor, SecretSource};
 use attune_wasm::names::{ActionRef, Owner, PackRef, SecretName};
 use attune_wasm::runtime::{
-    Guest, Limits, Output, Pooling, Runtime, RuntimeConfig, SecretError, Stdin, SECRETS_INTERFACE,
+    Guest, Output, Pooling, Runtime, RuntimeConfig, SecretError, SECRETS_INTERFACE,
 };
 use attune_wasm::store::{NewSecret, OpenMode, Store, StoreOptions};
 use base64::Engine as _;
@@ -195,18 +195,9 @@ async fn store_with_20(options: &StoreOptions) -> Store {
 
 fn execution(stdout: usize) -> Execution {
     Execution {
-        action: ActionRef::new(ACTION).unwrap(),
-        program: "bench-action.wasm".into(),
-        args: Vec::new(),
-        env: Vec::new(),
-        dirs: Vec::new(),
-        stdin: Stdin::Empty,
         stdout: Output::Capture(stdout),
         stderr: Output::Capture(stdout),
-        limits: Limits::default(),
-        allowed: None,
-        redact: true,
-        max_output: DEFAULT_MAX_OUTPUT,
+        ..Execution::new(ActionRef::new(ACTION).unwrap(), "bench-action.wasm")
     }
 }
 

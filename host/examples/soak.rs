@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use attune_wasm::crypto::EncryptionKey;
-use attune_wasm::executor::{Execution, Executor, SecretSource, DEFAULT_MAX_OUTPUT};
+use attune_wasm::executor::{Execution, Executor, SecretSource};
 use attune_wasm::names::{ActionRef, Owner, PackRef, SecretName};
-use attune_wasm::runtime::{Limits, Output, Pooling, Runtime, RuntimeConfig, Stdin};
+use attune_wasm::runtime::{Output, Pooling, Runtime, RuntimeConfig};
 use attune_wasm::store::{NewSecret, OpenMode, Store, StoreOptions};
 use secrecy::SecretString;
 
@@ -114,18 +114,9 @@ async fn main() {
                 tokio::spawn(async move {
                     for _ in 0..(count / 2 + u64::from(w == 0) * (count % 2)) {
                         let exec = Execution {
-                            action: action.clone(),
-                            program: "guest.wasm".into(),
-                            args: Vec::new(),
-                            env: Vec::new(),
-                            dirs: Vec::new(),
-                            stdin: Stdin::Empty,
                             stdout: Output::Capture(64 * 1024),
                             stderr: Output::Capture(64 * 1024),
-                            limits: Limits::default(),
-                            allowed: None,
-                            redact: true,
-                            max_output: DEFAULT_MAX_OUTPUT,
+                            ..Execution::new(action.clone(), "guest.wasm")
                         };
                         match executor.execute(&guest, exec).await {
                             Ok(r) if r.exit.code == 0 => {}

@@ -94,6 +94,31 @@ pub struct Execution {
 /// Default [`Execution::max_output`]: 16 MiB per stream.
 pub const DEFAULT_MAX_OUTPUT: u64 = 16 * 1024 * 1024;
 
+impl Execution {
+    /// An execution of `program` as `action` with the library defaults: no arguments, no
+    /// extra environment, no mounts, empty stdin, stdout and stderr captured up to
+    /// [`DEFAULT_MAX_OUTPUT`] bytes each, default [`Limits`], every visible secret allowed,
+    /// output masked. Change fields with struct update syntax:
+    /// `Execution { redact: false, ..Execution::new(action, "a.wasm") }`.
+    pub fn new(action: ActionRef, program: impl Into<String>) -> Self {
+        let capture = usize::try_from(DEFAULT_MAX_OUTPUT).unwrap_or(usize::MAX);
+        Self {
+            action,
+            args: Vec::new(),
+            program: program.into(),
+            env: Vec::new(),
+            dirs: Vec::new(),
+            stdin: Stdin::Empty,
+            stdout: Output::Capture(capture),
+            stderr: Output::Capture(capture),
+            limits: Limits::default(),
+            allowed: None,
+            redact: true,
+            max_output: DEFAULT_MAX_OUTPUT,
+        }
+    }
+}
+
 /// What an execution produced.
 #[derive(Debug)]
 pub struct Report {

@@ -43,18 +43,8 @@
 //! let guest = executor.runtime().load("deploy.wasm", &std::fs::read("deploy.wasm")?)?;
 //! let report = executor
 //!     .execute(&guest, Execution {
-//!         action: ActionRef::new("mypack.deploy")?,
-//!         program: "deploy.wasm".into(),
-//!         args: vec![],
-//!         env: vec![],
-//!         dirs: vec![],
 //!         stdin: Stdin::Bytes(r#"{"target":"prod"}"#.into()),
-//!         stdout: Output::Capture(1 << 20),
-//!         stderr: Output::Capture(1 << 20),
-//!         limits: Limits::default(),
-//!         allowed: None,
-//!         redact: true,
-//!         max_output: DEFAULT_MAX_OUTPUT,
+//!         ..Execution::new(ActionRef::new("mypack.deploy")?, "deploy.wasm")
 //!     })
 //!     .await?;
 //! println!("exit {}", report.exit.code);

@@ -1,6 +1,5 @@
 //! No plaintext in the database file, in logs at any level, or in error output.
 
-use attune_wasm::crypto::EncryptionKey;
 use attune_wasm::names::{ActionRef, Owner, SecretName};
 use attune_wasm::resolve::Resolution;
 use attune_wasm::store::SecretRow;
@@ -149,7 +148,7 @@ fn no_plaintext_in_the_database_logs_or_errors() {
 
 #[test]
 fn debug_of_public_types_shows_no_secret() {
-    let key = EncryptionKey::from_password(&SecretString::from(KEY)).unwrap();
+    let key = crate::support::key(KEY);
     let row = SecretRow {
         owner: Owner::System,
         name: SecretName::new("k").unwrap(),

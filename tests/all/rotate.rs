@@ -151,8 +151,8 @@ async fn rotation_killed_midway_leaves_every_secret_readable_and_resumes() {
 }
 
 async fn killed_midway(host: &Host) {
-    let old = EncryptionKey::from_password(&SecretString::from(KEY)).unwrap();
-    let new = EncryptionKey::from_password(&SecretString::from(OTHER_KEY)).unwrap();
+    let old = crate::support::key(KEY);
+    let new = crate::support::key(OTHER_KEY);
     // 3,000 encrypted rows, written through import (ciphertext kept as is).
     let lines: Vec<String> = (0..3000)
         .map(|i| {
@@ -227,8 +227,8 @@ async fn reads_during_rotation(host: &Host) {
             .await;
     }
     // Replace the placeholders with real ciphertexts under the old key.
-    let old = EncryptionKey::from_password(&SecretString::from(KEY)).unwrap();
-    let new = EncryptionKey::from_password(&SecretString::from(OTHER_KEY)).unwrap();
+    let old = crate::support::key(KEY);
+    let new = crate::support::key(OTHER_KEY);
     for i in 0..200 {
         host.put_raw(
             Owner::System,
@@ -242,10 +242,7 @@ async fn reads_during_rotation(host: &Host) {
     let store = host.store().await;
     let reader = {
         let store = store.clone();
-        let (old, new) = (
-            EncryptionKey::from_password(&SecretString::from(KEY)).unwrap(),
-            EncryptionKey::from_password(&SecretString::from(OTHER_KEY)).unwrap(),
-        );
+        let (old, new) = (crate::support::key(KEY), crate::support::key(OTHER_KEY));
         tokio::spawn(async move {
             let action = attune_wasm::names::ActionRef::new("p.a").unwrap();
             for _ in 0..200 {

@@ -251,7 +251,11 @@ fn bad_files_and_unknown_imports_are_refused_before_running() {
     assert_eq!(out.status.code(), Some(125));
     // Named by the path as given, not just its file name.
     let expected = format!("{} is not a WebAssembly binary", not_wasm.display());
-    assert!(text(&out.stderr).contains(&expected), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&expected),
+        "{}",
+        text(&out.stderr)
+    );
 
     let truncated = dir.join("truncated.wasm");
     let full = std::fs::read(probe(Target::P2)).unwrap();

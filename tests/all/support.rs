@@ -13,6 +13,12 @@ pub const KEY: &str = "integration-test-key-0123456789abcdefghij";
 /// Another valid password.
 pub const OTHER_KEY: &str = "a-completely-different-key-9876543210zyxw";
 
+/// The encryption key derived from `password` (e.g. [`KEY`]).
+pub fn key(password: &str) -> attune_wasm::crypto::EncryptionKey {
+    attune_wasm::crypto::EncryptionKey::from_password(&SecretString::from(password))
+        .expect("a valid password")
+}
+
 /// Which build of a guest.
 #[derive(Clone, Copy, Debug)]
 pub enum Target {
@@ -348,19 +354,17 @@ pub fn value(report: &serde_json::Value, name: &str) -> Result<String, String> {
 /// A library execution of the probe as `action` with `args`: no stdin, output captured (1 MiB
 /// per stream), default limits, no masking.
 pub fn probe_execution(action: &str, args: &[&str]) -> attune_wasm::executor::Execution {
-    use attune_wasm::runtime::{Limits, Output, Stdin};
-    attune_wasm::executor::Execution {
-        action: attune_wasm::names::ActionRef::new(action).expect("valid action ref"),
-        program: "probe.wasm".into(),
+    use attune_wasm::executor::Execution;
+    use attune_wasm::runtime::Output;
+    Execution {
         args: args.iter().map(|a| (*a).to_owned()).collect(),
-        env: Vec::new(),
-        dirs: Vec::new(),
-        stdin: Stdin::Empty,
         stdout: Output::Capture(1 << 20),
         stderr: Output::Capture(1 << 20),
-        limits: Limits::default(),
-        allowed: None,
         redact: false,
         max_output: 1 << 20,
+        ..Execution::new(
+            attune_wasm::names::ActionRef::new(action).expect("valid action ref"),
+            "probe.wasm",
+        )
     }
 }

@@ -19,7 +19,7 @@ struct Worker {
 }
 
 impl Worker {
-    async fn new(host: &Host, store: Store) -> Self {
+    async fn new(store: Store) -> Self {
         let runtime = Arc::new(
             Runtime::new(RuntimeConfig {
                 pooling: Some(Pooling {
@@ -33,11 +33,7 @@ impl Worker {
         let guest = runtime
             .load("probe.wasm", &std::fs::read(probe(Target::P2)).unwrap())
             .unwrap();
-        let key = attune_wasm::crypto::EncryptionKey::from_password(&secrecy::SecretString::from(
-            crate::support::KEY,
-        ))
-        .unwrap();
-        let _ = host;
+        let key = crate::support::key(crate::support::KEY);
         Self {
             executor: Executor::new(runtime, SecretSource::Store(store), Some(key), true),
             guest,
@@ -46,14 +42,18 @@ impl Worker {
 
     /// What `get api_key` gives `mypack.deploy`: the value or the WIT error name.
     async fn api_key(&self) -> Result<String, String> {
+        self.try_api_key().await.unwrap()
+    }
+
+    /// As [`Worker::api_key`], or the execution's error (strict mode: a store error).
+    async fn try_api_key(&self) -> Result<Result<String, String>, attune_wasm::executor::Error> {
         let report = self
             .executor
             .execute(&self.guest, execution("mypack.deploy", &["get", "api_key"]))
-            .await
-            .unwrap();
+            .await?;
         let out: serde_json::Value =
             serde_json::from_slice(report.exit.stdout.as_deref().unwrap()).unwrap();
-        value(&out, "api_key")
+        Ok(value(&out, "api_key"))
     }
 
     /// Runs executions until `api_key` reads `want`; the time it took.
@@ -78,15 +78,12 @@ async fn cached_rows_follow_writes_through_the_same_store() {
     for host in Host::all_backends() {
         host.set("api_key", "first-value-1111", &["--pack", "mypack"]);
         let store = host.store_cached(Some(Duration::from_secs(3600))).await;
-        let worker = Worker::new(&host, store.clone()).await;
+        let worker = Worker::new(store.clone()).await;
         assert_eq!(worker.api_key().await.unwrap(), "first-value-1111");
         assert_eq!(store.cached_actions(), 1, "the rows are cached");
 
         // A write through the same store is seen by the very next execution.
-        let key = attune_wasm::crypto::EncryptionKey::from_password(&secrecy::SecretString::from(
-            crate::support::KEY,
-        ))
-        .unwrap();
+        let key = crate::support::key(crate::support::KEY);
         let owner = attune_wasm::names::Owner::Action(ActionRef::new("mypack.deploy").unwrap());
         let name = attune_wasm::names::SecretName::new("api_key").unwrap();
         store
@@ -116,7 +113,7 @@ async fn postgres_cache_follows_every_writer_by_notify() {
     host.set("api_key", "first-value-1111", &["--pack", "mypack"]);
     // An hour of TTL: only the notification can explain seeing a change.
     let store = host.store_cached(Some(Duration::from_secs(3600))).await;
-    let worker = Worker::new(&host, store.clone()).await;
+    let worker = Worker::new(store.clone()).await;
     // The listener connects in the background; until then nothing is cached.
     worker
         .until(Ok("first-value-1111"), Duration::from_secs(10))
@@ -160,7 +157,7 @@ async fn sqlite_cache_sees_other_processes_within_the_ttl() {
     host.set("api_key", "first-value-1111", &["--pack", "mypack"]);
     let ttl = Duration::from_millis(300);
     let store = host.store_cached(Some(ttl)).await;
-    let worker = Worker::new(&host, store.clone()).await;
+    let worker = Worker::new(store.clone()).await;
     assert_eq!(worker.api_key().await.unwrap(), "first-value-1111");
     assert_eq!(store.cached_actions(), 1);
     host.set("api_key", "second-value-2222", &["--pack", "mypack"]);
@@ -177,7 +174,7 @@ async fn audit_records_of_concurrent_executions_are_complete_after_flush() {
     let host = Host::new();
     host.set("api_key", "audited-value-3333", &["--pack", "mypack"]);
     let store = host.store_cached(Some(Duration::from_secs(60))).await;
-    let worker = Arc::new(Worker::new(&host, store).await);
+    let worker = Arc::new(Worker::new(store).await);
     let tasks: Vec<_> = (0..40)
         .map(|_| {
             let worker = Arc::clone(&worker);
@@ -229,10 +226,7 @@ async fn a_full_pool_is_a_clear_error_and_the_next_execution_runs() {
     let guest = runtime.load("spin.wasm", &spinner()).unwrap();
     let host = Host::new();
     host.set("api_key", "pooled-value-5555", &[]);
-    let key = attune_wasm::crypto::EncryptionKey::from_password(&secrecy::SecretString::from(
-        crate::support::KEY,
-    ))
-    .unwrap();
+    let key = crate::support::key(crate::support::KEY);
     let executor = Arc::new(Executor::new(
         runtime,
         SecretSource::Store(host.store().await),
@@ -285,7 +279,7 @@ fn audit_survives_the_runtime_that_started_its_writer() {
     let first = rt();
     let worker = first.block_on(async {
         let store = host.store().await;
-        Worker::new(&host, store).await
+        Worker::new(store).await
     });
     first.block_on(async {
         worker.api_key().await.unwrap();
@@ -315,7 +309,7 @@ fn postgres_cache_stops_serving_when_its_listener_is_gone() {
     let first = tokio::runtime::Runtime::new().unwrap();
     let store = first.block_on(async {
         let store = host.store_cached(Some(Duration::from_secs(3600))).await;
-        let worker = Worker::new(&host, store.clone()).await;
+        let worker = Worker::new(store.clone()).await;
         let deadline = Instant::now() + Duration::from_secs(10);
         while store.cached_actions() == 0 {
             assert!(Instant::now() < deadline, "the cache never went live");
@@ -327,7 +321,7 @@ fn postgres_cache_stops_serving_when_its_listener_is_gone() {
     drop(first); // cancels the listener task
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         host.set("api_key", "second-value-2222", &["--pack", "mypack"]);
-        let worker = Worker::new(&host, store).await;
+        let worker = Worker::new(store).await;
         assert_eq!(worker.api_key().await.unwrap(), "second-value-2222");
         host.drop_schema().await;
     });

@@ -447,29 +447,25 @@ impl Runtime {
             return Ok(guest);
         }
         let guest = self.compile(name, bytes)?;
-        // A poisoned lock only means another thread panicked while moving entries: the
-        // cache is still a valid list, so it is used as is.
-        self.guests
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(hash, guest.clone());
+        self.guests().insert(hash, guest.clone());
         Ok(guest)
     }
 
     /// Number of guests [`Runtime::load`] holds compiled.
     pub fn cached_guests(&self) -> usize {
-        self.guests
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entries
-            .len()
+        self.guests().entries.len()
     }
 
     fn cached(&self, hash: &[u8; 32]) -> Option<Guest> {
+        self.guests().get(hash)
+    }
+
+    fn guests(&self) -> std::sync::MutexGuard<'_, GuestCache> {
+        // A poisoned lock only means another thread panicked while moving entries: the
+        // cache is still a valid list, so it is used as is.
         self.guests
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(hash)
     }
 
     /// Compiles and links `bytes` (named `name` in errors), every time (the on-disk cache of

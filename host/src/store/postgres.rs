@@ -64,24 +64,22 @@ impl PgStore {
     /// Runs until aborted.
     pub(super) async fn invalidate_on_notify(self, cache: std::sync::Weak<super::cache::RowCache>) {
         use sqlx::postgres::PgListener;
-        let set_live = |live: bool| match cache.upgrade() {
-            Some(cache) => {
-                cache.set_live(live);
-                true
-            }
-            None => false,
-        };
-        // If this task is cancelled (the store dropped, or the tokio runtime that ran it shut
-        // down), the cache must stop serving: nothing would tell it about changes any more.
-        struct NotLiveOnDrop(std::sync::Weak<super::cache::RowCache>);
-        impl Drop for NotLiveOnDrop {
-            fn drop(&mut self) {
-                if let Some(cache) = self.0.upgrade() {
-                    cache.set_live(false);
-                }
+        // Tells the cache whether notifications arrive. Dropped with this task (the store
+        // dropped, or the tokio runtime that ran it shut down), it marks the cache not live
+        // for good: nothing would tell it about changes any more.
+        struct Live(std::sync::Weak<super::cache::RowCache>);
+        impl Live {
+            /// `false` once the cache is gone (the task can end).
+            fn set(&self, live: bool) -> bool {
+                self.0.upgrade().map(|cache| cache.set_live(live)).is_some()
             }
         }
-        let _guard = NotLiveOnDrop(cache.clone());
+        impl Drop for Live {
+            fn drop(&mut self) {
+                self.set(false);
+            }
+        }
+        let live = Live(cache.clone());
         let mut backoff = std::time::Duration::from_millis(100);
         loop {
             let listener = async {
@@ -92,7 +90,7 @@ impl PgStore {
             .await;
             match listener {
                 Ok(mut listener) => {
-                    if !set_live(true) {
+                    if !live.set(true) {
                         return;
                     }
                     backoff = std::time::Duration::from_millis(100);
@@ -121,7 +119,7 @@ impl PgStore {
                 }
                 Err(e) => tracing::warn!("secret cache: cannot LISTEN on PostgreSQL: {e}"),
             }
-            if !set_live(false) {
+            if !live.set(false) {
                 return;
             }
             tokio::time::sleep(backoff).await;
