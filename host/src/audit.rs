@@ -1,7 +1,12 @@
 //! The audit trail: one record per (secret, door, outcome) of an execution, with a count;
-//! never a value. Collected in memory while the guest runs and handed, at the end of the
-//! execution, to a [`Writer`] that stores the records of many executions per transaction, so
-//! neither `get-secret` nor the end of an execution waits on the database.
+//! never a value; and one row per execution saying whether its run started and ended.
+//!
+//! An execution that receives secrets through the environment door is entered in the trail
+//! *before* its guest starts, with those deliveries, and the write is awaited (a host killed
+//! mid-run leaves the delivery on record, its run `started` and never `ended`). Everything
+//! else (the `get-secret` requests, the end of the run) is collected in memory while the guest
+//! runs and handed at the end to a [`Writer`] that stores the records of many executions per
+//! transaction, so neither `get-secret` nor the end of an execution waits on the database.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -87,6 +92,99 @@ pub struct Record {
     pub count: u64,
 }
 
+/// Where an execution's run stands in the trail (`audit_execution.state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// Entered before its guest started; no end recorded yet (still running, or the host
+    /// stopped before the end: `kill -9`, power loss).
+    Started,
+    /// The guest ran and ended (any exit status, trap or limit).
+    Ended,
+    /// The guest never started (no free pool slot, a mount that failed): the deliveries
+    /// recorded for it reached no guest code.
+    NotStarted,
+}
+
+impl RunState {
+    /// Stored spelling: `started`, `ended`, `not-started`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Ended => "ended",
+            Self::NotStarted => "not-started",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "started" => Some(Self::Started),
+            "ended" => Some(Self::Ended),
+            "not-started" => Some(Self::NotStarted),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for RunState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One execution in the trail (`audit_execution`): written when its run starts (if it
+/// receives secrets through the environment) and again, as an upsert, when it ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutionRecord {
+    /// Execution id.
+    pub execution_id: String,
+    /// Action ref.
+    pub action_ref: String,
+    /// When the execution was entered (RFC 3339 UTC), the `at` of its records.
+    pub started: String,
+    /// When its run ended (RFC 3339 UTC); `None` while [`RunState::Started`].
+    pub ended: Option<String>,
+    /// Where the run stands.
+    pub state: RunState,
+}
+
+/// One listed record with the state of its execution's run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The record.
+    pub record: Record,
+    /// The run's state; `None` for records written before the trail had executions.
+    pub run: Option<RunState>,
+}
+
+/// What one transaction of the trail stores: executions (inserted, or updated by id) and
+/// records.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Executions to upsert by `execution_id`; at most one per id.
+    pub executions: Vec<ExecutionRecord>,
+    /// Records to insert.
+    pub records: Vec<Record>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.executions.is_empty() && self.records.is_empty()
+    }
+
+    /// Adds an execution, replacing an earlier entry of the same id (its later state wins).
+    fn push_execution(&mut self, execution: ExecutionRecord) {
+        self.executions
+            .retain(|e| e.execution_id != execution.execution_id);
+        self.executions.push(execution);
+    }
+}
+
+/// The trail could not be written before a guest started: the guest is not started.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the audit trail cannot be written, so the guest was not started: {0}")]
+pub struct Error(String);
+
 /// Counts per (secret ref, door, outcome).
 type Counts = BTreeMap<(String, Door, Outcome), u64>;
 
@@ -146,15 +244,61 @@ pub const BATCH_RECORDS: usize = 4_096;
 pub const QUEUE_EXECUTIONS: usize = 4_096;
 
 enum Message {
-    Records(Vec<Record>),
+    /// An execution entered before its guest starts; `done` is told once it is stored.
+    Begin {
+        execution: ExecutionRecord,
+        records: Vec<Record>,
+        done: tokio::sync::oneshot::Sender<Result<(), Error>>,
+    },
+    /// An execution's end and its remaining records; nobody waits.
+    End {
+        execution: ExecutionRecord,
+        records: Vec<Record>,
+    },
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
-/// Stores audit records in the background: a tokio task that gathers records for up to
-/// [`BATCH_WINDOW`] (less when a [`Writer::flush`] waits) and writes them in transactions of
-/// up to [`BATCH_RECORDS`]. Records still queued when
-/// the writer is dropped are written by the task before it ends, if the tokio runtime lives
-/// on; call [`Writer::flush`] before shutting down to be sure.
+/// What one write of the [`Writer`] gathered, and who waits for it.
+#[derive(Default)]
+struct Gathered {
+    batch: Batch,
+    begun: Vec<tokio::sync::oneshot::Sender<Result<(), Error>>>,
+    flushed: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Gathered {
+    fn take(&mut self, message: Message) {
+        match message {
+            Message::Begin {
+                execution,
+                records,
+                done,
+            } => {
+                self.batch.push_execution(execution);
+                self.batch.records.extend(records);
+                self.begun.push(done);
+            }
+            Message::End { execution, records } => {
+                self.batch.push_execution(execution);
+                self.batch.records.extend(records);
+            }
+            Message::Flush(done) => self.flushed.push(done),
+        }
+    }
+
+    /// Someone waits: write now rather than gather for the batch window.
+    fn urgent(&self) -> bool {
+        !self.begun.is_empty() || !self.flushed.is_empty()
+    }
+}
+
+/// Stores the audit trail in the background: a tokio task that writes each gathered batch in
+/// one transaction. Executions entered before their guest starts ([`Writer::begin`]) are
+/// written at once, together with whatever else is queued (group commit: under load, many
+/// executions share one transaction); the rest ([`Writer::end`]) is gathered for up to
+/// [`BATCH_WINDOW`] or [`BATCH_RECORDS`] records. Records still queued when the writer is
+/// dropped are written by the task before it ends, if the tokio runtime lives on; call
+/// [`Writer::flush`] before shutting down to be sure.
 pub struct Writer {
     queue: tokio::sync::mpsc::Sender<Message>,
 }
@@ -168,40 +312,45 @@ impl Writer {
         let (queue, mut inbox) = tokio::sync::mpsc::channel::<Message>(QUEUE_EXECUTIONS);
         tokio::spawn(async move {
             while let Some(first) = inbox.recv().await {
-                let mut records = Vec::new();
-                let mut flushed = Vec::new();
-                let take =
-                    |message: Message,
-                     records: &mut Vec<Record>,
-                     flushed: &mut Vec<tokio::sync::oneshot::Sender<()>>| {
-                        match message {
-                            Message::Records(r) => records.extend(r),
-                            Message::Flush(done) => flushed.push(done),
-                        }
-                    };
-                take(first, &mut records, &mut flushed);
+                let mut gathered = Gathered::default();
+                gathered.take(first);
                 // Gather what arrives within the batch window, unless someone waits.
                 let window = tokio::time::sleep(BATCH_WINDOW);
                 tokio::pin!(window);
-                while flushed.is_empty() && records.len() < BATCH_RECORDS {
+                while !gathered.urgent() && gathered.batch.records.len() < BATCH_RECORDS {
                     tokio::select! {
                         () = &mut window => break,
                         next = inbox.recv() => match next {
-                            Some(message) => take(message, &mut records, &mut flushed),
+                            Some(message) => gathered.take(message),
                             None => break,
                         },
                     }
                 }
                 while let Ok(message) = inbox.try_recv() {
-                    take(message, &mut records, &mut flushed);
+                    gathered.take(message);
                 }
-                for batch in records.chunks(BATCH_RECORDS) {
-                    if let Err(e) = store.record_audit(batch).await {
-                        tracing::warn!("{} audit records not written: {e}", batch.len());
-                    }
+                let Gathered {
+                    batch,
+                    begun,
+                    flushed,
+                } = gathered;
+                let outcome = if batch.is_empty() {
+                    Ok(())
+                } else {
+                    store.record_audit(&batch).await.map_err(|e| {
+                        tracing::warn!(
+                            "{} audit records of {} executions not written: {e}",
+                            batch.records.len(),
+                            batch.executions.len()
+                        );
+                        Error(e.to_string())
+                    })
+                };
+                for done in begun {
+                    // The execution may have stopped waiting (cancelled); nothing to tell then.
+                    let _ = done.send(outcome.clone());
                 }
                 for done in flushed {
-                    // The flusher may have stopped waiting; nothing to tell then.
                     let _ = done.send(());
                 }
             }
@@ -215,19 +364,43 @@ impl Writer {
         self.queue.is_closed()
     }
 
-    /// Queues one execution's records; waits only when [`QUEUE_EXECUTIONS`] executions are
-    /// already queued.
-    pub async fn send(&self, records: Vec<Record>) {
-        if records.is_empty() {
-            return;
-        }
+    /// Enters an execution (state [`RunState::Started`]) with the records known before its
+    /// guest starts (the environment door's deliveries), and waits until they are stored.
+    ///
+    /// # Errors
+    /// [`Error`] when the transaction failed or the writer has stopped: the caller must not
+    /// start the guest.
+    pub async fn begin(
+        &self,
+        execution: ExecutionRecord,
+        records: Vec<Record>,
+    ) -> Result<(), Error> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let message = Message::Begin {
+            execution,
+            records,
+            done,
+        };
+        let stopped = || Error("the audit writer has stopped".to_owned());
+        self.queue.send(message).await.map_err(|_| stopped())?;
+        wait.await.map_err(|_| stopped())?
+    }
+
+    /// Queues an execution's end (its state and end time) with its remaining records; waits
+    /// only when [`QUEUE_EXECUTIONS`] executions are already queued.
+    pub async fn end(&self, execution: ExecutionRecord, records: Vec<Record>) {
         let count = records.len();
-        if self.queue.send(Message::Records(records)).await.is_err() {
+        if self
+            .queue
+            .send(Message::End { execution, records })
+            .await
+            .is_err()
+        {
             tracing::warn!("{count} audit records not written: the audit writer has stopped");
         }
     }
 
-    /// Waits until every record queued before this call is stored (or its write failed and
+    /// Waits until everything queued before this call is stored (or its write failed and
     /// was logged).
     pub async fn flush(&self) {
         let (done, wait) = tokio::sync::oneshot::channel();

@@ -324,7 +324,11 @@ fn run_error_code(e: &anyhow::Error) -> u8 {
     match runtime_err {
         Some(runtime::Error::Timeout(_)) => EXIT_TIMEOUT,
         Some(
-            runtime::Error::Trap(_) | runtime::Error::MemoryLimit(_) | runtime::Error::OutOfFuel(_),
+            runtime::Error::Trap(_)
+            | runtime::Error::MemoryLimit(_)
+            | runtime::Error::OutOfFuel(_)
+            | runtime::Error::ResourceLimit(_)
+            | runtime::Error::ExitStatus(_),
         ) => EXIT_TRAP,
         _ => EXIT_HOST,
     }
@@ -372,19 +376,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 })
                 .await?;
             println!(
-                "{:<24} {:<36} {:<24} {:<32} {:<10} {:<13} COUNT",
-                "TIME", "EXECUTION", "ACTION", "SECRET", "DOOR", "OUTCOME"
+                "{:<24} {:<36} {:<24} {:<32} {:<10} {:<13} {:<5} RUN",
+                "TIME", "EXECUTION", "ACTION", "SECRET", "DOOR", "OUTCOME", "COUNT"
             );
-            for r in records {
+            for listed in records {
+                let r = &listed.record;
                 println!(
-                    "{:<24} {:<36} {:<24} {:<32} {:<10} {:<13} {}",
+                    "{:<24} {:<36} {:<24} {:<32} {:<10} {:<13} {:<5} {}",
                     r.at,
                     r.execution_id,
                     r.action_ref,
                     r.secret_ref,
                     r.door.as_str(),
                     r.outcome.as_str(),
-                    r.count
+                    r.count,
+                    listed.run.map_or("-", crate::audit::RunState::as_str)
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -48,6 +48,10 @@ pub enum Error {
     /// The guest failed to compile, link or run.
     #[error(transparent)]
     Runtime(#[from] runtime::Error),
+    /// The execution could not be entered in the audit trail before its guest started, so
+    /// the guest was not started.
+    #[error(transparent)]
+    Audit(#[from] audit::Error),
 }
 
 /// `Result` with [`Error`] as the default error type.
@@ -343,18 +347,43 @@ impl Executor {
             ),
         };
         let started = store::now();
-        let exit = self.runtime.run(guest, setup).await;
-        // The audit is queued once, after the guest, whatever its outcome (see `flush`). When
-        // the guest never started (no free pool slot, a mount that failed), its environment
-        // reached no one: those env-door records would claim a delivery that did not happen.
-        let mut records = log.records(&started, &execution_id, exec.action.as_str());
-        if matches!(
-            exit,
-            Err(runtime::Error::PoolExhausted(_) | runtime::Error::Dir { .. })
-        ) {
-            records.retain(|r| r.door != audit::Door::Env);
+        let execution = |state, ended| audit::ExecutionRecord {
+            execution_id: execution_id.clone(),
+            action_ref: exec.action.to_string(),
+            started: started.clone(),
+            ended,
+            state,
+        };
+        // Deliveries through the environment are on record before the guest can read them:
+        // a host killed mid-run leaves them in the trail (run `started`, never `ended`).
+        let entered = log.records(&started, &execution_id, exec.action.as_str());
+        let writer = self.writer();
+        let was_entered = writer.is_some() && !entered.is_empty();
+        if let (Some(writer), true) = (&writer, was_entered) {
+            writer
+                .begin(execution(audit::RunState::Started, None), entered)
+                .await?;
         }
-        self.write_audit(records).await;
+        let exit = self.runtime.run(guest, setup).await;
+        // The end is queued once, after the guest, whatever its outcome (see `flush`). A guest
+        // that never started (no free pool slot, a mount that failed) is `not-started`: its
+        // environment reached no guest code.
+        let state = match exit {
+            Err(runtime::Error::PoolExhausted(_) | runtime::Error::Dir { .. }) => {
+                audit::RunState::NotStarted
+            }
+            _ => audit::RunState::Ended,
+        };
+        if let Some(writer) = &writer {
+            let mut records = log.records(&started, &execution_id, exec.action.as_str());
+            // The environment door's records were written when the execution was entered.
+            records.retain(|r| r.door != audit::Door::Env);
+            if was_entered || !records.is_empty() {
+                writer
+                    .end(execution(state, Some(store::now())), records)
+                    .await;
+            }
+        }
         let exit = exit?;
         if exit.output_capped {
             tracing::warn!(
@@ -378,12 +407,11 @@ impl Executor {
 }
 
 impl Executor {
-    async fn write_audit(&self, records: Vec<audit::Record>) {
-        if records.is_empty() {
-            return;
-        }
-        if let SecretSource::Store(store) = &self.source {
-            self.audit_writer(store).send(records).await;
+    /// The audit writer, when secrets come from a store.
+    fn writer(&self) -> Option<Arc<audit::Writer>> {
+        match &self.source {
+            SecretSource::Store(store) => Some(self.audit_writer(store)),
+            SecretSource::Missing(_) => None,
         }
     }
 }

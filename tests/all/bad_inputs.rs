@@ -260,3 +260,54 @@ fn encrypted_rows_without_a_configured_key_are_unavailable_with_a_hint() {
     assert_eq!(value(&report, "enc"), Err("Unavailable".into()));
     assert!(text(&out.stderr).contains("no encryption key is configured"));
 }
+
+/// N32: a guest that exits with a status WASI does not allow, one that fills its resource
+/// table, and one that passes a 200 MiB name: one line each saying what the guest did and the
+/// limit it hit (exit 134), never the heading of wasmtime's multi-line trace.
+#[test]
+fn n32_guest_failures_are_one_useful_line_each() {
+    let host = Host::new();
+    host.set("api_key", "n32-value-0f9e", &["--pack", "mypack"]);
+    let mounted = tempfile::tempdir().unwrap();
+    std::fs::write(mounted.path().join("f"), "x").unwrap();
+    let mount = format!("{}::/d", mounted.path().display());
+    let cases: [(Target, Vec<&str>, &[&str], &str); 4] = [
+        (
+            Target::P1,
+            vec![],
+            &["exit", "300"],
+            "error: guest exited with status 300, outside the range 0-125 that WASI allows",
+        ),
+        (
+            Target::P1,
+            vec!["--dir", &mount],
+            &["handles", "/d/f"],
+            "error: guest exceeded the limit of 10000 open handles (files, directories, streams, pollables)",
+        ),
+        (
+            Target::P2,
+            vec!["--dir", &mount],
+            &["handles", "/d/f"],
+            "error: guest exceeded the limit of 10000 open handles (files, directories, streams, pollables)",
+        ),
+        (
+            Target::P2,
+            vec!["--max-memory", "1GiB"],
+            &["bigname", "200"],
+            "error: guest trapped: too much data is being copied between the host and the guest: \
+             fuel allocated for hostcalls has been exhausted",
+        ),
+    ];
+    for (target, extra, args, line) in cases {
+        let out = host.run_redacted(&probe(target), ACTION, &extra, args);
+        assert_no_panic(&out);
+        assert_eq!(out.status.code(), Some(134), "{target:?} {args:?}");
+        let err = text(&out.stderr);
+        assert_eq!(
+            err.trim_end(),
+            line,
+            "{target:?} {args:?}: one line, exactly"
+        );
+        assert!(!err.contains("backtrace"), "{err}");
+    }
+}

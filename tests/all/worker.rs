@@ -261,7 +261,12 @@ async fn a_full_pool_is_a_clear_error_and_the_next_execution_runs() {
     let out = host.exec(&["audit", "list", "--limit", "100"], None);
     let delivered = text(&out.stdout)
         .lines()
-        .filter(|l| l.contains("api_key") && l.contains(" env ") && l.contains("delivered"))
+        .filter(|l| {
+            l.contains("api_key")
+                && l.contains(" env ")
+                && l.contains("delivered")
+                && l.ends_with("ended")
+        })
         .count();
     assert_eq!(delivered, 3 - full + 1, "{}", text(&out.stdout));
 }

@@ -12,6 +12,9 @@
 //! - `alloc MIB`: allocate and touch MIB mebibytes
 //! - `recurse`: unbounded recursion
 //! - `stdin`: echo stdin
+//! - `lines`: echo stdin line by line as it arrives (flushed), until end of file
+//! - `handles PATH`: open the file PATH again and again, keeping every handle, until an open
+//!   fails; print how many were opened and the error
 //! - `exit N`: exit with status N
 //! - `show NAME`: print the secret raw, in base64, split across two flushed writes, and on
 //!   stderr (to test output masking)
@@ -116,6 +119,24 @@ fn main() {
             let mut buf = Vec::new();
             std::io::stdin().read_to_end(&mut buf).ok();
             std::io::stdout().write_all(&buf).ok();
+        }
+        "lines" => {
+            let mut out = std::io::stdout();
+            for line in std::io::stdin().lines() {
+                let Ok(line) = line else { break };
+                writeln!(out, "{line}").ok();
+                out.flush().ok();
+            }
+        }
+        "handles" => {
+            let mut open = Vec::new();
+            let error = loop {
+                match std::fs::File::open(&rest[0]) {
+                    Ok(f) => open.push(f),
+                    Err(e) => break e,
+                }
+            };
+            println!("opened {} handles, then: {error}", open.len());
         }
         "exit" => std::process::exit(rest[0].parse().unwrap_or(1)),
         "show" => {

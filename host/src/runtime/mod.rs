@@ -85,6 +85,14 @@ pub enum Error {
     /// The fuel budget ran out.
     #[error("guest ran out of fuel ({0} units)")]
     OutOfFuel(u64),
+    /// The guest held more WASI resource handles at once than [`Limits::max_resources`].
+    #[error(
+        "guest exceeded the limit of {0} open handles (files, directories, streams, pollables)"
+    )]
+    ResourceLimit(usize),
+    /// A WASI p1 guest called `proc_exit` with a status WASI does not allow (126 and up).
+    #[error("guest exited with status {0}, outside the range 0-125 that WASI allows")]
+    ExitStatus(u32),
     /// The guest trapped.
     #[error("guest trapped: {0}")]
     Trap(String),
@@ -138,6 +146,9 @@ pub struct Limits {
     pub fuel: Option<u64>,
     /// Most `get-secret` calls per execution (default 10,000).
     pub secret_calls: u64,
+    /// Most WASI resource handles (open files and directories, streams, pollables) a guest
+    /// holds at once (default 10,000); each costs host memory the memory limit does not count.
+    pub max_resources: usize,
 }
 
 impl Default for Limits {
@@ -147,6 +158,7 @@ impl Default for Limits {
             max_memory: 256 * 1024 * 1024,
             fuel: None,
             secret_calls: 10_000,
+            max_resources: 10_000,
         }
     }
 }
@@ -393,7 +405,11 @@ impl Runtime {
                             let text = name.to_str(&store)?;
                             (text.len() <= crate::names::MAX_NAME_BYTES).then(|| text.into_owned())
                         };
-                        Ok((store.data_mut().get_secret(name),))
+                        let answer = store.data_mut().get_secret(name);
+                        // The one place a plaintext leaves the host through this door: copied
+                        // for wasmtime to lower into guest memory (that copy is freed, not
+                        // zeroized: docs/secrets-management.md, "Limits").
+                        Ok((answer.map(|v| v.expose_secret().to_owned()),))
                     },
                 )
             })
@@ -402,6 +418,24 @@ impl Runtime {
         let mut modules = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut modules, |s: &mut ModuleState| &mut s.wasi)
             .map_err(host)?;
+        // `proc_exit` replaced so that a status WASI does not allow is a typed error
+        // (wasmtime-wasi reports it as an untyped message).
+        modules.allow_shadowing(true);
+        modules
+            .func_wrap(
+                "wasi_snapshot_preview1",
+                "proc_exit",
+                |status: i32| -> wasmtime::Result<()> {
+                    // The WASI `exitcode` is a u32 passed as an i32.
+                    let status = status.cast_unsigned();
+                    match i32::try_from(status) {
+                        Ok(code) if status < 126 => Err(wasmtime::Error::new(I32Exit(code))),
+                        _ => Err(wasmtime::Error::new(ExitOutOfRange(status))),
+                    }
+                },
+            )
+            .map_err(host)?;
+        modules.allow_shadowing(false);
 
         let stop = Arc::new(AtomicBool::new(false));
         let ticker = {
@@ -532,9 +566,11 @@ impl Runtime {
             match &guest.0 {
                 Compiled::Component(pre) => {
                     let mut builder = builder;
+                    let mut table = ResourceTable::new();
+                    table.set_max_capacity(limits.max_resources);
                     let state = ComponentState {
                         ctx: builder.build(),
-                        table: ResourceTable::new(),
+                        table,
                         limiter,
                         secrets: setup.secrets,
                     };
@@ -555,8 +591,12 @@ impl Runtime {
                 }
                 Compiled::Module(pre) => {
                     let mut builder = builder;
+                    let mut wasi = builder.build_p1();
+                    wasmtime_wasi::WasiView::ctx(&mut wasi)
+                        .table
+                        .set_max_capacity(limits.max_resources);
                     let state = ModuleState {
-                        wasi: builder.build_p1(),
+                        wasi,
                         limiter,
                         _secrets: setup.secrets,
                     };
@@ -766,16 +806,40 @@ fn wasi_builder(setup: &GuestSetup) -> Result<(WasiCtxBuilder, Outputs)> {
     ))
 }
 
-/// Maps a wasmtime error at run time to an exit code or a typed error.
+/// A WASI p1 `proc_exit` status of 126 or more (the shadowed `proc_exit`); [`classify`]
+/// turns it into [`Error::ExitStatus`], so its own text is never shown.
+#[derive(Debug)]
+struct ExitOutOfRange(u32);
+
+impl std::fmt::Display for ExitOutOfRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "proc_exit({})", self.0)
+    }
+}
+
+impl std::error::Error for ExitOutOfRange {}
+
+/// Maps a wasmtime error at run time to an exit code or a typed error. Errors are matched by
+/// type; what matches none is reported by its root cause (the innermost error: what the guest
+/// or the host call did), never by the outermost context, which for a trap is wasmtime's
+/// "error while executing at wasm backtrace:" heading.
 fn classify(e: wasmtime::Error, memory_hit: bool, limits: Limits) -> Result<i32> {
     if let Some(exit) = e.downcast_ref::<I32Exit>() {
         return Ok(exit.0);
+    }
+    if let Some(ExitOutOfRange(status)) = e.downcast_ref::<ExitOutOfRange>() {
+        return Err(Error::ExitStatus(*status));
     }
     if memory_hit {
         return Err(Error::MemoryLimit(limits.max_memory));
     }
     if let Some(pool) = e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>() {
         return Err(Error::PoolExhausted(pool.to_string()));
+    }
+    if let Some(wasmtime::component::ResourceTableError::Full) =
+        e.downcast_ref::<wasmtime::component::ResourceTableError>()
+    {
+        return Err(Error::ResourceLimit(limits.max_resources));
     }
     match e.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => Err(Error::Timeout(limits.timeout)),
@@ -789,12 +853,24 @@ fn classify(e: wasmtime::Error, memory_hit: bool, limits: Limits) -> Result<i32>
                     reason: text,
                 })
             } else {
-                Err(Error::Trap(
-                    text.lines().next().unwrap_or_default().to_owned(),
-                ))
+                Err(Error::Trap(root_cause_line(&e)))
             }
         }
     }
+}
+
+/// The first line of `e`'s root cause (one line of what went wrong, without wasmtime's
+/// backtrace). The root cause of a failed host call can hold guest-chosen text (a path, a
+/// name), and host error output is not masked: only its first line, at most 200 bytes, is
+/// kept.
+fn root_cause_line(e: &wasmtime::Error) -> String {
+    let cause = e.root_cause().to_string();
+    let line = cause.lines().next().unwrap_or_default();
+    let mut end = line.len().min(200);
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    line[..end].to_owned()
 }
 
 #[cfg(test)]

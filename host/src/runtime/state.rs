@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use secrecy::ExposeSecret;
+use secrecy::SecretString;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -67,9 +67,13 @@ impl SecretDoor {
     }
 
     /// Looks `name` up as the guest asked for it, and counts the request in the audit log.
-    /// Returns the answer, its outcome and what was recorded (the resolved ref, or
-    /// [`UNRECORDED`]).
-    pub fn lookup(&mut self, name: &str) -> (Result<String, SecretError>, Outcome, String) {
+    /// Returns the answer (the value stays a [`SecretString`]: it is exposed once, where the
+    /// linker glue hands it to wasmtime to lower into guest memory), its outcome and what was
+    /// recorded (the resolved ref, or [`UNRECORDED`]).
+    pub(crate) fn lookup(
+        &mut self,
+        name: &str,
+    ) -> (Result<SecretString, SecretError>, Outcome, String) {
         let (result, outcome, recorded) = self.answer(name);
         self.log.note(&recorded, Door::GetSecret, outcome);
         (result, outcome, recorded)
@@ -78,7 +82,7 @@ impl SecretDoor {
     /// The answer, its outcome, and what to record: the resolved ref, or [`UNRECORDED`] when
     /// the name resolves to nothing, so that a guest cannot write a secret into the audit
     /// table or the host log.
-    fn answer(&mut self, name: &str) -> (Result<String, SecretError>, Outcome, String) {
+    fn answer(&mut self, name: &str) -> (Result<SecretString, SecretError>, Outcome, String) {
         self.calls = self.calls.saturating_add(1);
         let Ok(name) = SecretName::new(name) else {
             return (
@@ -112,12 +116,7 @@ impl SecretDoor {
             );
         }
         match &resolved.delivery {
-            // The one place a plaintext leaves the host through this door.
-            Delivery::Value(v) => (
-                Ok(v.expose_secret().to_owned()),
-                Outcome::Delivered,
-                recorded,
-            ),
+            Delivery::Value(v) => (Ok(v.clone()), Outcome::Delivered, recorded),
             Delivery::Unavailable(_) => (
                 Err(SecretError::Unavailable),
                 Outcome::Unavailable,
@@ -134,8 +133,9 @@ impl SecretDoor {
 
 impl ComponentState {
     /// Answers one `get-secret` call; `None` is a name longer than the naming rule allows,
-    /// refused before it was copied out of guest memory.
-    pub(crate) fn get_secret(&mut self, name: Option<String>) -> Result<String, SecretError> {
+    /// refused before it was copied out of guest memory. The value is still a
+    /// [`SecretString`]: the linker glue exposes it.
+    pub(crate) fn get_secret(&mut self, name: Option<String>) -> Result<SecretString, SecretError> {
         let (result, outcome, recorded) = self.secrets.lookup(name.as_deref().unwrap_or(""));
         tracing::debug!(secret = %recorded, %outcome, "get-secret");
         result
@@ -203,5 +203,121 @@ impl wasmtime::ResourceLimiter for Limiter {
         }
         self.used = grown;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each decision of the `get-secret` door, and what it records.
+    #![allow(clippy::unwrap_used)]
+    use secrecy::ExposeSecret;
+
+    use super::*;
+    use crate::names::{Owner, PackRef};
+    use crate::store::SecretRow;
+
+    fn row(owner: Owner, name: &str, value: &str, encrypted: bool) -> SecretRow {
+        SecretRow {
+            owner,
+            name: SecretName::new(name).unwrap(),
+            encrypted,
+            key_hash: None,
+            value: SecretString::from(value),
+            created: String::new(),
+            updated: String::new(),
+        }
+    }
+
+    /// A door over system `token`, pack `api_key` and an encrypted `sealed` with no key.
+    fn door(allowed: Option<&[&str]>, budget: u64) -> (SecretDoor, Log) {
+        let pack = Owner::Pack(PackRef::new("mypack").unwrap());
+        let rows = vec![
+            row(Owner::System, "token", "system-token-value", false),
+            row(pack, "api_key", "pack-api-key-value", false),
+            row(Owner::System, "sealed", "AAAA:AAAA", true),
+        ];
+        let resolution = Resolution::resolve(rows, None).unwrap();
+        let allowed = allowed.map(|names| {
+            names
+                .iter()
+                .map(|n| SecretName::new(n).unwrap())
+                .collect::<BTreeSet<_>>()
+        });
+        let log = Log::default();
+        (
+            SecretDoor::new(resolution, allowed, budget, log.clone()),
+            log,
+        )
+    }
+
+    fn recorded(log: &Log) -> Vec<(String, Outcome, u64)> {
+        log.records("t", "e", "mypack.a")
+            .into_iter()
+            .map(|r| {
+                assert_eq!(r.door, Door::GetSecret);
+                (r.secret_ref, r.outcome, r.count)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_visible_name_is_delivered_as_a_secret_string_and_recorded_by_ref() {
+        let (mut door, log) = door(None, 10);
+        let (answer, outcome, what) = door.lookup("api_key");
+        assert_eq!(answer.unwrap().expose_secret(), "pack-api-key-value");
+        assert_eq!(
+            (outcome, what.as_str()),
+            (Outcome::Delivered, "mypack.api_key")
+        );
+        assert_eq!(
+            recorded(&log),
+            [("mypack.api_key".to_owned(), Outcome::Delivered, 1)]
+        );
+    }
+
+    #[test]
+    fn unknown_and_invalid_names_are_not_recorded_as_given() {
+        let (mut door, log) = door(None, 10);
+        assert!(matches!(door.lookup("nope").0, Err(SecretError::NotFound)));
+        assert!(matches!(
+            door.lookup("not valid!").0,
+            Err(SecretError::InvalidName)
+        ));
+        for (what, _, _) in recorded(&log) {
+            assert_eq!(what, UNRECORDED, "guest-chosen text must not be recorded");
+        }
+    }
+
+    #[test]
+    fn the_allow_list_denies_other_visible_names() {
+        let (mut door, _) = door(Some(&["token"]), 10);
+        assert!(door.lookup("token").0.is_ok());
+        assert!(matches!(
+            door.lookup("api_key").0,
+            Err(SecretError::AccessDenied)
+        ));
+        // Not visible at all stays not-found: the allow-list is no enumeration oracle.
+        assert!(matches!(door.lookup("nope").0, Err(SecretError::NotFound)));
+    }
+
+    #[test]
+    fn calls_past_the_budget_are_denied_even_for_delivered_names() {
+        let (mut door, log) = door(None, 2);
+        assert!(door.lookup("token").0.is_ok());
+        assert!(door.lookup("token").0.is_ok());
+        assert!(matches!(
+            door.lookup("token").0,
+            Err(SecretError::AccessDenied)
+        ));
+        assert_eq!(door.calls(), 3);
+        assert!(recorded(&log).contains(&("token".to_owned(), Outcome::AccessDenied, 1)));
+    }
+
+    #[test]
+    fn an_undecryptable_winner_is_unavailable() {
+        let (mut door, _) = door(None, 10);
+        let (answer, outcome, what) = door.lookup("sealed");
+        assert!(matches!(answer, Err(SecretError::Unavailable)));
+        assert_eq!((outcome, what.as_str()), (Outcome::Unavailable, "sealed"));
     }
 }

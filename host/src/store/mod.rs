@@ -351,22 +351,23 @@ impl Store {
         result
     }
 
-    /// Writes one execution's audit records in one transaction.
+    /// Writes one batch of the audit trail in one transaction: its executions upserted by
+    /// id (`audit_execution`), its records inserted (`audit`).
     ///
     /// # Errors
-    /// [`Error::Query`].
-    pub async fn record_audit(&self, records: &[crate::audit::Record]) -> Result<()> {
-        dispatch!(self.record_audit(records))
+    /// [`Error::Query`]; nothing of the batch is written then.
+    pub async fn record_audit(&self, batch: &crate::audit::Batch) -> Result<()> {
+        dispatch!(self.record_audit(batch))
     }
 
-    /// Audit records matching `filter`, newest first.
+    /// Audit records matching `filter`, newest first, each with its execution's run state.
     ///
     /// # Errors
     /// [`Error::Query`], [`Error::Corrupt`].
     pub async fn list_audit(
         &self,
         filter: &crate::audit::Filter,
-    ) -> Result<Vec<crate::audit::Record>> {
+    ) -> Result<Vec<crate::audit::Listed>> {
         dispatch!(self.list_audit(filter))
     }
 
@@ -497,11 +498,13 @@ struct RawAudit {
     door: String,
     outcome: String,
     count: i64,
+    /// `audit_execution.state`, absent for records older than that table.
+    run: Option<String>,
 }
 
 impl RawAudit {
-    fn parse(self) -> Result<crate::audit::Record> {
-        use crate::audit::{Door, Outcome};
+    fn parse(self) -> Result<crate::audit::Listed> {
+        use crate::audit::{Door, Outcome, RunState};
         let corrupt = |reason: String| Error::Corrupt {
             secret_ref: self.secret_ref.clone(),
             reason,
@@ -519,14 +522,24 @@ impl RawAudit {
             "unavailable" => Outcome::Unavailable,
             other => return Err(corrupt(format!("unknown audit outcome {other:?}"))),
         };
-        Ok(crate::audit::Record {
-            at: self.at,
-            execution_id: self.execution_id,
-            action_ref: self.action_ref,
-            secret_ref: self.secret_ref,
-            door,
-            outcome,
-            count: u64::try_from(self.count).unwrap_or(0),
+        let run = match self.run.as_deref() {
+            None => None,
+            Some(text) => Some(
+                RunState::parse(text)
+                    .ok_or_else(|| corrupt(format!("unknown run state {text:?}")))?,
+            ),
+        };
+        Ok(crate::audit::Listed {
+            record: crate::audit::Record {
+                at: self.at,
+                execution_id: self.execution_id,
+                action_ref: self.action_ref,
+                secret_ref: self.secret_ref,
+                door,
+                outcome,
+                count: u64::try_from(self.count).unwrap_or(0),
+            },
+            run,
         })
     }
 }

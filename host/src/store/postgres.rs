@@ -203,11 +203,32 @@ impl PgStore {
         Ok(())
     }
 
-    /// Writes audit records (of one or many executions) in one transaction.
-    pub(super) async fn record_audit(&self, records: &[audit::Record]) -> Result<()> {
+    /// Writes one batch of the audit trail (of one or many executions) in one transaction:
+    /// executions upserted by id, records inserted.
+    pub(super) async fn record_audit(&self, batch: &audit::Batch) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        // Multi-row INSERTs: one statement per {AUDIT_ROWS_PER_INSERT} records, not one per record.
-        for chunk in records.chunks(super::AUDIT_ROWS_PER_INSERT) {
+        // Multi-row statements of up to {AUDIT_ROWS_PER_INSERT} rows, not one per row; not kept
+        // as prepared statements: the row count, and so the SQL, varies per batch.
+        for chunk in batch.executions.chunks(super::AUDIT_ROWS_PER_INSERT) {
+            let mut upsert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+                "INSERT INTO audit_execution (execution_id, action_ref, started, ended, state) ",
+            );
+            upsert.push_values(chunk, |mut row, e| {
+                row.push_bind(&e.execution_id)
+                    .push_bind(&e.action_ref)
+                    .push_bind(&e.started)
+                    .push_unseparated("::timestamptz")
+                    .push_bind(e.ended.as_deref())
+                    .push_unseparated("::timestamptz")
+                    .push_bind(e.state.as_str());
+            });
+            upsert.push(
+                " ON CONFLICT (execution_id) DO UPDATE SET ended = excluded.ended, \
+                 state = excluded.state",
+            );
+            upsert.build().persistent(false).execute(&mut *tx).await?;
+        }
+        for chunk in batch.records.chunks(super::AUDIT_ROWS_PER_INSERT) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Postgres>::new(
                 "INSERT INTO audit (at, execution_id, action_ref, secret_ref, door, outcome, count) ",
             );
@@ -221,21 +242,21 @@ impl PgStore {
                     .push_bind(r.outcome.as_str())
                     .push_bind(i64::try_from(r.count).unwrap_or(i64::MAX));
             });
-            // Not kept as a prepared statement: the row count, and so the SQL, varies per batch.
             insert.build().persistent(false).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
-    /// Audit records matching `filter`, newest first.
-    pub(super) async fn list_audit(&self, filter: &audit::Filter) -> Result<Vec<audit::Record>> {
+    /// Audit records matching `filter`, newest first, with their execution's run state.
+    pub(super) async fn list_audit(&self, filter: &audit::Filter) -> Result<Vec<audit::Listed>> {
         let sql = String::from(
-            "SELECT to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS at, \
-                    execution_id, action_ref, secret_ref, door, outcome, count FROM audit \
-             WHERE ($1::text IS NULL OR action_ref = $1) \
-               AND ($2::timestamptz IS NULL OR at >= $2::timestamptz) \
-             ORDER BY audit.at DESC, id DESC LIMIT $3",
+            "SELECT to_char(a.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS at, a.execution_id, a.action_ref, a.secret_ref, a.door, \
+                    a.outcome, a.count, e.state \
+             FROM audit a LEFT JOIN audit_execution e ON e.execution_id = a.execution_id \
+             WHERE ($1::text IS NULL OR a.action_ref = $1) \
+               AND ($2::timestamptz IS NULL OR a.at >= $2::timestamptz) \
+             ORDER BY a.at DESC, a.id DESC LIMIT $3",
         );
         let rows = sqlx::query(&sql)
             .bind(filter.action_ref.as_deref())
@@ -253,6 +274,7 @@ impl PgStore {
                     door: r.try_get("door")?,
                     outcome: r.try_get("outcome")?,
                     count: r.try_get("count")?,
+                    run: r.try_get("state")?,
                 }
                 .parse()
             })
