@@ -19,7 +19,8 @@ const ACTION: &str = "mypack.deploy";
 /// `attune-wasm ARGS` on `host`'s store, under `password` (another host on the same store).
 fn exec_as(host: &Host, password: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
     let mut c = host.cmd();
-    c.env("ATTUNE__SECURITY__ENCRYPTION_KEY", password).args(args);
+    c.env("ATTUNE__SECURITY__ENCRYPTION_KEY", password)
+        .args(args);
     run_cmd(&mut c, stdin)
 }
 
@@ -46,7 +47,14 @@ fn foreign_key_write_is_refused(host: &Host) {
     let set = exec_as(
         host,
         OTHER_KEY,
-        &["secret", "set", "api_key", "value-of-host-b", "--pack", "mypack"],
+        &[
+            "secret",
+            "set",
+            "api_key",
+            "value-of-host-b",
+            "--pack",
+            "mypack",
+        ],
         None,
     );
     assert_no_panic(&set);
@@ -63,7 +71,15 @@ fn foreign_key_write_is_refused(host: &Host) {
     let plain = exec_as(
         host,
         OTHER_KEY,
-        &["secret", "set", "api_key", "plain-of-b", "--pack", "mypack", "--plain"],
+        &[
+            "secret",
+            "set",
+            "api_key",
+            "plain-of-b",
+            "--pack",
+            "mypack",
+            "--plain",
+        ],
         None,
     );
     assert!(!plain.status.success(), "{}", text(&plain.stdout));
@@ -183,7 +199,10 @@ async fn n15_the_key_check_is_atomic_with_the_write() {
         }
         let stored = store.get(&owner, &name).await.unwrap().unwrap();
         let winner = stored.key_hash.unwrap();
-        assert!(won.iter().all(|h| *h == winner), "a write replaced a row under another key");
+        assert!(
+            won.iter().all(|h| *h == winner),
+            "a write replaced a row under another key"
+        );
         assert_eq!(won.len() + refused, 16);
         assert_eq!(refused, 8, "every write under the other key is refused");
         host.drop_schema().await;
@@ -204,15 +223,25 @@ fn n23_import_aborts_on_an_unknown_owner_type() {
         let out = host.exec(&["secret", "import", "-"], Some(input.as_bytes()));
         assert_no_panic(&out);
         let err = text(&out.stderr);
-        assert!(!out.status.success(), "{owner_type:?}: {}", text(&out.stdout));
         assert!(
-            err.contains("import refused, nothing written: line 2 (ref mypack.x): unknown owner type"),
+            !out.status.success(),
+            "{owner_type:?}: {}",
+            text(&out.stdout)
+        );
+        assert!(
+            err.contains(
+                "import refused, nothing written: line 2 (ref mypack.x): unknown owner type"
+            ),
             "{err}"
         );
         assert!(!err.contains("sekrit"), "{err}");
         // Nothing written: not even the good first line.
         let list = host.exec(&["secret", "list"], None);
-        assert!(!text(&list.stdout).contains("token"), "{}", text(&list.stdout));
+        assert!(
+            !text(&list.stdout).contains("token"),
+            "{}",
+            text(&list.stdout)
+        );
     }
     // Attune's owner types that this host does not run are reported and skipped.
     let host = Host::new();
@@ -287,7 +316,11 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 async fn n28_no_old_ciphertext_survives_a_rotation_on_disk() {
     let host = Host::new();
     for i in 0..5 {
-        host.set(&format!("k{i}"), &format!("rotated-value-{i}"), &["--pack", "mypack"]);
+        host.set(
+            &format!("k{i}"),
+            &format!("rotated-value-{i}"),
+            &["--pack", "mypack"],
+        );
     }
     // The store stays open (as in a worker) while rotating and while the files are read.
     let store = host.store().await;
@@ -299,14 +332,10 @@ async fn n28_no_old_ciphertext_survives_a_rotation_on_disk() {
         .map(|r| r.value.expose_secret().to_owned())
         .collect();
     assert_eq!(old.len(), 5);
-    let summary = attune_wasm::rotate::rotate(
-        &store,
-        &support::key(KEY),
-        &support::key(OTHER_KEY),
-        false,
-    )
-    .await
-    .unwrap();
+    let summary =
+        attune_wasm::rotate::rotate(&store, &support::key(KEY), &support::key(OTHER_KEY), false)
+            .await
+            .unwrap();
     assert_eq!(summary.rotated.len(), 5);
     let db = host.db_path();
     let mut files = vec![db.clone()];
@@ -360,7 +389,8 @@ fn refused(host: &Host, what: &str) -> String {
 #[test]
 fn n29_unsafe_data_dirs_and_files_are_refused() {
     let chown = |path: &std::path::Path| {
-        std::os::unix::fs::chown(path, Some(65534), Some(65534)).expect("chown (tests run as root)");
+        std::os::unix::fs::chown(path, Some(65534), Some(65534))
+            .expect("chown (tests run as root)");
     };
     let mode = |path: &std::path::Path, mode: u32| {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -372,7 +402,10 @@ fn n29_unsafe_data_dirs_and_files_are_refused() {
     std::fs::create_dir(&data).unwrap();
     mode(&data, 0o777);
     let err = refused(&host, "0777 data dir");
-    assert!(err.contains("mode 0777") && err.contains("chmod 700"), "{err}");
+    assert!(
+        err.contains("mode 0777") && err.contains("chmod 700"),
+        "{err}"
+    );
     assert!(!host.db_path().exists(), "nothing created in it");
     // A data directory owned by another user.
     mode(&data, 0o700);
@@ -390,11 +423,23 @@ fn n29_unsafe_data_dirs_and_files_are_refused() {
     mode(&planted, 0o666);
     chown(&planted);
     let err = refused(&host, "foreign secrets.db");
-    assert!(err.contains("secrets.db: the file is owned by uid 65534"), "{err}");
-    assert_eq!(std::fs::metadata(&planted).unwrap().len(), 0, "not used as is");
+    assert!(
+        err.contains("secrets.db: the file is owned by uid 65534"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::metadata(&planted).unwrap().len(),
+        0,
+        "not used as is"
+    );
 
     // The database, its -wal or -shm, or its lock file owned by another user, mode 0666.
-    for file in ["secrets.db", "secrets.db-wal", "secrets.db-shm", "secrets.db.lock"] {
+    for file in [
+        "secrets.db",
+        "secrets.db-wal",
+        "secrets.db-shm",
+        "secrets.db.lock",
+    ] {
         let host = Host::new();
         host.set("token", "t", &[]);
         let path = host.dir.path().join("data").join(file);
@@ -425,7 +470,11 @@ fn n29_unsafe_data_dirs_and_files_are_refused() {
     mode(&host.db_path(), 0o666);
     let out = host.exec(&["secret", "set", "other", "v"], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("narrowed to 0600"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("narrowed to 0600"),
+        "{}",
+        text(&out.stderr)
+    );
     let meta = std::fs::metadata(host.db_path()).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert_eq!(meta.uid(), own_uid());
@@ -485,7 +534,11 @@ async fn n30_a_corrupt_row_shadows_the_system_value() {
                 Target::P2 => "Unavailable",
                 Target::P1 => "NotFound",
             };
-            assert_eq!(value(&report, "api_key"), Err(expected.into()), "{value_sql}");
+            assert_eq!(
+                value(&report, "api_key"),
+                Err(expected.into()),
+                "{value_sql}"
+            );
             let err = text(&out.stderr);
             assert!(
                 err.contains("mypack.api_key") && err.contains("not delivered"),

@@ -114,8 +114,12 @@ fn check_file_meta(path: &Path, meta: &Metadata) -> Result<()> {
     }
     let mode = meta.permissions().mode() & 0o7777;
     if mode & 0o077 != 0 {
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| unsafe_path(path, format!("it has mode {mode:04o} and chmod 600 failed: {e}")))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+            unsafe_path(
+                path,
+                format!("it has mode {mode:04o} and chmod 600 failed: {e}"),
+            )
+        })?;
         tracing::warn!(
             "{} had mode {mode:04o}, readable or writable by other users; narrowed to 0600",
             path.display()

@@ -7,9 +7,7 @@ use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection as _, Executor as _, Row};
 
-use super::{
-    redact_url, Error, NewSecret, RawRow, Replace, Result, Rotation, SecretRow, Written,
-};
+use super::{redact_url, Error, NewSecret, RawRow, Replace, Result, Rotation, SecretRow, Written};
 use crate::audit;
 use crate::names::{ActionRef, Owner, SecretName};
 
