@@ -106,12 +106,17 @@ fn key() -> EncryptionKey {
 }
 
 fn secret(key: &EncryptionKey, owner: Owner, name: &str, value: &str) -> NewSecret {
+    let name = SecretName::new(name).unwrap();
+    let value = key.encrypt(
+        &SecretString::from(value),
+        &attune_wasm::store::binding(&owner, &name),
+    );
     NewSecret {
         owner,
-        name: SecretName::new(name).unwrap(),
+        name,
         encrypted: true,
         key_hash: Some(key.key_hash().to_owned()),
-        value: SecretString::from(key.encrypt(&SecretString::from(value))),
+        value: SecretString::from(value),
     }
 }
 
@@ -458,8 +463,20 @@ fn crypto(c: &mut Criterion) {
     let mut group = c.benchmark_group("crypto");
     for (label, len) in [("32B", 32usize), ("64KiB", 64 * 1024)] {
         let value: String = "s".repeat(len);
-        let stored = key.encrypt(&SecretString::from(value.clone()));
-        let (nonce_b64, sealed_b64) = stored.split_once(':').unwrap();
+        // The bound format, as the host writes it; the baseline decrypts the same bytes with
+        // the same associated data.
+        let row = attune_wasm::crypto::Binding {
+            owner_type: "pack",
+            owner: "mypack",
+            name: "api_key",
+        };
+        let stored = key.encrypt(&SecretString::from(value.clone()), &row);
+        let aad = row.aad(key.key_hash());
+        let (nonce_b64, sealed_b64) = stored
+            .strip_prefix(attune_wasm::crypto::BOUND_PREFIX)
+            .unwrap()
+            .split_once(':')
+            .unwrap();
         let nonce = base64::engine::general_purpose::STANDARD
             .decode(nonce_b64)
             .unwrap();
@@ -469,13 +486,19 @@ fn crypto(c: &mut Criterion) {
         let hash = key.key_hash().to_owned();
         group.throughput(Throughput::Bytes(len as u64));
         group.bench_function(BenchmarkId::new("decrypt", label), |b| {
-            b.iter(|| key.decrypt(&stored, Some(&hash)).unwrap());
+            b.iter(|| key.decrypt(&stored, Some(&hash), &row).unwrap());
         });
         group.bench_function(BenchmarkId::new("aes_gcm", label), |b| {
             let cipher = Aes256Gcm::new_from_slice(&raw_key).unwrap();
             b.iter(|| {
                 cipher
-                    .decrypt(Nonce::from_slice(&nonce), sealed.as_slice())
+                    .decrypt(
+                        Nonce::from_slice(&nonce),
+                        aes_gcm::aead::Payload {
+                            msg: sealed.as_slice(),
+                            aad: &aad,
+                        },
+                    )
                     .unwrap()
             });
         });

@@ -17,11 +17,11 @@ use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use crate::config::Settings;
-use crate::crypto::EncryptionKey;
+use crate::crypto::{self, EncryptionKey};
 use crate::executor::{self, Execution, Executor, SecretSource};
 use crate::names::{ActionRef, Owner, PackRef, SecretName};
 use crate::runtime::{self, Limits, Output, Runtime, RuntimeConfig, Stdin};
-use crate::store::{NewSecret, OpenMode, Replace, Store, Written};
+use crate::store::{self, NewSecret, OpenMode, Replace, Store, Written};
 
 pub use crate::store::MAX_VALUE_BYTES;
 /// Largest `.wasm` file `run` reads, in bytes (256 MiB).
@@ -464,7 +464,7 @@ async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
             let store = open_store(settings, OpenMode::CreateIfMissing).await?;
             let (stored, key_hash) = match &key {
                 Some(k) => (
-                    SecretString::from(k.encrypt(&value)),
+                    SecretString::from(k.encrypt(&value, &store::binding(&owner, &name))),
                     Some(k.key_hash().to_owned()),
                 ),
                 None => (value, None),
@@ -513,8 +513,10 @@ async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
             };
             if reveal {
                 let value = if row.encrypted {
-                    require_key(settings)?
-                        .decrypt(row.value.expose_secret(), row.key_hash.as_deref())
+                    let key = require_key(settings)?;
+                    let stored = row.value.expose_secret();
+                    crypto::check_floor(stored, key.floor(store.floor_record()))
+                        .and_then(|()| key.decrypt(stored, row.key_hash.as_deref(), &row.binding()))
                         .with_context(|| format!("secret {secret_ref}"))?
                 } else {
                     row.value
@@ -582,12 +584,17 @@ async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                 std::fs::read_to_string(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?
             };
-            let plan = crate::import::plan(&input).context("import refused, nothing written")?;
+            let mut plan =
+                crate::import::plan(&input).context("import refused, nothing written")?;
             for (line, secret_ref, owner_type) in &plan.skipped {
                 eprintln!("skipped line {line} (ref {secret_ref}): owner type {owner_type} is not run by this host");
             }
             let store = open_store(settings, OpenMode::CreateIfMissing).await?;
             let writer = key(settings)?.map(|k| k.key_hash().to_owned());
+            if store.floor_record().is_some() {
+                plan.bind_unbound(key(settings)?.as_ref())
+                    .context("import refused, nothing written")?;
+            }
             let written = store
                 .put_many_with(
                     &plan.secrets,

@@ -205,14 +205,20 @@ impl Executor {
     /// [`Error::Resolve`] on an env-name collision; [`Error::Store`] and
     /// [`Error::Undeliverable`] under strict mode.
     pub async fn resolve(&self, action: &ActionRef) -> Result<Resolution> {
-        let rows = match &self.source {
+        let (rows, floor) = match &self.source {
             SecretSource::Store(store) => match store.visible_to(action).await {
-                Ok(rows) => rows,
-                Err(e) => self.missing(&e.to_string())?,
+                // The floor is verified only for a store that has one (after `key rotate`).
+                Ok(rows) => (
+                    rows,
+                    store
+                        .floor_record()
+                        .and_then(|record| self.key.as_ref()?.floor(Some(record))),
+                ),
+                Err(e) => (self.missing(&e.to_string())?, None),
             },
-            SecretSource::Missing(why) => self.missing(why)?,
+            SecretSource::Missing(why) => (self.missing(why)?, None),
         };
-        let resolution = Resolution::resolve(rows, self.key.as_ref())?;
+        let resolution = Resolution::resolve(rows, self.key.as_ref(), floor)?;
         for (secret, why) in resolution.unavailable() {
             if self.strict {
                 return Err(Error::Undeliverable {

@@ -160,7 +160,7 @@ fn debug_of_public_types_shows_no_secret() {
         corrupt: None,
     };
     let row_debug = format!("{row:?}");
-    let resolution = Resolution::resolve(vec![row], Some(&key)).unwrap();
+    let resolution = Resolution::resolve(vec![row], Some(&key), None).unwrap();
     let settings = attune_wasm::config::Settings {
         security: attune_wasm::config::Security {
             encryption_key: Some(SecretString::from(KEY)),

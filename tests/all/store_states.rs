@@ -85,7 +85,7 @@ fn foreign_key_write_is_refused(host: &Host) {
     assert!(!plain.status.success(), "{}", text(&plain.stdout));
     let row = format!(
         r#"{{"ref":"mypack.api_key","owner_type":"pack","owner":"mypack","name":"api_key","encrypted":true,"encryption_key_hash":"{hash_b}","value":"{}"}}"#,
-        support::key(OTHER_KEY).encrypt(&SecretString::from("imported-by-b"))
+        support::key(OTHER_KEY).encrypt(&SecretString::from("imported-by-b"), &MYPACK_API_KEY)
     );
     let import = exec_as(
         host,
@@ -135,7 +135,7 @@ fn foreign_key_write_is_refused(host: &Host) {
     );
     let back = format!(
         r#"{{"ref":"mypack.api_key","owner_type":"pack","owner":"mypack","name":"api_key","encrypted":true,"encryption_key_hash":"{hash_a}","value":"{}"}}"#,
-        support::key(KEY).encrypt(&SecretString::from("imported-by-a"))
+        support::key(KEY).encrypt(&SecretString::from("imported-by-a"), &MYPACK_API_KEY)
     );
     let import = exec_as(
         host,
@@ -174,12 +174,16 @@ async fn n15_the_key_check_is_atomic_with_the_write() {
                 tokio::spawn(async move {
                     let password = if i % 2 == 0 { KEY } else { OTHER_KEY };
                     let key = support::key(password);
+                    let value = key.encrypt(
+                        &SecretString::from("v"),
+                        &attune_wasm::store::binding(&owner, &name),
+                    );
                     let secret = NewSecret {
                         owner,
                         name,
                         encrypted: true,
                         key_hash: Some(key.key_hash().to_owned()),
-                        value: SecretString::from(key.encrypt(&SecretString::from("v"))),
+                        value: SecretString::from(value),
                     };
                     store
                         .put_with(&secret, Replace::Readable(Some(key.key_hash())))
@@ -553,3 +557,10 @@ async fn n30_a_corrupt_row_shadows_the_system_value() {
         assert_eq!(value(&report, "api_key").as_deref(), Ok(S));
     }
 }
+
+/// The row `mypack.api_key` as a bound ciphertext's associated data names it.
+const MYPACK_API_KEY: attune_wasm::crypto::Binding<'static> = attune_wasm::crypto::Binding {
+    owner_type: "pack",
+    owner: "mypack",
+    name: "api_key",
+};

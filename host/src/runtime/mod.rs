@@ -970,7 +970,7 @@ mod tests {
                 stderr: Output::Capture(1024),
                 limits: Limits::default(),
                 secrets: SecretDoor::new(
-                    crate::resolve::Resolution::resolve(Vec::new(), None).unwrap(),
+                    crate::resolve::Resolution::resolve(Vec::new(), None, None).unwrap(),
                     None,
                     10,
                     crate::audit::Log::default(),

@@ -170,6 +170,11 @@ pub struct SecretRow {
 }
 
 impl SecretRow {
+    /// The row a bound ciphertext of this secret is bound to (its owner type, owner and name).
+    pub fn binding(&self) -> crate::crypto::Binding<'_> {
+        binding(&self.owner, &self.name)
+    }
+
     /// The Attune-style ref (`name`, `pack.name`, `pack.action.name`).
     pub fn secret_ref(&self) -> String {
         self.owner.secret_ref(&self.name)
@@ -237,6 +242,9 @@ pub enum OpenMode {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// The ciphertext floor record as read when the store was opened (see
+    /// [`Store::floor_record`]).
+    floor: Option<Arc<str>>,
     cache: Option<Arc<cache::RowCache>>,
     _listener: Option<Arc<Listener>>,
 }
@@ -298,6 +306,19 @@ impl StoreOptions {
     }
 }
 
+/// The row (`owner`, `name`) as the associated data of a bound ciphertext sees it: the
+/// `owner_type`, `owner` and `name` columns of the `secrets` table.
+pub fn binding<'a>(owner: &'a Owner, name: &'a SecretName) -> crate::crypto::Binding<'a> {
+    crate::crypto::Binding {
+        owner_type: owner.owner_type().as_str(),
+        owner: owner.owner_ref(),
+        name: name.as_str(),
+    }
+}
+
+/// Name of the ciphertext floor record in `store_meta`.
+const FLOOR_RECORD: &str = "ciphertext_floor";
+
 /// Dispatches one call to the open backend.
 macro_rules! dispatch {
     ($self:ident . $method:ident ( $($arg:expr),* )) => {
@@ -349,9 +370,15 @@ impl Store {
                 url: redact_url(url),
             });
         };
+        let floor = match &backend {
+            Backend::Sqlite(s) => s.floor_record().await?,
+            Backend::Postgres(s) => s.floor_record().await?,
+        }
+        .map(Arc::from);
         let Some(ttl) = options.cache_ttl else {
             return Ok(Self {
                 backend,
+                floor,
                 cache: None,
                 _listener: None,
             });
@@ -368,6 +395,7 @@ impl Store {
         };
         Ok(Self {
             backend,
+            floor,
             cache: Some(cache),
             _listener: listener,
         })
@@ -430,15 +458,26 @@ impl Store {
         result
     }
 
-    /// Applies `rotations` in one transaction, each as a compare-and-swap on the old value.
+    /// Applies `rotations` in one transaction, each as a compare-and-swap on the old value,
+    /// and sets the store's ciphertext floor record to `floor` (made by
+    /// [`crate::crypto::EncryptionKey::seal_floor`]) in the same transaction.
     ///
     /// # Errors
     /// [`Error::Changed`] when a row no longer holds its old value; [`Error::Query`]. Nothing
     /// is changed then.
-    pub async fn replace_values(&self, rotations: &[Rotation]) -> Result<()> {
-        let result = dispatch!(self.replace_values(rotations));
+    pub async fn replace_values(&self, rotations: &[Rotation], floor: &str) -> Result<()> {
+        let result = dispatch!(self.replace_values(rotations, floor));
         self.invalidate();
         result
+    }
+
+    /// The store's ciphertext floor record (table `store_meta`, name `ciphertext_floor`) as
+    /// read when this handle was opened: a bound ciphertext that `key rotate` writes once every
+    /// encrypted row is bound (verify it with [`crate::crypto::EncryptionKey::floor`]). A floor
+    /// written later by another process is seen by handles opened after it (every CLI command
+    /// opens its own).
+    pub fn floor_record(&self) -> Option<&str> {
+        self.floor.as_deref()
     }
 
     /// Writes one batch of the audit trail in one transaction: its executions upserted by
@@ -534,7 +573,7 @@ fn foreign_key(
 ) -> Error {
     use crate::crypto::Generation;
     let stored = match stored {
-        Some((Some(hash), value)) if Generation::of(&value) == Generation::Seed => {
+        Some((Some(hash), value)) if Generation::of(&value) != Generation::Blob => {
             hash.chars().flat_map(char::escape_default).collect()
         }
         Some((Some(_), _)) => "(withheld: a blob-format key hash may be a key)".to_owned(),

@@ -238,8 +238,9 @@ async fn put_on(
 
 impl PgStore {
     /// Replaces ciphertexts in one transaction, each only if the row still holds the value it
-    /// was read with (compare-and-swap); any miss rolls everything back.
-    pub(super) async fn replace_values(&self, rotations: &[Rotation]) -> Result<()> {
+    /// was read with (compare-and-swap), and writes the store's ciphertext floor record in the
+    /// same transaction; any miss rolls everything back.
+    pub(super) async fn replace_values(&self, rotations: &[Rotation], floor: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for r in rotations {
             let done = sqlx::query(
@@ -260,8 +261,26 @@ impl PgStore {
                 });
             }
         }
+        sqlx::query(
+            "INSERT INTO store_meta (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(super::FLOOR_RECORD)
+        .bind(floor)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The stored value of the store's ciphertext floor record, if any.
+    pub(super) async fn floor_record(&self) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM store_meta WHERE name = $1")
+                .bind(super::FLOOR_RECORD)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// Writes one batch of the audit trail (of one or many executions) in one transaction:
