@@ -6,6 +6,7 @@
 
 mod audit;
 mod bad_inputs;
+mod boundary;
 mod docs;
 mod external;
 mod hardening;
