@@ -22,7 +22,7 @@ use crate::executor::{self, Execution, Executor, SecretSource};
 use crate::mounts::{Boundary, Kind};
 use crate::names::{ActionRef, Owner, PackRef, SecretName};
 use crate::runtime::{self, Limits, Output, Runtime, RuntimeConfig, Stdin};
-use crate::store::{NewSecret, OpenMode, Store, Written};
+use crate::store::{NewSecret, OpenMode, Replace, Store, Written};
 
 pub use crate::store::MAX_VALUE_BYTES;
 /// Largest `.wasm` file `run` reads, in bytes (256 MiB).
@@ -102,6 +102,10 @@ enum SecretCmd {
         /// Store the value unencrypted (`encrypted: false`, as the seed allows).
         #[arg(long)]
         plain: bool,
+        /// Overwrite the secret even if it is stored encrypted under another key (which this
+        /// host cannot decrypt); without it such a write is refused.
+        #[arg(long)]
+        replace_foreign_key: bool,
     },
     /// Show a secret's metadata; with --reveal, print its value (exactly, no newline added).
     Get {
@@ -123,6 +127,10 @@ enum SecretCmd {
     Import {
         /// The JSON-lines file, or `-` for stdin.
         file: PathBuf,
+        /// Overwrite stored secrets that are encrypted under a key other than the imported
+        /// row's and the configured one; without it such a row refuses the import.
+        #[arg(long)]
+        replace_foreign_key: bool,
     },
     /// Delete a secret.
     Delete {
@@ -427,6 +435,16 @@ fn require_key(settings: &Settings) -> anyhow::Result<EncryptionKey> {
     )
 }
 
+/// Which stored rows a write may replace: with `--replace-foreign-key` any, else plain rows
+/// and rows under the written row's key or `writer` (the configured key).
+fn replace(writer: Option<&str>, replace_foreign_key: bool) -> Replace<'_> {
+    if replace_foreign_key {
+        Replace::Any
+    } else {
+        Replace::Readable(writer)
+    }
+}
+
 async fn open_store(settings: &Settings, mode: OpenMode) -> anyhow::Result<Store> {
     Ok(Store::open_with(&settings.store_options()?, mode).await?)
 }
@@ -438,6 +456,7 @@ async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
             value,
             owner,
             plain,
+            replace_foreign_key,
         } => {
             let name = SecretName::new(&name)?;
             let owner = owner.owner()?.unwrap_or(Owner::System);
@@ -456,14 +475,25 @@ async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                 ),
                 None => (value, None),
             };
+            // A plain write by a host with a key may replace rows under that key.
+            let writer = match &key {
+                Some(k) => Some(k.key_hash().to_owned()),
+                None => self::key(settings)
+                    .ok()
+                    .flatten()
+                    .map(|k| k.key_hash().to_owned()),
+            };
             let written = store
-                .put(&NewSecret {
-                    owner: owner.clone(),
-                    name: name.clone(),
-                    encrypted: key.is_some(),
-                    key_hash,
-                    value: stored,
-                })
+                .put_with(
+                    &NewSecret {
+                        owner: owner.clone(),
+                        name: name.clone(),
+                        encrypted: key.is_some(),
+                        key_hash,
+                        value: stored,
+                    },
+                    replace(writer.as_deref(), replace_foreign_key),
+                )
                 .await?;
             let verb = match written {
                 Written::Created => "created",
@@ -544,7 +574,10 @@ async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                 );
             }
         }
-        SecretCmd::Import { file } => {
+        SecretCmd::Import {
+            file,
+            replace_foreign_key,
+        } => {
             let input = if file.as_os_str() == "-" {
                 let mut text = String::new();
                 std::io::stdin()
@@ -560,8 +593,12 @@ async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                 eprintln!("skipped line {line} (ref {secret_ref}): owner type {owner_type} is not run by this host");
             }
             let store = open_store(settings, OpenMode::CreateIfMissing).await?;
+            let writer = key(settings)?.map(|k| k.key_hash().to_owned());
             let written = store
-                .put_many(&plan.secrets)
+                .put_many_with(
+                    &plan.secrets,
+                    replace(writer.as_deref(), replace_foreign_key),
+                )
                 .await
                 .context("import failed, nothing written")?;
             let created = written.iter().filter(|w| **w == Written::Created).count();

@@ -4,8 +4,9 @@
 //! Both ciphertext generations are accepted (see [`crate::crypto`]): the seed format
 //! `base64(nonce):base64(ciphertext||tag)` and the later blob format
 //! `base64(nonce||ciphertext||tag)`; the row's `encryption_key_hash` is kept with it. Rows of
-//! owner types this host does not run (`identity`, `sensor`, …) are reported and skipped. The
-//! whole file is validated before anything is written, and written in one transaction.
+//! the owner types Attune has and this host does not run (`identity`, `sensor`) are reported
+//! and skipped; any other owner type (`Pack`, `""`, `team`) refuses the file (bad-inputs N23).
+//! The whole file is validated before anything is written, and written in one transaction.
 
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -160,7 +161,11 @@ impl ClassifyStr for serde_json::Error {
     }
 }
 
-/// Maps Attune's owner columns to an [`Owner`]; `Ok(None)` for owner types not run here.
+/// Attune's owner types that hold no action secrets: reported and skipped.
+pub const SKIPPED_OWNER_TYPES: [&str; 2] = ["identity", "sensor"];
+
+/// Maps Attune's owner columns to an [`Owner`]; `Ok(None)` for [`SKIPPED_OWNER_TYPES`], an
+/// error for an owner type Attune does not have (spelled exactly, lowercase).
 fn owner(row: &KeyRow) -> Result<Option<Owner>, String> {
     let text = |v: &Option<serde_json::Value>| match v {
         Some(serde_json::Value::String(s)) => Some(s.clone()),
@@ -204,7 +209,11 @@ fn owner(row: &KeyRow) -> Result<Option<Owner>, String> {
                 ActionRef::new(&action).map_err(|e| e.to_string())?,
             )))
         }
-        _ => Ok(None),
+        other if SKIPPED_OWNER_TYPES.contains(&other) => Ok(None),
+        other => Err(format!(
+            "unknown owner type \"{}\" (Attune's are system, pack, action, identity and sensor)",
+            other.escape_default()
+        )),
     }
 }
 
@@ -272,6 +281,17 @@ mod tests {
         ] {
             let err = plan(row).unwrap_err().to_string();
             assert!(err.contains(why) && err.contains("line 1"), "{err}");
+            assert!(!err.contains("sekrit"), "{err}");
+        }
+        for owner_type in ["Pack", "", "team", "sensors"] {
+            let row = format!(
+                r#"{{"ref":"p.n","owner_type":"{owner_type}","owner":"p","name":"n","encrypted":false,"value":"sekrit-value"}}"#
+            );
+            let err = plan(&row).unwrap_err().to_string();
+            assert!(
+                err.contains("line 1 (ref p.n): unknown owner type"),
+                "{err}"
+            );
             assert!(!err.contains("sekrit"), "{err}");
         }
         let err = plan(r#"{"broken": "sekrit-value"#).unwrap_err().to_string();

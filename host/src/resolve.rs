@@ -4,8 +4,9 @@
 //! 1. For each name, the most specific owner wins: action over pack over system.
 //! 2. Two winners that map to one environment variable (`db-password`, `db_password`) are an
 //!    error naming both, before anything is decrypted or started.
-//! 3. Only winners are decrypted; a winner that cannot be decrypted becomes
-//!    [`Delivery::Unavailable`] with the reason (a warning, or an error under strict mode).
+//! 3. Only winners are decrypted; a winner that cannot be decrypted, or whose stored row is
+//!    malformed, becomes [`Delivery::Unavailable`] with the reason (a warning, or an error
+//!    under strict mode): a less specific row of the name never takes its place.
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
@@ -44,6 +45,10 @@ pub enum Unavailable {
     /// Decryption failed.
     #[error(transparent)]
     Crypto(#[from] crypto::Error),
+    /// The stored row is malformed (see [`SecretRow::corrupt`]); it still overrides less
+    /// specific rows of its name, which are not delivered in its place.
+    #[error("the stored row is malformed: {0}")]
+    Corrupt(String),
 }
 
 /// What a guest receives for one resolved name.
@@ -183,6 +188,9 @@ impl Resolution {
 }
 
 fn decrypt(row: &SecretRow, key: Option<&EncryptionKey>) -> Delivery {
+    if let Some(reason) = &row.corrupt {
+        return Delivery::Unavailable(Unavailable::Corrupt(reason.clone()));
+    }
     if !row.encrypted {
         // Whether to decrypt follows the encrypted flag, never the shape of the value.
         return Delivery::Value(row.value.clone());
@@ -213,6 +221,7 @@ mod tests {
             value: SecretString::from(value),
             created: String::new(),
             updated: String::new(),
+            corrupt: None,
         }
     }
 
@@ -314,5 +323,17 @@ mod tests {
             r.unavailable().next().unwrap().1,
             Unavailable::NoKey
         ));
+    }
+
+    #[test]
+    fn a_corrupt_row_overrides_and_is_unavailable() {
+        let mut corrupt = row(pack(), "api_key", "");
+        corrupt.corrupt = Some("value: not UTF-8".into());
+        let rows = vec![row(Owner::System, "api_key", "S"), corrupt];
+        let r = Resolution::resolve(rows, None).unwrap();
+        assert_eq!(value(&r, "api_key"), None);
+        let (winner, why) = r.unavailable().next().unwrap();
+        assert_eq!(winner.secret_ref(), "mypack.api_key");
+        assert!(matches!(why, Unavailable::Corrupt(_)));
     }
 }

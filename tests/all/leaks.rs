@@ -157,6 +157,7 @@ fn debug_of_public_types_shows_no_secret() {
         value: SecretString::from(PLANTED[0]),
         created: String::new(),
         updated: String::new(),
+        corrupt: None,
     };
     let row_debug = format!("{row:?}");
     let resolution = Resolution::resolve(vec![row], Some(&key)).unwrap();

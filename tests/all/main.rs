@@ -21,6 +21,7 @@ mod resolution;
 mod rotate;
 mod sandbox;
 mod secrets_cli;
+mod store_states;
 mod support;
 mod vectors;
 mod wasmtime_cli;

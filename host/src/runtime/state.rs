@@ -225,6 +225,7 @@ mod tests {
             value: SecretString::from(value),
             created: String::new(),
             updated: String::new(),
+            corrupt: None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! The store never decrypts: it moves stored text only.
 
 mod cache;
+mod files;
 mod postgres;
 mod sqlite;
 
@@ -74,6 +75,39 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A write would replace a row encrypted under another key (one this writer cannot
+    /// decrypt); nothing was written (bad-inputs N15).
+    #[error(
+        "secret {secret_ref} is stored encrypted under another key (key hash {stored}), not \
+         the key of this write (key hash {writing}); nothing was written: use the store's \
+         key, or pass --replace-foreign-key to overwrite it"
+    )]
+    ForeignKey {
+        /// Ref of the stored row.
+        secret_ref: String,
+        /// Key hash of the stored row (`none` when it has none).
+        stored: String,
+        /// Key hash of the write (`none` for a plain write by a host without a key).
+        writing: String,
+    },
+    /// A file or directory of the SQLite store is not safe to use (owner or mode); nothing
+    /// was opened (bad-inputs N29).
+    #[error("refusing to use {path}: {reason}")]
+    UnsafePath {
+        /// The file or directory.
+        path: String,
+        /// What is wrong with it and how to fix it.
+        reason: String,
+    },
+    /// The lock that serialises creating and migrating the store could not be taken.
+    #[error("cannot lock secret store {path}: {source}")]
+    Lock {
+        /// The lock file (SQLite) or schema (PostgreSQL).
+        path: String,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// `Result` with [`Error`] as the default error type.
@@ -127,6 +161,12 @@ pub struct SecretRow {
     pub created: String,
     /// Last update time, RFC 3339 UTC.
     pub updated: String,
+    /// Why the stored columns after owner and name do not parse, for a row returned by
+    /// [`Store::visible_to`] that is corrupt (e.g. a value that is not UTF-8 text); `None`
+    /// for a sound row. Such a row holds no value (`value` is empty): it is never delivered,
+    /// and it still overrides less specific rows of its name, which resolve as unavailable
+    /// (bad-inputs N30).
+    pub corrupt: Option<String>,
 }
 
 impl SecretRow {
@@ -145,6 +185,7 @@ impl fmt::Debug for SecretRow {
             .field("key_hash", &self.key_hash)
             .field("created", &self.created)
             .field("updated", &self.updated)
+            .field("corrupt", &self.corrupt)
             .finish_non_exhaustive()
     }
 }
@@ -156,6 +197,30 @@ pub enum Written {
     Created,
     /// An existing row (same owner and name) was overwritten.
     Updated,
+}
+
+/// Which existing row a write may replace (bad-inputs N15). The check is part of the write
+/// statement itself (a conditional upsert), so no other writer can slip in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace<'a> {
+    /// A plain row, or an encrypted row whose key hash is the written row's or the given
+    /// one (the writer's own key, when it has one). Any other encrypted row (under a key
+    /// this writer may not hold, or with no key hash) is refused with
+    /// [`Error::ForeignKey`].
+    Readable(Option<&'a str>),
+    /// Any row, whatever its key (`--replace-foreign-key`).
+    Any,
+}
+
+impl Replace<'_> {
+    /// The writer's key hash to accept besides the written row's, and whether any row may
+    /// be replaced: the two values the write statements bind.
+    fn binds(self) -> (Option<String>, bool) {
+        match self {
+            Self::Readable(hash) => (hash.map(str::to_ascii_lowercase), false),
+            Self::Any => (None, true),
+        }
+    }
 }
 
 /// How [`Store::open`] treats a database that does not exist yet.
@@ -329,22 +394,47 @@ impl Store {
         self.cache.as_ref().map_or(0, |c| c.len())
     }
 
-    /// Inserts or replaces the secret (`owner`, `name`) atomically.
+    /// Inserts or replaces the secret (`owner`, `name`) atomically; an existing row is
+    /// replaced only as [`Replace::Readable`]`(None)` allows (plain, or under the written
+    /// row's key).
     ///
     /// # Errors
-    /// [`Error::Query`].
+    /// [`Error::ForeignKey`], [`Error::Query`].
     pub async fn put(&self, secret: &NewSecret) -> Result<Written> {
-        let result = dispatch!(self.put(secret));
+        self.put_with(secret, Replace::Readable(None)).await
+    }
+
+    /// Inserts or replaces the secret (`owner`, `name`) atomically, replacing an existing
+    /// row only as `replace` allows.
+    ///
+    /// # Errors
+    /// [`Error::ForeignKey`] (nothing written), [`Error::Query`].
+    pub async fn put_with(&self, secret: &NewSecret, replace: Replace<'_>) -> Result<Written> {
+        let result = dispatch!(self.put(secret, replace));
         self.invalidate();
         result
     }
 
-    /// Inserts or replaces every secret in one transaction: all are written or none.
+    /// Inserts or replaces every secret in one transaction: all are written or none. An
+    /// existing row is replaced only as [`Replace::Readable`]`(None)` allows.
     ///
     /// # Errors
-    /// [`Error::Query`]; nothing is written then.
+    /// [`Error::ForeignKey`], [`Error::Query`]; nothing is written then.
     pub async fn put_many(&self, secrets: &[NewSecret]) -> Result<Vec<Written>> {
-        let result = dispatch!(self.put_many(secrets));
+        self.put_many_with(secrets, Replace::Readable(None)).await
+    }
+
+    /// As [`Store::put_many`], replacing existing rows only as `replace` allows.
+    ///
+    /// # Errors
+    /// [`Error::ForeignKey`] naming the first refused row, [`Error::Query`]; nothing is
+    /// written then.
+    pub async fn put_many_with(
+        &self,
+        secrets: &[NewSecret],
+        replace: Replace<'_>,
+    ) -> Result<Vec<Written>> {
+        let result = dispatch!(self.put_many(secrets, replace));
         self.invalidate();
         result
     }
@@ -455,6 +545,89 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// The error of a write refused by [`Replace::Readable`]: names the row and both key hashes.
+/// `stored` is the stored row's key hash and value as read after the refusal (`None` if it
+/// was deleted since). A blob-format row's hash is withheld, as in [`crate::crypto`].
+fn foreign_key(
+    s: &NewSecret,
+    writer_hash: Option<&str>,
+    stored: Option<(Option<String>, String)>,
+) -> Error {
+    use crate::crypto::Generation;
+    let stored = match stored {
+        Some((Some(hash), value)) if Generation::of(&value) == Generation::Seed => {
+            hash.chars().flat_map(char::escape_default).collect()
+        }
+        Some((Some(_), _)) => "(withheld: a blob-format key hash may be a key)".to_owned(),
+        Some((None, _)) | None => "none".to_owned(),
+    };
+    Error::ForeignKey {
+        secret_ref: s.owner.secret_ref(&s.name),
+        stored,
+        writing: s
+            .key_hash
+            .as_deref()
+            .or(writer_hash)
+            .unwrap_or("none")
+            .to_owned(),
+    }
+}
+
+/// Decodes the rows an action may see. A row whose owner and name parse but whose other
+/// columns do not is kept, marked [`SecretRow::corrupt`], so that it still overrides less
+/// specific rows of its name (bad-inputs N30); a row whose name itself does not parse cannot
+/// override anything and is skipped with a warning naming it.
+fn decode_visible<R>(
+    rows: &[R],
+    decode: impl Fn(&R) -> Result<SecretRow>,
+    identity: impl Fn(&R) -> Result<(String, String, String)>,
+) -> Vec<SecretRow> {
+    rows.iter()
+        .filter_map(|r| {
+            let reason = match decode(r) {
+                Ok(row) => return Some(row),
+                Err(Error::Corrupt { reason, .. }) => reason,
+                Err(e) => e.to_string(),
+            };
+            match identity(r).and_then(|(t, o, n)| parse_identity(&t, &o, &n)) {
+                Ok((owner, name)) => {
+                    tracing::warn!(
+                        "stored secret {} is malformed ({reason}); it is not delivered",
+                        owner.secret_ref(&name)
+                    );
+                    Some(SecretRow {
+                        owner,
+                        name,
+                        encrypted: false,
+                        key_hash: None,
+                        value: SecretString::from(String::new()),
+                        created: String::new(),
+                        updated: String::new(),
+                        corrupt: Some(reason),
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!("skipping a stored row: {e}");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// Parses the owner and name columns of a stored row.
+fn parse_identity(owner_type: &str, owner: &str, name: &str) -> Result<(Owner, SecretName)> {
+    let corrupt = |reason: String| Error::Corrupt {
+        secret_ref: format!("{owner_type}:{owner}:{}", name.escape_default()),
+        reason,
+    };
+    let parsed = OwnerType::parse(owner_type)
+        .ok_or_else(|| corrupt(format!("unknown owner type {owner_type:?}")))?;
+    let owner = Owner::from_parts(parsed, owner).map_err(|e: NameError| corrupt(e.to_string()))?;
+    let name = SecretName::new(name).map_err(|e| corrupt(e.to_string()))?;
+    Ok((owner, name))
+}
+
 /// Decodes rows, skipping (with a warning naming it) any row that does not parse, so one bad
 /// row cannot hide every other secret.
 fn decode_rows<R>(rows: &[R], decode: impl Fn(&R) -> Result<SecretRow>) -> Vec<SecretRow> {
@@ -484,20 +657,7 @@ struct RawRow {
 impl RawRow {
     /// Parses the stored columns into a typed row.
     fn parse(self) -> Result<SecretRow> {
-        let corrupt = |reason: String| Error::Corrupt {
-            secret_ref: format!(
-                "{}:{}:{}",
-                self.owner_type,
-                self.owner,
-                self.name.escape_default()
-            ),
-            reason,
-        };
-        let owner_type = OwnerType::parse(&self.owner_type)
-            .ok_or_else(|| corrupt(format!("unknown owner type {:?}", self.owner_type)))?;
-        let owner = Owner::from_parts(owner_type, &self.owner)
-            .map_err(|e: NameError| corrupt(e.to_string()))?;
-        let name = SecretName::new(&self.name).map_err(|e| corrupt(e.to_string()))?;
+        let (owner, name) = parse_identity(&self.owner_type, &self.owner, &self.name)?;
         Ok(SecretRow {
             owner,
             name,
@@ -506,6 +666,7 @@ impl RawRow {
             value: SecretString::from(self.value),
             created: self.created,
             updated: self.updated,
+            corrupt: None,
         })
     }
 }
