@@ -21,8 +21,9 @@
 //!   forms of three secrets (every execution), that plus building their automaton and masking
 //!   a line that holds one (executions that print a secret), and masking a clean line;
 //! - `cold_start/compile` vs `cold_start/disk_cache` vs `cold_start/memory_cache`: getting a
-//!   runnable guest for a component never seen by the process, with wasmtime's on-disk cache
-//!   warm, and from [`Runtime::load`]'s in-memory cache;
+//!   runnable guest for a component never seen by the process, with the host's on-disk cache
+//!   warm (entry checked and its HMAC verified, then deserialized), and from
+//!   [`Runtime::load`]'s in-memory cache;
 //! - `throughput/2_workers`: executions per second of `component_3_secrets` on two tokio
 //!   workers.
 

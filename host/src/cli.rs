@@ -19,6 +19,7 @@ use zeroize::Zeroizing;
 use crate::config::Settings;
 use crate::crypto::{self, EncryptionKey};
 use crate::executor::{self, Execution, Executor, SecretSource};
+use crate::mounts::{Boundary, Kind};
 use crate::names::{ActionRef, Owner, PackRef, SecretName};
 use crate::runtime::{self, Limits, Output, Runtime, RuntimeConfig, Stdin};
 use crate::store::{self, NewSecret, OpenMode, Replace, Store, Written};
@@ -211,7 +212,7 @@ struct RunArgs {
     /// Deliver only these secrets (repeatable); other visible names answer access-denied.
     #[arg(long = "allow-secret", value_name = "NAME", value_parser = parse_secret_name)]
     allow_secret: Vec<SecretName>,
-    /// Compile without wasmtime's cache (`<data_dir>/cache`, compiled code reused across runs).
+    /// Compile without the host's cache (`<data_dir>/cache`, compiled code reused across runs).
     #[arg(long)]
     no_cache: bool,
     /// Do not mask secret values in the guest's output (debugging only).
@@ -267,9 +268,14 @@ fn parse_secret_name(s: &str) -> Result<SecretName, String> {
 /// Entry point of the binary: parses arguments, sets up logging (`RUST_LOG`, default `warn`,
 /// to stderr), runs the command on a tokio runtime and maps the outcome to an exit status.
 pub fn main() -> ExitCode {
+    // First, before a key or a value is in memory: no core file, no ptrace by other processes.
+    let hardened = crate::process::harden();
     install_panic_hook();
     let cli = Cli::parse();
     init_logging();
+    if let Err(e) = hardened {
+        tracing::warn!("process hardening incomplete: {e}");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -368,7 +374,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             rotate(&settings, dry_run).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(args) => run(&settings, args).await,
+        Command::Run(args) => run(&settings, cli.config.as_deref(), args).await,
         Command::Audit(AuditCmd::List {
             action,
             since,
@@ -712,13 +718,20 @@ fn read_value(arg: Option<String>, secret_ref: &str) -> anyhow::Result<SecretStr
     }
 }
 
-async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<ExitCode> {
+async fn run(
+    settings: &Settings,
+    config: Option<&Path>,
+    args: RunArgs,
+) -> anyhow::Result<ExitCode> {
     let action = ActionRef::new(&args.action)?;
     let program = program_name(&args.file);
     let bytes = read_module(&args.file)?;
     let mut dirs = args.dirs;
     dirs.extend(args.dirs_ro);
-    check_mounts(&dirs, &settings.data_dir()?)?;
+    // Checked before anything is created (the data directory, the cache, the store), so that
+    // a mount cannot catch them on a first run; the executor checks again.
+    let boundary = boundary(settings, config)?;
+    boundary.check(&dirs)?;
     let runtime = std::sync::Arc::new(Runtime::new(RuntimeConfig {
         fuel: args.fuel.is_some(),
         cache_dir: (!args.no_cache)
@@ -749,7 +762,7 @@ async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(store) => SecretSource::Store(store),
         Err(e) => SecretSource::Missing(format!("{e:#}")),
     };
-    let executor = Executor::new(runtime, source, key(settings)?, strict);
+    let executor = Executor::new(runtime, source, key(settings)?, strict).with_boundary(&boundary);
     if args.no_redact {
         tracing::warn!("--no-redact: secret values the guest prints are shown as they are");
     }
@@ -803,26 +816,21 @@ fn read_module(file: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Refuses two mounts at one guest path, and any mount that contains or lies inside the data
-/// directory (the secret store).
-fn check_mounts(dirs: &[runtime::DirMount], data_dir: &Path) -> anyhow::Result<()> {
-    let data = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-    let mut guests = BTreeSet::new();
-    for dir in dirs {
-        if !guests.insert(dir.guest.as_str()) {
-            bail!("two --dir mounts at guest path {}", dir.guest);
-        }
-        let host = std::fs::canonicalize(&dir.host)
-            .with_context(|| format!("cannot mount directory {}", dir.host.display()))?;
-        if data.starts_with(&host) || host.starts_with(&data) {
-            bail!(
-                "refusing to mount {}: it overlaps the data directory {} (the secret store)",
-                dir.host.display(),
-                data.display()
-            );
-        }
+/// What no mount may reach: `/proc`, `/sys`, `/dev`, the data directory (with the cache), the
+/// store's database file and directory wherever `database.url` puts them, and the
+/// configuration file.
+fn boundary(settings: &Settings, config: Option<&Path>) -> anyhow::Result<Boundary> {
+    let mut boundary = Boundary::new();
+    let data = settings.data_dir()?;
+    boundary.protect(Kind::DataDir, &data);
+    boundary.protect(Kind::Cache, data.join("cache"));
+    if let Some(file) = crate::store::sqlite_file(&settings.database_url()?) {
+        boundary.protect_database(&file);
     }
-    Ok(())
+    if let Some(config) = config {
+        boundary.protect(Kind::Config, config);
+    }
+    Ok(boundary)
 }
 
 fn program_name(file: &Path) -> String {

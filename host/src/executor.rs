@@ -10,6 +10,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::audit;
 use crate::crypto::EncryptionKey;
+use crate::mounts::{self, Boundary};
 use crate::names::{ActionRef, SecretName, ENV_PREFIX};
 use crate::resolve::{self, Delivery, Resolution};
 use crate::runtime::{
@@ -45,6 +46,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A mount would give the guest a protected object, or its guest path is refused.
+    #[error(transparent)]
+    Mount(#[from] mounts::Error),
     /// The guest failed to compile, link or run.
     #[error(transparent)]
     Runtime(#[from] runtime::Error),
@@ -76,7 +80,7 @@ pub struct Execution {
     pub program: String,
     /// Extra environment (`--env K=V`); `SECRET_*` and `ATTUNE_*` are reserved.
     pub env: Vec<(String, String)>,
-    /// Directory mounts.
+    /// Directory mounts, checked against the executor's [`Boundary`] before anything else.
     pub dirs: Vec<DirMount>,
     /// Guest stdin.
     pub stdin: Stdin,
@@ -140,6 +144,8 @@ pub struct Executor {
     source: SecretSource,
     key: Option<EncryptionKey>,
     strict: bool,
+    /// What no mount may reach.
+    boundary: Boundary,
     /// Started by the first execution that has records, on its tokio runtime; started again
     /// on the current one if that runtime has shut down since.
     audit: std::sync::Mutex<Option<Arc<audit::Writer>>>,
@@ -148,19 +154,47 @@ pub struct Executor {
 impl Executor {
     /// Builds an executor. `strict` makes an undeliverable secret or a missing store fail the
     /// execution before its guest starts (default: warn and go on, as the seed says).
+    ///
+    /// Mounts are refused when they reach `/proc`, `/sys`, `/dev`, the runtime's compilation
+    /// cache or the store's database file and directory; add the data directory and the
+    /// configuration file with [`Executor::with_boundary`].
     pub fn new(
         runtime: Arc<Runtime>,
         source: SecretSource,
         key: Option<EncryptionKey>,
         strict: bool,
     ) -> Self {
+        let mut boundary = Boundary::new();
+        if let Some(cache) = runtime.cache_dir() {
+            boundary.protect(mounts::Kind::Cache, cache);
+        }
+        if let Some(file) = match &source {
+            SecretSource::Store(store) => store.database_file(),
+            SecretSource::Missing(_) => None,
+        } {
+            boundary.protect_database(file);
+        }
         Self {
             runtime,
             source,
             key,
             strict,
+            boundary,
             audit: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Also refuses mounts that reach what `boundary` protects (the data directory, the
+    /// configuration file, a store not open yet).
+    #[must_use]
+    pub fn with_boundary(mut self, boundary: &Boundary) -> Self {
+        self.boundary.extend(boundary);
+        self
+    }
+
+    /// What no mount may reach.
+    pub fn boundary(&self) -> &Boundary {
+        &self.boundary
     }
 
     /// Waits until the audit records of every execution finished so far are stored. Call it
@@ -246,9 +280,10 @@ impl Executor {
     /// Runs `guest` as `exec.action` with the secrets it may see.
     ///
     /// # Errors
-    /// [`Error::Env`], [`Error::Resolve`], strict-mode errors (all before the guest starts),
-    /// and [`Error::Runtime`].
+    /// [`Error::Mount`], [`Error::Env`], [`Error::Resolve`], strict-mode errors (all before
+    /// the guest starts), and [`Error::Runtime`].
     pub async fn execute(&self, guest: &Guest, exec: Execution) -> Result<Report> {
+        let dirs = self.boundary.check(&exec.dirs)?;
         let execution_id = uuid::Uuid::new_v4().to_string();
         let mut env = vec![
             ("ATTUNE_ACTION_REF".to_owned(), exec.action.to_string()),
@@ -338,7 +373,7 @@ impl Executor {
             args,
             env,
             secret_env,
-            dirs: exec.dirs,
+            dirs,
             stdin: exec.stdin,
             stdout: exec.stdout,
             stderr: exec.stderr,

@@ -7,6 +7,7 @@
 mod audit;
 mod bad_inputs;
 mod bound;
+mod boundary;
 mod docs;
 mod external;
 mod hardening;

@@ -6,10 +6,11 @@
 //! `_start`), detected from the binary's header. A guest gets exactly what [`GuestSetup`] lists:
 //! no host environment, no network, no filesystem unless a directory is mounted.
 
+mod cache;
 mod output;
 mod state;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -168,8 +169,11 @@ impl Default for Limits {
 pub struct RuntimeConfig {
     /// Enable fuel metering (needed for [`Limits::fuel`]; costs some speed).
     pub fuel: bool,
-    /// Directory of wasmtime's compilation cache (compiled code keyed by module hash and
-    /// engine settings); `None` compiles every time. Holds no secret.
+    /// Directory of the host's compilation cache (compiled code keyed by the SHA-256 of the
+    /// wasm and the engine settings, each entry authenticated with a key kept beside it:
+    /// see `docs/secrets-management.md`, "Compilation cache"); `None` compiles every time.
+    /// Holds no secret, but the host runs the code it holds: never mount it into a guest
+    /// ([`crate::mounts`] refuses it).
     pub cache_dir: Option<PathBuf>,
     /// Use wasmtime's pooling instance allocator (pre-reserved slots reused across
     /// executions, memory zeroed on reuse): the worker setting for many short executions.
@@ -329,6 +333,7 @@ pub struct Runtime {
     components: wasmtime::component::Linker<ComponentState>,
     modules: Linker<ModuleState>,
     config: RuntimeConfig,
+    cache: Option<cache::DiskCache>,
     guests: std::sync::Mutex<GuestCache>,
     ticker: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
@@ -375,19 +380,18 @@ impl Runtime {
                 pooling.allocation(),
             ));
         }
-        if let Some(dir) = &config.cache_dir {
-            match private_dir(dir).and_then(|()| {
-                let mut cache = wasmtime::CacheConfig::new();
-                cache.with_directory(dir);
-                wasmtime::Cache::new(cache).map_err(|e| std::io::Error::other(format!("{e:#}")))
-            }) {
-                Ok(cache) => {
-                    wasm.cache(Some(cache));
-                }
-                Err(e) => tracing::warn!("compilation cache off ({}): {e}", dir.display()),
-            }
-        }
         let engine = Engine::new(&wasm).map_err(host)?;
+        let cache =
+            config
+                .cache_dir
+                .as_ref()
+                .and_then(|dir| match cache::DiskCache::open(dir, &engine) {
+                    Ok(cache) => Some(cache),
+                    Err(e) => {
+                        tracing::warn!("compilation cache off ({}): {e}", dir.display());
+                        None
+                    }
+                });
 
         let mut components = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut components).map_err(host)?;
@@ -456,6 +460,7 @@ impl Runtime {
             components,
             modules,
             config,
+            cache,
             guests: std::sync::Mutex::default(),
             ticker: Some(ticker),
             stop,
@@ -465,6 +470,12 @@ impl Runtime {
     /// The engine (for callers that precompile or cache).
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The directory of the compilation cache in use ([`RuntimeConfig::cache_dir`], `None`
+    /// when there is none or it was refused).
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache.as_ref().and(self.config.cache_dir.as_deref())
     }
 
     /// As [`Runtime::compile`], but returns the guest already compiled from the same bytes
@@ -518,9 +529,12 @@ impl Runtime {
             name: name.to_owned(),
             reason: format!("{e:#}"),
         };
-        match GuestKind::detect(name, bytes)? {
+        let kind = GuestKind::detect(name, bytes)?;
+        match kind {
             GuestKind::Component => {
-                let component = Component::new(&self.engine, bytes).map_err(compile)?;
+                let component = self
+                    .cached_or_compiled(kind, bytes, |bytes| Component::new(&self.engine, bytes))
+                    .map_err(compile)?;
                 let pre = self.components.instantiate_pre(&component).map_err(link)?;
                 let pre = CommandPre::new(pre).map_err(|e| Error::Link {
                     name: name.to_owned(),
@@ -531,7 +545,9 @@ impl Runtime {
                 Ok(Guest(Compiled::Component(pre)))
             }
             GuestKind::Module => {
-                let module = Module::new(&self.engine, bytes).map_err(compile)?;
+                let module = self
+                    .cached_or_compiled(kind, bytes, |bytes| Module::new(&self.engine, bytes))
+                    .map_err(compile)?;
                 let is_command = matches!(
                     module.get_export("_start"),
                     Some(wasmtime::ExternType::Func(f))
@@ -548,6 +564,36 @@ impl Runtime {
                 Ok(Guest(Compiled::Module(pre)))
             }
         }
+    }
+
+    /// The compiled `bytes`: from the disk cache when it holds a verified entry for them,
+    /// else compiled by `compile` and stored there.
+    fn cached_or_compiled<T: cache::Artifact>(
+        &self,
+        kind: GuestKind,
+        bytes: &[u8],
+        compile: impl FnOnce(&[u8]) -> wasmtime::Result<T>,
+    ) -> wasmtime::Result<T> {
+        let Some(cache) = &self.cache else {
+            return compile(bytes);
+        };
+        use sha2::Digest;
+        let entry = cache.entry(kind, &sha2::Sha256::digest(bytes).into());
+        if let Some(artifact) = cache.load(&entry) {
+            match T::from_verified(&self.engine, &artifact) {
+                Ok(compiled) => return Ok(compiled),
+                Err(e) => cache.reject(&entry, &format!("wasmtime refused it: {e}")),
+            }
+        }
+        let compiled = compile(bytes)?;
+        match compiled.to_bytes() {
+            Ok(artifact) => cache.store(&entry, &artifact),
+            Err(e) => tracing::warn!(
+                "cannot write compilation cache entry {}: {e}",
+                entry.display()
+            ),
+        }
+        Ok(compiled)
     }
 
     /// Runs `guest` once in a fresh store built from `setup`. The store, and with it every
@@ -692,44 +738,6 @@ fn setup_mask(patterns: &crate::redact::Patterns, bytes: &[u8]) -> Bytes {
     } else {
         Bytes::from(patterns.mask_all(bytes))
     }
-}
-
-/// Creates `dir` (and missing parents) readable by the owner only: the compilation cache is
-/// native code the host will load and run without checking it against the guest, so a cache
-/// that anyone else can write is refused (the caller then runs without it). An existing
-/// directory of ours that is open to others is narrowed to 0700.
-///
-/// # Errors
-/// When the directory cannot be created, belongs to another user, or cannot be narrowed.
-fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-        builder.mode(0o700);
-        builder.create(dir)?;
-        let meta = std::fs::symlink_metadata(dir)?;
-        if !meta.is_dir() {
-            return Err(std::io::Error::other("not a directory (or a symlink)"));
-        }
-        // /proc/self belongs to the process's effective user (Linux).
-        if let Ok(me) = std::fs::metadata("/proc/self") {
-            if meta.uid() != me.uid() {
-                return Err(std::io::Error::other(format!(
-                    "owned by uid {}, not by this user (uid {})",
-                    meta.uid(),
-                    me.uid()
-                )));
-            }
-        }
-        if meta.mode() & 0o077 != 0 {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
-        Ok(())
-    }
-    #[cfg(not(unix))]
-    builder.create(dir)
 }
 
 /// Builds the WASI context: explicit env (never inherited), args, stdio, mounts. Sockets stay

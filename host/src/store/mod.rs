@@ -408,6 +408,15 @@ impl Store {
         }
     }
 
+    /// The SQLite database file of this store (`None` on PostgreSQL): what a guest must never
+    /// be given (see [`crate::mounts`]).
+    pub fn database_file(&self) -> Option<&std::path::Path> {
+        match &self.backend {
+            Backend::Sqlite(s) => Some(s.path()),
+            Backend::Postgres(_) => None,
+        }
+    }
+
     /// Number of actions whose rows are cached now (0 without a cache).
     pub fn cached_actions(&self) -> usize {
         self.cache.as_ref().map_or(0, |c| c.len())
@@ -544,6 +553,18 @@ impl Store {
             }
         }
     }
+}
+
+/// The database file a `sqlite:` URL names, as the store opens it (`%xx` decoded, query
+/// dropped); `None` for other schemes and in-memory databases.
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    use std::str::FromStr;
+    if !url.starts_with("sqlite:") {
+        return None;
+    }
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+    let file = options.get_filename();
+    (!file.as_os_str().is_empty() && file.as_os_str() != ":memory:").then(|| file.to_path_buf())
 }
 
 /// Replaces the password of a URL (`scheme://user:password@host…`) by `***`. Everything
