@@ -13,7 +13,7 @@ use crate::crypto::EncryptionKey;
 use crate::names::{ActionRef, SecretName, ENV_PREFIX};
 use crate::resolve::{self, Delivery, Resolution};
 use crate::runtime::{
-    self, DirMount, Guest, GuestExit, GuestSetup, Limits, Output, Runtime, SecretDoor, Stdin,
+    self, Cancel, DirMount, Guest, GuestExit, GuestSetup, Limits, Output, Runtime, SecretDoor, Stdin,
 };
 use crate::store::{self, Store};
 
@@ -91,8 +91,11 @@ pub struct Execution {
     pub allowed: Option<BTreeSet<SecretName>>,
     /// Mask every resolved secret value in stdout/stderr (see [`crate::redact`]).
     pub redact: bool,
-    /// Most bytes of stdout, and separately of stderr; further writes fail.
+    /// Most bytes of stdout, and separately of stderr, captured or passed through; further
+    /// writes fail and [`GuestExit::output_capped`] is set.
     pub max_output: u64,
+    /// Cancelling it ends the execution at once with [`runtime::Error::Cancelled`].
+    pub cancel: Cancel,
 }
 
 /// Default [`Execution::max_output`]: 16 MiB per stream.
@@ -119,6 +122,7 @@ impl Execution {
             allowed: None,
             redact: true,
             max_output: DEFAULT_MAX_OUTPUT,
+            cancel: Cancel::new(),
         }
     }
 }
@@ -339,6 +343,7 @@ impl Executor {
             limits: exec.limits,
             redact,
             max_output: exec.max_output,
+            cancel: exec.cancel,
             secrets: SecretDoor::new(
                 resolution,
                 exec.allowed,

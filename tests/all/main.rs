@@ -7,6 +7,7 @@
 mod audit;
 mod bad_inputs;
 mod docs;
+mod ending;
 mod external;
 mod hardening;
 mod import;
