@@ -29,7 +29,6 @@ enum Unread {
 /// How the host process ended.
 struct Ended {
     code: Option<i32>,
-    stdout: String,
     stderr: String,
     took: Duration,
 }
@@ -80,9 +79,11 @@ fn ends(c: &mut Command, unread: Unread) -> Ended {
     };
     let took = start.elapsed();
     drop((stdin, out_held, err_held));
+    if let Some(reader) = out_reader {
+        reader.join().unwrap();
+    }
     Ended {
         code: status.code(),
-        stdout: out_reader.map(|r| r.join().unwrap()).unwrap_or_default(),
         stderr: err_reader.map(|r| r.join().unwrap()).unwrap_or_default(),
         took,
     }
