@@ -13,7 +13,8 @@ use crate::crypto::EncryptionKey;
 use crate::names::{ActionRef, SecretName, ENV_PREFIX};
 use crate::resolve::{self, Delivery, Resolution};
 use crate::runtime::{
-    self, Cancel, DirMount, Guest, GuestExit, GuestSetup, Limits, Output, Runtime, SecretDoor, Stdin,
+    self, Cancel, DirMount, Guest, GuestExit, GuestSetup, Limits, Output, Runtime, SecretDoor,
+    Stdin,
 };
 use crate::store::{self, Store};
 

@@ -104,7 +104,10 @@ fn run(host: &Host, target: Target, extra: &[&str], guest_args: &[&str]) -> Comm
 fn n17_the_process_ends_with_the_guest_while_stdin_stays_open() {
     let host = Host::new();
     for target in [Target::P2, Target::P1] {
-        let ended = ends(&mut run(&host, target, &[], &["exit", "0"]), Unread::Nothing);
+        let ended = ends(
+            &mut run(&host, target, &[], &["exit", "0"]),
+            Unread::Nothing,
+        );
         assert_eq!(ended.code, Some(0), "{target:?}: {}", ended.stderr);
         assert!(
             ended.took < Duration::from_secs(6),
@@ -119,7 +122,11 @@ fn n17_the_process_ends_with_the_guest_while_stdin_stays_open() {
         // Rust's wasip2 std reports every non-zero exit as 1 through wasi:cli/exit.
         let want = if matches!(target, Target::P1) { 5 } else { 1 };
         assert_eq!(ended.code, Some(want), "{target:?}: {}", ended.stderr);
-        assert!(ended.took < Duration::from_secs(6), "{target:?}: took {:?}", ended.took);
+        assert!(
+            ended.took < Duration::from_secs(6),
+            "{target:?}: took {:?}",
+            ended.took
+        );
     }
 }
 
@@ -201,7 +208,12 @@ fn n17_output_read_late_is_still_passed_on_whole() {
             .read_to_end(&mut stdout)
             .unwrap();
         let status = child.wait().unwrap();
-        assert_eq!(status.code(), Some(0), "{target:?}: {}", stderr.join().unwrap());
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "{target:?}: {}",
+            stderr.join().unwrap()
+        );
         assert_eq!(stdout.len(), 4 * 1024 * 1024, "{target:?}");
     }
 }

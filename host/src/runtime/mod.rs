@@ -745,7 +745,12 @@ impl Outputs {
     fn finish(&self) -> bool {
         // Every stream is finished, even after one reports its cap.
         let mut capped = false;
-        for output in self.stdout.iter().chain(&self.stderr).chain(&self.passthrough) {
+        for output in self
+            .stdout
+            .iter()
+            .chain(&self.stderr)
+            .chain(&self.passthrough)
+        {
             capped |= output.finish();
         }
         capped
