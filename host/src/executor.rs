@@ -352,6 +352,10 @@ impl Executor {
                 log.clone(),
             ),
         };
+        // Cancelled before it starts: nothing is delivered, so nothing goes on record.
+        if setup.cancel.is_cancelled() {
+            return Err(runtime::Error::Cancelled.into());
+        }
         let started = store::now();
         let execution = |state, ended| audit::ExecutionRecord {
             execution_id: execution_id.clone(),

@@ -45,6 +45,11 @@ fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String
 /// `(sleep 10) | attune-wasm …`), reading every output stream but `unread`; returns how the
 /// process ended and how long it took. A host still running after [`HARD_LIMIT`] is killed.
 fn ends(c: &mut Command, unread: Unread) -> Ended {
+    ends_with_input(c, unread, None)
+}
+
+/// As [`ends`]; with `input`, stdin is that text, then closed.
+fn ends_with_input(c: &mut Command, unread: Unread, input: Option<Vec<u8>>) -> Ended {
     let start = Instant::now();
     let mut child: Child = c
         .stdin(Stdio::piped())
@@ -52,7 +57,14 @@ fn ends(c: &mut Command, unread: Unread) -> Ended {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn attune-wasm");
-    let stdin = child.stdin.take();
+    let mut stdin = child.stdin.take();
+    if let Some(input) = input {
+        let mut pipe = stdin.take().expect("stdin pipe");
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = pipe.write_all(&input);
+        });
+    }
     let stdout = child.stdout.take().expect("stdout pipe");
     let stderr = child.stderr.take().expect("stderr pipe");
     // The unread pipe stays open, unread, until the host has ended.
@@ -182,6 +194,36 @@ fn n17_a_guest_flooding_a_pipe_nobody_reads_ends_at_the_timeout() {
         assert!(
             ended.took < Duration::from_secs(8),
             "{target:?}: stderr flood took {:?}",
+            ended.took
+        );
+    }
+}
+
+#[test]
+fn n17_output_nobody_reads_after_the_guest_ended_ends_at_the_timeout() {
+    // 100 KiB: more than the pipe holds, less than the pipe and the host's buffer together.
+    // The guest ends, its last output cannot be passed on, and the host gives up at the
+    // deadline.
+    let input = "y".repeat(1023) + "\n";
+    let input = input.repeat(100).into_bytes();
+    let host = Host::new();
+    for target in [Target::P2, Target::P1] {
+        let ended = ends_with_input(
+            &mut run(&host, target, &["--timeout", "2s"], &["stdin"]),
+            Unread::Stdout,
+            Some(input.clone()),
+        );
+        assert_eq!(ended.code, Some(124), "{target:?}: {}", ended.stderr);
+        assert!(
+            ended.stderr.contains(
+                "guest output could not be written within the timeout of 2s: nobody is reading"
+            ),
+            "{target:?}: {}",
+            ended.stderr
+        );
+        assert!(
+            ended.took < Duration::from_secs(8),
+            "{target:?}: took {:?}",
             ended.took
         );
     }
