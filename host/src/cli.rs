@@ -293,13 +293,30 @@ pub fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            last_line(format!("error: {}", one_line(&e)));
             if is_run {
                 ExitCode::from(run_error_code(&e))
             } else {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// Longest the host waits to print its last line (see [`last_line`]).
+const LAST_LINE_WAIT: Duration = Duration::from_secs(1);
+
+/// Prints the host's last line on stderr from a thread of its own, waiting at most
+/// [`LAST_LINE_WAIT`]: when a guest filled a stderr pipe that nobody reads, the line cannot
+/// be written, and the process must still end (the thread is left behind).
+fn last_line(line: String) {
+    let (done, written) = std::sync::mpsc::channel();
+    let printer = std::thread::Builder::new().spawn(move || {
+        eprintln!("{line}");
+        let _ = done.send(());
+    });
+    if printer.is_ok() {
+        let _ = written.recv_timeout(LAST_LINE_WAIT);
     }
 }
 
@@ -336,7 +353,7 @@ fn run_error_code(e: &anyhow::Error) -> u8 {
             _ => None,
         });
     match runtime_err {
-        Some(runtime::Error::Timeout(_)) => EXIT_TIMEOUT,
+        Some(runtime::Error::Timeout(_) | runtime::Error::OutputBlocked(_)) => EXIT_TIMEOUT,
         Some(
             runtime::Error::Trap(_)
             | runtime::Error::MemoryLimit(_)
@@ -789,6 +806,7 @@ async fn run(
                 allowed,
                 redact: !args.no_redact,
                 max_output: args.max_output as u64,
+                cancel: runtime::Cancel::new(),
             },
         )
         .await;

@@ -14,7 +14,8 @@ use crate::mounts::{self, Boundary};
 use crate::names::{ActionRef, SecretName, ENV_PREFIX};
 use crate::resolve::{self, Delivery, Resolution};
 use crate::runtime::{
-    self, DirMount, Guest, GuestExit, GuestSetup, Limits, Output, Runtime, SecretDoor, Stdin,
+    self, Cancel, DirMount, Guest, GuestExit, GuestSetup, Limits, Output, Runtime, SecretDoor,
+    Stdin,
 };
 use crate::store::{self, Store};
 
@@ -95,8 +96,11 @@ pub struct Execution {
     pub allowed: Option<BTreeSet<SecretName>>,
     /// Mask every resolved secret value in stdout/stderr (see [`crate::redact`]).
     pub redact: bool,
-    /// Most bytes of stdout, and separately of stderr; further writes fail.
+    /// Most bytes of stdout, and separately of stderr, captured or passed through; further
+    /// writes fail and [`GuestExit::output_capped`] is set.
     pub max_output: u64,
+    /// Cancelling it ends the execution at once with [`runtime::Error::Cancelled`].
+    pub cancel: Cancel,
 }
 
 /// Default [`Execution::max_output`]: 16 MiB per stream.
@@ -123,6 +127,7 @@ impl Execution {
             allowed: None,
             redact: true,
             max_output: DEFAULT_MAX_OUTPUT,
+            cancel: Cancel::new(),
         }
     }
 }
@@ -380,6 +385,7 @@ impl Executor {
             limits: exec.limits,
             redact,
             max_output: exec.max_output,
+            cancel: exec.cancel,
             secrets: SecretDoor::new(
                 resolution,
                 exec.allowed,
@@ -387,6 +393,10 @@ impl Executor {
                 log.clone(),
             ),
         };
+        // Cancelled before it starts: nothing is delivered, so nothing goes on record.
+        if setup.cancel.is_cancelled() {
+            return Err(runtime::Error::Cancelled.into());
+        }
         let started = store::now();
         let execution = |state, ended| audit::ExecutionRecord {
             execution_id: execution_id.clone(),

@@ -9,6 +9,7 @@ mod bad_inputs;
 mod bound;
 mod boundary;
 mod docs;
+mod ending;
 mod external;
 mod hardening;
 mod import;

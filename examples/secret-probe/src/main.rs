@@ -21,6 +21,7 @@
 //! - `flood MIB`: write MIB mebibytes to stdout
 //! - `hammer N NAME`: call get-secret N times, print the count of each outcome
 //! - `bigname MIB`: call get-secret with a name of MIB mebibytes
+//! - `flood-stderr MIB`: write MIB mebibytes to stderr
 
 use std::io::{Read, Write};
 
@@ -178,6 +179,20 @@ fn main() {
                     .is_err()
                 {
                     eprintln!("write failed");
+                    std::process::exit(3);
+                }
+            }
+        }
+        "flood-stderr" => {
+            let mib: usize = rest[0].parse().unwrap_or(1);
+            let line = [b'x'; 1023];
+            let mut err = std::io::stderr();
+            for _ in 0..mib * 1024 {
+                if err
+                    .write_all(&line)
+                    .and_then(|()| err.write_all(b"\n"))
+                    .is_err()
+                {
                     std::process::exit(3);
                 }
             }
