@@ -60,6 +60,7 @@ pub mod config;
 pub mod crypto;
 pub mod executor;
 pub mod import;
+pub mod logging;
 pub mod names;
 pub mod redact;
 pub mod resolve;
