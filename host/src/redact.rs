@@ -296,11 +296,11 @@ fn json_escape(value: &str, unicode: Option<bool>, html: bool, slash: bool) -> Z
 
 /// Which ASCII characters a percent-encoder leaves as they are (besides letters and digits).
 const PERCENT_SAFE: &[&[u8]] = &[
-    b"-._~",                   // RFC 3986 unreserved
-    b"-._~!'()*",              // JavaScript encodeURIComponent
-    b"-._~!'()*;,/?:@&=+$#",   // JavaScript encodeURI
-    b"-._~/",                  // Python urllib.parse.quote
-    b"-._*",                   // application/x-www-form-urlencoded (WHATWG, Java)
+    b"-._~",                 // RFC 3986 unreserved
+    b"-._~!'()*",            // JavaScript encodeURIComponent
+    b"-._~!'()*;,/?:@&=+$#", // JavaScript encodeURI
+    b"-._~/",                // Python urllib.parse.quote
+    b"-._*",                 // application/x-www-form-urlencoded (WHATWG, Java)
 ];
 
 /// Percent-encodings of `value` (UTF-8): each safe set of [`PERCENT_SAFE`], space as `%20`
@@ -418,7 +418,11 @@ impl Automaton {
                 if v.longest_match == 0 {
                     v.longest_match = f.longest_match;
                 }
-                v.hold = if v.first_edge != NONE { v.depth } else { f.hold };
+                v.hold = if v.first_edge != NONE {
+                    v.depth
+                } else {
+                    f.hold
+                };
                 queue.push_back(target);
                 e = next;
             }
@@ -674,7 +678,9 @@ mod tests {
     }
 
     fn built(p: &Patterns) -> bool {
-        p.inner.as_ref().is_some_and(|i| i.automaton.get().is_some())
+        p.inner
+            .as_ref()
+            .is_some_and(|i| i.automaton.get().is_some())
     }
 
     #[test]
@@ -724,7 +730,10 @@ mod tests {
                     // value's bits, and the last group (mixing padding) may stay.
                     let visible = out.len() - 2 - 3;
                     let allowed = (prefix.len() * 4).div_ceil(3) + 1 + 4;
-                    assert!(out.contains("***") && visible <= allowed, "{prefix} {encoded} {out}");
+                    assert!(
+                        out.contains("***") && visible <= allowed,
+                        "{prefix} {encoded} {out}"
+                    );
                 }
             }
         }

@@ -29,7 +29,11 @@ fn n16_a_non_utf8_key_in_the_environment_is_refused_without_its_bytes() {
     let mut key = b"n16-first-part-of-the-key-".to_vec();
     key.extend_from_slice(&[0xff, 0xfe]);
     key.extend_from_slice(b"-second-part-of-the-key");
-    for args in [&["key", "hash"][..], &["secret", "list"], &["db", "migrate"]] {
+    for args in [
+        &["key", "hash"][..],
+        &["secret", "list"],
+        &["db", "migrate"],
+    ] {
         let out = run_cmd(
             host.cmd()
                 .env("RUST_LOG", "trace")
@@ -82,11 +86,7 @@ fn n16_a_yaml_number_key_is_refused_without_any_rendering_of_it() {
             assert_absent(&out, float, &yaml);
         }
     }
-    std::fs::write(
-        &config,
-        format!("security:\n  encryption_key: {digits}\n"),
-    )
-    .unwrap();
+    std::fs::write(&config, format!("security:\n  encryption_key: {digits}\n")).unwrap();
     let out = run_cmd(
         host.cmd()
             .arg("--config")
@@ -104,7 +104,14 @@ fn n16_a_yaml_number_key_is_refused_without_any_rendering_of_it() {
 /// Every command, with `RUST_LOG=debug` and `trace`.
 fn every_command(host: &Host, check: impl Fn(&Output, &str)) {
     let commands: [&[&str]; 6] = [
-        &["secret", "set", "n18", "value-of-n18-0123", "--pack", "mypack"],
+        &[
+            "secret",
+            "set",
+            "n18",
+            "value-of-n18-0123",
+            "--pack",
+            "mypack",
+        ],
         &["secret", "list"],
         &["key", "rotate", "--dry-run"],
         &["audit", "list"],
@@ -171,7 +178,10 @@ fn n25_a_secret_used_as_a_path_or_dns_name_is_in_no_log_line() {
     let host = Host::new();
     host.set("canary", CANARY, &["--pack", "mypack"]);
     for target in [Target::P1, Target::P2] {
-        for level in ["trace", "wasmtime_wasi=trace,wasmtime_wasi_io=trace,wiggle=trace"] {
+        for level in [
+            "trace",
+            "wasmtime_wasi=trace,wasmtime_wasi_io=trace,wiggle=trace",
+        ] {
             let mut c = host.cmd();
             c.env("RUST_LOG", level)
                 .arg("run")
@@ -250,7 +260,8 @@ fn n19_every_encoding_ci_maskers_cover_is_masked() {
 fn n20_lines_of_a_secret_that_are_not_secret_on_their_own_are_not_masked() {
     let host = Host::new();
     let multi = "first-line-of-the-secret\n        \nsecond-line-of-the-secret\n}";
-    let json = "{\n    \"api\": {\n        \"token\": \"tok-n20-0123456789\"\n    },\n    \"n\": 1\n}";
+    let json =
+        "{\n    \"api\": {\n        \"token\": \"tok-n20-0123456789\"\n    },\n    \"n\": 1\n}";
     for (name, value) in [("multi", multi), ("pretty", json)] {
         let out = host.exec(
             &["secret", "set", name, "-", "--pack", "mypack"],
@@ -267,7 +278,11 @@ fn n20_lines_of_a_secret_that_are_not_secret_on_their_own_are_not_masked() {
             .args(["--action", ACTION, "--", "stdin"]);
         let out = run_cmd(&mut c, Some(unrelated.as_bytes()));
         assert!(out.status.success(), "{}", text(&out.stderr));
-        assert_eq!(text(&out.stdout), unrelated, "{target:?}: unrelated output unchanged");
+        assert_eq!(
+            text(&out.stdout),
+            unrelated,
+            "{target:?}: unrelated output unchanged"
+        );
         // The secrets, and their lines that are secret on their own, are still masked.
         let mut c = host.cmd();
         c.arg("run")
@@ -314,5 +329,30 @@ fn n21_short_plain_values_are_configuration_and_stay_valid_json() {
             .args(["--action", ACTION, "--", "stdin"]);
         let out = run_cmd(&mut c, Some(b"eu-west-1-long 4821\n"));
         assert_eq!(text(&out.stdout), "*** ***\n");
+    }
+}
+
+#[test]
+fn n18_debug_of_settings_and_store_options_shows_no_password() {
+    const PW: &str = "N18pwZq7xK";
+    for url in [
+        format!("postgres://u@127.0.0.1:5999/test?password={PW}"),
+        format!("postgres:/u:{PW}@127.0.0.1:5432/test"),
+        format!("postgres://u:{PW}@db:5432/test"),
+        format!("postgres://u:{PW}/x@db/test"),
+    ] {
+        let settings = attune_wasm::config::Settings {
+            database: attune_wasm::config::Database {
+                url: Some(url.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let options = settings.store_options().unwrap();
+        for shown in [format!("{settings:?}"), format!("{options:?}")] {
+            assert!(!shown.contains(PW), "{shown}");
+        }
+        let shown = attune_wasm::store::redact_url(&url);
+        assert!(!shown.contains(PW) && !shown.contains("u@"), "{shown}");
     }
 }

@@ -439,14 +439,11 @@ impl Store {
 ///   as `scheme:…` (or `…` when there is no scheme).
 pub fn redact_url(url: &str) -> String {
     let cut = |s: &str| -> usize { s.find(['?', '#']).unwrap_or(s.len()) };
-    let scheme = url
-        .split_once(':')
-        .map(|(scheme, _)| scheme)
-        .filter(|s| {
-            s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
-        });
+    let scheme = url.split_once(':').map(|(scheme, _)| scheme).filter(|s| {
+        s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
     let Some(scheme) = scheme else {
         return "…".to_owned();
     };
@@ -458,9 +455,7 @@ pub fn redact_url(url: &str) -> String {
         return format!("{scheme}:…");
     };
     let after_user = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
-    let host_end = after_user
-        .find(['/', '?', '#'])
-        .unwrap_or(after_user.len());
+    let host_end = after_user.find(['/', '?', '#']).unwrap_or(after_user.len());
     let (host, tail) = after_user.split_at(host_end);
     let database = tail
         .strip_prefix('/')
@@ -859,12 +854,21 @@ pub(crate) mod tests {
     #[test]
     fn urls_are_shown_as_host_port_and_database_only() {
         for (url, shown) in [
-            ("postgres://u:pw@127.0.0.1:5432/test", "postgres://127.0.0.1:5432/test"),
+            (
+                "postgres://u:pw@127.0.0.1:5432/test",
+                "postgres://127.0.0.1:5432/test",
+            ),
             ("sqlite:///tmp/x.db", "sqlite:///tmp/x.db"),
             ("sqlite:x.db?mode=rwc", "sqlite:x.db"),
-            ("postgres://u:PW_pa/ss@127.0.0.1:1/db", "postgres://127.0.0.1:1/db"),
+            (
+                "postgres://u:PW_pa/ss@127.0.0.1:1/db",
+                "postgres://127.0.0.1:1/db",
+            ),
             ("postgres://u:p@ss/w@h/db", "postgres://h/db"),
-            ("postgres://u@127.0.0.1:5999/test?password=PW", "postgres://127.0.0.1:5999/test"),
+            (
+                "postgres://u@127.0.0.1:5999/test?password=PW",
+                "postgres://127.0.0.1:5999/test",
+            ),
             ("postgresql://h/db#PW", "postgresql://h/db"),
             ("postgres://u:PW?x@h:1/db", "postgres://h:1/db"),
             ("postgres:/u:PW@127.0.0.1:5432/test", "postgres:…"),
