@@ -38,7 +38,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine as _;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -139,9 +139,7 @@ impl Patterns {
                     }
                 }
             }
-            for form in base64_forms(value.as_bytes()) {
-                add(form.as_bytes());
-            }
+            base64_forms(value.as_bytes(), &mut add);
             for form in json_forms(value) {
                 add(form.as_bytes());
             }
@@ -189,32 +187,51 @@ impl Patterns {
     }
 }
 
-/// Base64 forms of `value`: standard and URL-safe alphabets; the whole value padded and
-/// unpadded; and, for each of the three offsets at which the value can start inside longer
-/// encoded data, the characters that depend only on the value's bytes.
-fn base64_forms(value: &[u8]) -> Vec<Zeroizing<String>> {
-    let mut out = Vec::new();
-    for (padded, unpadded) in [(&STANDARD, &STANDARD_NO_PAD), (&URL_SAFE, &URL_SAFE_NO_PAD)] {
-        out.push(Zeroizing::new(padded.encode(value)));
-        for offset in 0..3usize {
-            let mut data = Zeroizing::new(vec![0u8; offset]);
-            data.extend_from_slice(value);
-            let encoded = Zeroizing::new(unpadded.encode(data.as_slice()));
-            // Characters mixing bits of the bytes before the value: 0, 2 or 3.
-            let lead = [0, 2, 3][offset];
-            // The last character of a partial group mixes bits of the bytes after it.
-            let trail = usize::from(data.len() % 3 != 0);
-            if encoded.len() > lead + trail {
-                out.push(Zeroizing::new(
-                    encoded[lead..encoded.len() - trail].to_owned(),
-                ));
+/// Base64 forms of `value`, passed to `add`: standard and URL-safe alphabets; the whole value
+/// padded and unpadded; and, for each of the three offsets at which the value can start inside
+/// longer encoded data, the characters that depend only on the value's bytes. One encoding per
+/// offset, into one buffer (this runs for every execution).
+fn base64_forms(value: &[u8], add: &mut impl FnMut(&[u8])) {
+    let mut data = Zeroizing::new(Vec::with_capacity(value.len() + 2));
+    let mut encoded = Zeroizing::new(String::with_capacity(value.len() * 4 / 3 + 8));
+    for offset in 0..3usize {
+        data.clear();
+        data.resize(offset, 0);
+        data.extend_from_slice(value);
+        encoded.clear();
+        STANDARD_NO_PAD.encode_string(data.as_slice(), &mut encoded);
+        // Characters mixing bits of the bytes before the value: 0, 2 or 3.
+        let lead = [0, 2, 3][offset];
+        // The last character of a partial group mixes bits of the bytes after it.
+        let trail = usize::from(data.len() % 3 != 0);
+        let mut both = |form: &[u8]| {
+            add(form);
+            if form.iter().any(|b| matches!(b, b'+' | b'/')) {
+                // URL-safe base64 (RFC 4648 §5) differs in these two characters only.
+                let url: Zeroizing<Vec<u8>> = Zeroizing::new(
+                    form.iter()
+                        .map(|&b| match b {
+                            b'+' => b'-',
+                            b'/' => b'_',
+                            b => b,
+                        })
+                        .collect(),
+                );
+                add(&url);
             }
-            if offset == 0 {
-                out.push(Zeroizing::new(encoded.to_string()));
+        };
+        if encoded.len() > lead + trail {
+            both(&encoded.as_bytes()[lead..encoded.len() - trail]);
+        }
+        if offset == 0 {
+            both(encoded.as_bytes());
+            let pad = (3 - value.len() % 3) % 3;
+            if pad > 0 {
+                encoded.push_str(&"=="[..pad]);
+                both(encoded.as_bytes());
             }
         }
     }
-    out
 }
 
 /// JSON string escapes of `value` (without the quotes), every combination of: non-ASCII raw,
@@ -513,6 +530,8 @@ pub struct Stream {
     cover: i32,
     /// Direct-search work spent so far (forms × bytes).
     spent: usize,
+    /// Occurrences recorded in `delta` (0: nothing in `pending` is covered).
+    marks: usize,
     /// The last emitted byte was masked (a run continuing it adds no second `***`).
     in_mask: bool,
 }
@@ -527,6 +546,7 @@ impl Stream {
             delta: vec![0],
             cover: 0,
             spent: 0,
+            marks: 0,
             in_mask: false,
         }
     }
@@ -621,7 +641,18 @@ impl Stream {
         let a = automaton(forms);
         let mut s = self.state.unwrap_or(ROOT);
         self.delta.resize(self.pending.len() + 1, 0);
-        for i in from..self.pending.len() {
+        let mut i = from;
+        while i < self.pending.len() {
+            if s == ROOT {
+                // Fast path: skip bytes that start no form.
+                match self.pending[i..]
+                    .iter()
+                    .position(|&b| a.root[usize::from(b)] != ROOT)
+                {
+                    Some(skip) => i += skip,
+                    None => break,
+                }
+            }
             s = a.next(s, self.pending[i]);
             let len = a.nodes[s as usize].longest_match as usize;
             if len > 0 {
@@ -630,13 +661,25 @@ impl Stream {
                 let end = i + 1;
                 self.delta[end.saturating_sub(len)] += 1;
                 self.delta[end] -= 1;
+                self.marks += 1;
             }
+            i += 1;
         }
         self.state = Some(s);
     }
 
     /// Emits `pending[..upto]`, masked, and keeps the rest.
     fn emit(&mut self, upto: usize) -> Vec<u8> {
+        if self.cover == 0 && self.marks == 0 {
+            // Nothing covered: the bytes as they are.
+            let out = self.pending[..upto].to_vec();
+            if upto > 0 {
+                self.in_mask = false;
+            }
+            self.pending.drain(..upto);
+            self.delta.truncate(self.pending.len() + 1);
+            return out;
+        }
         let mut out = Vec::with_capacity(upto);
         let mut depth = self.cover;
         let mut in_mask = self.in_mask;
@@ -659,6 +702,7 @@ impl Stream {
         self.cover = depth;
         self.pending.drain(..upto);
         self.delta.drain(..upto);
+        self.marks = usize::from(self.delta.iter().any(|&d| d != 0));
         out
     }
 }
@@ -671,6 +715,7 @@ fn automaton(forms: &Forms) -> &Automaton {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
 
     fn masked(values: &[&str], text: &str) -> String {
         String::from_utf8(Patterns::new(values.iter().copied()).mask_all(text.as_bytes()))
