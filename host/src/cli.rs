@@ -366,15 +366,8 @@ fn run_error_code(e: &anyhow::Error) -> u8 {
 }
 
 fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .without_time()
-        .with_target(false)
-        .try_init();
+    // The guest-data cap holds whatever RUST_LOG says (see crate::logging).
+    crate::logging::install();
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -356,17 +356,29 @@ impl Executor {
             for secret in resolution.iter() {
                 if let Delivery::Value(v) = &secret.delivery {
                     let v = v.expose_secret();
-                    if !v.is_empty() && v.len() < crate::redact::MIN_MASKED_LEN {
-                        tracing::warn!(
-                            secret = %secret.secret_ref(),
-                            "value shorter than {} bytes is not masked in output",
-                            crate::redact::MIN_MASKED_LEN
-                        );
+                    let stored = if secret.encrypted {
+                        crate::redact::Stored::Encrypted
+                    } else {
+                        crate::redact::Stored::Plain
+                    };
+                    if !v.is_empty() && !stored.masks(v) {
+                        match stored {
+                            crate::redact::Stored::Encrypted => tracing::warn!(
+                                secret = %secret.secret_ref(),
+                                "value shorter than {} bytes is not masked in output",
+                                stored.min_masked_len()
+                            ),
+                            crate::redact::Stored::Plain => tracing::warn!(
+                                secret = %secret.secret_ref(),
+                                "plain value shorter than {} bytes is not masked in output (stored with --plain: configuration, not a secret)",
+                                stored.min_masked_len()
+                            ),
+                        }
                     }
-                    values.push(v);
+                    values.push((v, stored));
                 }
             }
-            crate::redact::Patterns::new(values)
+            crate::redact::Patterns::with_storage(values)
         } else {
             crate::redact::Patterns::new(std::iter::empty())
         };

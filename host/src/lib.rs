@@ -64,6 +64,7 @@ pub mod config;
 pub mod crypto;
 pub mod executor;
 pub mod import;
+pub mod logging;
 pub mod mounts;
 pub mod names;
 pub mod process;

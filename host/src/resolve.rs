@@ -67,6 +67,9 @@ pub struct Resolved {
     pub name: SecretName,
     /// Value or the reason there is none.
     pub delivery: Delivery,
+    /// The row was stored encrypted (`false`: `--plain`, configuration), which sets the length
+    /// from which its value is masked in output ([`crate::redact::Stored`]).
+    pub encrypted: bool,
 }
 
 impl Resolved {
@@ -86,6 +89,7 @@ impl fmt::Debug for Resolved {
             .field("owner", &self.owner)
             .field("name", &self.name)
             .field("delivery", &delivery)
+            .field("encrypted", &self.encrypted)
             .finish()
     }
 }
@@ -148,6 +152,7 @@ impl Resolution {
                         owner: row.owner,
                         name: row.name,
                         delivery,
+                        encrypted: row.encrypted,
                     },
                 )
             })

@@ -16,6 +16,7 @@ mod import;
 mod isolation;
 mod js_action;
 mod leaks;
+mod logs_mask;
 mod postgres;
 mod python_action;
 mod redaction;

@@ -274,8 +274,8 @@ impl fmt::Debug for Store {
     }
 }
 
-/// Where and how to open the store.
-#[derive(Debug, Clone)]
+/// Where and how to open the store. `Debug` shows the URL through [`redact_url`].
+#[derive(Clone)]
 pub struct StoreOptions {
     /// `sqlite:PATH`, `sqlite://PATH`, or `postgres://user@host:port/db` (`postgresql://`).
     pub url: String,
@@ -292,6 +292,17 @@ pub struct StoreOptions {
     /// connection). With SQLite, a change made by another process is seen after at most this
     /// long. A worker setting: a few seconds is typical.
     pub cache_ttl: Option<Duration>,
+}
+
+impl fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("url", &redact_url(&self.url))
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .field("cache_ttl", &self.cache_ttl)
+            .finish()
+    }
 }
 
 impl StoreOptions {
@@ -567,20 +578,43 @@ pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     (!file.as_os_str().is_empty() && file.as_os_str() != ":memory:").then(|| file.to_path_buf())
 }
 
-/// Replaces the password of a URL (`scheme://user:password@host…`) by `***`. Everything
-/// between the first `:` of the user part and the last `@` is hidden, so a password holding
-/// `/`, `@` or `:` does not show either.
+/// A database URL as it may be shown (errors, logs, `Debug`): the scheme, host, port and
+/// database only, never the user, password or query (`?password=…`), whatever the URL's shape.
+///
+/// - `postgres://user:pw@host:5432/db?sslmode=require` → `postgres://host:5432/db`. The host
+///   is what follows the *last* `@`, so a password holding `@`, `/`, `?` or `:` does not show
+///   either.
+/// - `sqlite:PATH` / `sqlite://PATH?mode=rwc` → the path without the query.
+/// - Anything else (`postgres:/u:pw@host/db`, a typo, an unknown scheme) → the scheme only,
+///   as `scheme:…` (or `…` when there is no scheme).
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let cut = |s: &str| -> usize { s.find(['?', '#']).unwrap_or(s.len()) };
+    let scheme = url.split_once(':').map(|(scheme, _)| scheme).filter(|s| {
+        s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
+    let Some(scheme) = scheme else {
+        return "…".to_owned();
     };
-    let Some(at) = rest.rfind('@') else {
-        return url.to_owned();
+    let rest = &url[scheme.len() + 1..];
+    if scheme.eq_ignore_ascii_case("sqlite") {
+        return format!("{scheme}:{}", &rest[..cut(rest)]);
+    }
+    let Some(rest) = rest.strip_prefix("//") else {
+        return format!("{scheme}:…");
     };
-    let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
+    let after_user = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
+    let host_end = after_user.find(['/', '?', '#']).unwrap_or(after_user.len());
+    let (host, tail) = after_user.split_at(host_end);
+    let database = tail
+        .strip_prefix('/')
+        .map(|path| &path[..cut(path)])
+        .unwrap_or_default();
+    if database.is_empty() {
+        format!("{scheme}://{host}")
+    } else {
+        format!("{scheme}://{host}/{database}")
     }
 }
 
@@ -1039,19 +1073,34 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn urls_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://u:pw@127.0.0.1:5432/test"),
-            "postgres://u:***@127.0.0.1:5432/test"
-        );
-        assert_eq!(redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
-        assert_eq!(
-            redact_url("postgres://u:PW_pa/ss@127.0.0.1:1/db"),
-            "postgres://u:***@127.0.0.1:1/db"
-        );
-        assert_eq!(
-            redact_url("postgres://u:p@ss/w@h/db"),
-            "postgres://u:***@h/db"
-        );
+    fn urls_are_shown_as_host_port_and_database_only() {
+        for (url, shown) in [
+            (
+                "postgres://u:pw@127.0.0.1:5432/test",
+                "postgres://127.0.0.1:5432/test",
+            ),
+            ("sqlite:///tmp/x.db", "sqlite:///tmp/x.db"),
+            ("sqlite:x.db?mode=rwc", "sqlite:x.db"),
+            (
+                "postgres://u:PW_pa/ss@127.0.0.1:1/db",
+                "postgres://127.0.0.1:1/db",
+            ),
+            ("postgres://u:p@ss/w@h/db", "postgres://h/db"),
+            (
+                "postgres://u@127.0.0.1:5999/test?password=PW",
+                "postgres://127.0.0.1:5999/test",
+            ),
+            ("postgresql://h/db#PW", "postgresql://h/db"),
+            ("postgres://u:PW?x@h:1/db", "postgres://h:1/db"),
+            ("postgres:/u:PW@127.0.0.1:5432/test", "postgres:…"),
+            ("postgres:u:PW@h/db", "postgres:…"),
+            ("u:PW@h/db", "u:…"),
+            ("PW@h/db", "…"),
+            ("://PW@h", "…"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        let options = StoreOptions::new("postgres://u@h/db?password=PW");
+        assert!(!format!("{options:?}").contains("PW"));
     }
 }
