@@ -247,12 +247,19 @@ impl Executor {
         let (rows, floor) = match &self.source {
             SecretSource::Store(store) => match store.visible_to(action).await {
                 // The floor is verified only for a store that has one (after `key rotate`).
-                Ok(rows) => (
-                    rows,
-                    store
-                        .floor_record()
-                        .and_then(|record| self.key.as_ref()?.floor(Some(record))),
-                ),
+                Ok(rows) => {
+                    let floor = match (store.floor_record(), self.key.as_ref()) {
+                        (Some(record), Some(key)) => match key.floor(Some(record)) {
+                            Some(floor) => Some(floor),
+                            None => {
+                                self.floor_not_authentic()?;
+                                None
+                            }
+                        },
+                        _ => None,
+                    };
+                    (rows, floor)
+                }
                 Err(e) => (self.missing(&e.to_string())?, None),
             },
             SecretSource::Missing(why) => (self.missing(why)?, None),
@@ -272,6 +279,18 @@ impl Executor {
             );
         }
         Ok(resolution)
+    }
+
+    /// A floor record that the configured key does not authenticate: tampered with, or made
+    /// under another key. Unbound rows are not refused then, so it is worth a warning (and a
+    /// failure under strict mode).
+    fn floor_not_authentic(&self) -> Result<()> {
+        let why = "the store's ciphertext floor record is not authentic under the configured key (tampered with, or written under another key): unbound rows are not refused";
+        if self.strict {
+            return Err(Error::Store(why.to_owned()));
+        }
+        tracing::warn!("{why}");
+        Ok(())
     }
 
     fn missing(&self, why: &str) -> Result<Vec<store::SecretRow>> {

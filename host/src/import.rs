@@ -242,7 +242,20 @@ fn owner(row: &KeyRow) -> Result<Option<Owner>, String> {
             ));
         }
     }
+    let given = |v: Option<&String>| v.is_some_and(|s| !s.is_empty());
     match row.owner_type.as_str() {
+        // A system row names no owner: one that does was meant for that owner, and importing
+        // it as system would give it to every action.
+        "system"
+            if given(text(&row.owner).as_ref())
+                || given(row.owner_pack_ref.as_ref())
+                || given(row.owner_action_ref.as_ref()) =>
+        {
+            Err("a system row names an owner (owner, owner_pack_ref or owner_action_ref): it would be given to every action".into())
+        }
+        "pack" if given(row.owner_action_ref.as_ref()) => {
+            Err("a pack row names an action (owner_action_ref)".into())
+        }
         "system" => Ok(Some(Owner::System)),
         "pack" => {
             let pack = row

@@ -222,10 +222,8 @@ impl Boundary {
         for mount in mounts {
             let (guest, parts) = normalize_guest(&mount.guest)?;
             for (other, earlier) in &checked {
-                let absolute = (guest.starts_with('/'), earlier.guest.starts_with('/'));
-                if absolute.0 != absolute.1 {
-                    continue;
-                }
+                // `d` and `/d` are compared as one: a guest's libc resolves both against the
+                // same preopens (`ls d` and `ls /d` list the same mount).
                 if *other == parts {
                     return Err(Error::SameGuest(guest));
                 }
@@ -271,7 +269,32 @@ impl Boundary {
             return Err(open("not a directory".into()));
         }
         let mount = Id::of(&meta);
-        let mount_chain = chain(&resolved);
+        let found = self.protected_reached(mount, &chain(&resolved));
+        // What is mounted at or below the directory is reachable through it too: another
+        // filesystem mounted inside it (a bind mount of the data directory, a second procfs
+        // instance in a build root) is checked as if it were mounted itself.
+        let found = match found {
+            Some(found) => Some(found),
+            None => self.reached_through_submounts(&resolved).map_err(open)?,
+        };
+        match found {
+            Some((relation, kind, object)) => Err(Error::Protected {
+                host: host.to_path_buf(),
+                relation,
+                kind,
+                object,
+            }),
+            None => Ok(resolved),
+        }
+    }
+
+    /// The protected object a directory with identity `mount` (and ancestors `mount_chain`)
+    /// is, contains or lies inside, the closest relation first.
+    fn protected_reached(
+        &self,
+        mount: Id,
+        mount_chain: &[Id],
+    ) -> Option<(Relation, Kind, PathBuf)> {
         let mut found: Option<(Relation, Kind, PathBuf)> = None;
         for (kind, path) in &self.protected {
             // A protected path that cannot be resolved (a symlink loop, no permission) is
@@ -316,16 +339,131 @@ impl Boundary {
                 }
             }
         }
-        match found {
-            Some((relation, kind, object)) => Err(Error::Protected {
-                host: host.to_path_buf(),
-                relation,
-                kind,
-                object,
-            }),
-            None => Ok(resolved),
+        found
+    }
+
+    /// Checks the filesystems mounted at or below `resolved` (from `/proc/self/mountinfo`):
+    /// a kernel filesystem (procfs, sysfs, devtmpfs, …) anywhere in the subtree, or a mount
+    /// whose root is, contains or lies inside a protected object, is reached through it.
+    ///
+    /// # Errors
+    /// The reason, when the mount table cannot be read (the check fails closed).
+    fn reached_through_submounts(
+        &self,
+        resolved: &Path,
+    ) -> std::result::Result<Option<(Relation, Kind, PathBuf)>, String> {
+        let table = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("cannot read the mount table /proc/self/mountinfo: {e}"))?;
+        // The filesystem holding `resolved` itself: the mount point that is its longest prefix.
+        let mut holder: Option<(usize, String)> = None;
+        for (point, fstype) in mount_table(&table) {
+            let at_or_below = point.starts_with(resolved);
+            if resolved.starts_with(&point) {
+                let depth = point.components().count();
+                if holder.as_ref().is_none_or(|(d, _)| depth >= *d) {
+                    holder = Some((depth, fstype.clone()));
+                }
+            }
+            if !at_or_below {
+                continue;
+            }
+            let relation = if point == resolved {
+                Relation::Is
+            } else {
+                Relation::Contains
+            };
+            if KERNEL_FILESYSTEMS.contains(&fstype.as_str()) {
+                return Ok(Some((relation, Kind::System, point)));
+            }
+            if point == resolved {
+                continue;
+            }
+            // A filesystem mounted below: compared by the identity of its root, as if it
+            // were mounted itself (the mount's relation to the object is `contains`).
+            let Ok(meta) = std::fs::metadata(&point) else {
+                continue;
+            };
+            if let Some((_, kind, object)) = self.protected_reached(Id::of(&meta), &chain(&point)) {
+                return Ok(Some((Relation::Contains, kind, object)));
+            }
+        }
+        match holder {
+            Some((_, fstype)) if KERNEL_FILESYSTEMS.contains(&fstype.as_str()) => Ok(Some((
+                Relation::LiesInside,
+                Kind::System,
+                resolved.to_path_buf(),
+            ))),
+            _ => Ok(None),
         }
     }
+}
+
+/// Filesystem types that expose the host's processes, kernel or devices (`/proc/filesystems`
+/// names): never reachable by a guest, wherever they are mounted.
+const KERNEL_FILESYSTEMS: &[&str] = &[
+    "proc",
+    "sysfs",
+    "devtmpfs",
+    "devpts",
+    "debugfs",
+    "tracefs",
+    "securityfs",
+    "cgroup",
+    "cgroup2",
+    "bpf",
+    "configfs",
+    "fusectl",
+    "pstore",
+    "efivarfs",
+    "mqueue",
+    "hugetlbfs",
+    "binfmt_misc",
+    "autofs",
+    "rpc_pipefs",
+    "nsfs",
+    "selinuxfs",
+];
+
+/// `(mount point, filesystem type)` of every line of a `/proc/self/mountinfo` text
+/// (proc(5): field 5 is the mount point, octal-escaped; the type follows the ` - ` separator).
+fn mount_table(table: &str) -> Vec<(PathBuf, String)> {
+    table
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            let fstype = right.split(' ').next()?;
+            Some((PathBuf::from(unescape_octal(point)), fstype.to_owned()))
+        })
+        .collect()
+}
+
+/// Undoes mountinfo's `\ooo` escapes (space, tab, newline, backslash).
+fn unescape_octal(text: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let code = bytes.get(i + 1..i + 4).and_then(|digits| {
+            digits
+                .iter()
+                .try_fold(0u16, |n, &d| {
+                    (b'0'..=b'7')
+                        .contains(&d)
+                        .then(|| n * 8 + u16::from(d - b'0'))
+                })
+                .and_then(|n| u8::try_from(n).ok())
+        });
+        if let (b'\\', Some(code)) = (bytes[i], code) {
+            out.push(code);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    std::ffi::OsString::from_vec(out)
 }
 
 /// Normalises a guest path: `//` and a trailing `/` collapsed, `.` dropped; returns it with
@@ -498,6 +636,8 @@ mod tests {
             ("/d", "/d/sub"),
             ("/d/sub//", "/d"),
             (".", "x"),
+            ("d", "/d"),
+            ("/d", "d/sub"),
         ] {
             let err = b.check(&[mount(&a, g1), mount(&c, g2)]).unwrap_err();
             assert!(
@@ -545,5 +685,20 @@ mod tests {
         let other = dir.path().join("other");
         std::fs::create_dir_all(&other).unwrap();
         assert!(b.check(&[mount(&other, "/m")]).is_ok());
+    }
+
+    #[test]
+    fn the_mount_table_is_read_with_its_escapes() {
+        let table =
+            "36 35 98:0 /mnt1 /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root rw\n\
+                     40 1 0:21 / /tmp/build/proc rw shared:12 - proc proc rw\n";
+        let got = mount_table(table);
+        assert_eq!(
+            got,
+            vec![
+                (PathBuf::from("/mnt/with space"), "ext3".to_owned()),
+                (PathBuf::from("/tmp/build/proc"), "proc".to_owned()),
+            ]
+        );
     }
 }

@@ -584,11 +584,27 @@ impl Stream {
     }
 
     /// Ends the stream: masks and returns what was held back.
+    ///
+    /// What is held back at the end could begin a form: a stream cut there (the guest exited,
+    /// hit the output cap or the timeout mid-value) may have printed the first part of a
+    /// secret. From [`MIN_MASKED_LEN`] bytes on, that part is masked rather than shown (a
+    /// harmless tail that happens to equal the start of a secret's form is masked too).
     pub fn finish(&mut self) -> Vec<u8> {
         if self.patterns.is_empty() {
             return std::mem::take(&mut *self.pending);
         }
-        let out = self.emit(self.pending.len());
+        let out = if self.pending.len() >= MIN_MASKED_LEN {
+            self.pending.zeroize();
+            self.delta = vec![0];
+            self.marks = 0;
+            if self.in_mask {
+                Vec::new()
+            } else {
+                MASK.to_vec()
+            }
+        } else {
+            self.emit(self.pending.len())
+        };
         if self.state.is_some() {
             self.state = Some(ROOT);
         }
@@ -975,5 +991,20 @@ mod tests {
                 assert!(!masked, "case {case}: {secret:?} survived");
             }
         }
+    }
+
+    #[test]
+    fn a_value_cut_at_the_end_of_the_stream_is_not_shown_in_part() {
+        let patterns = Patterns::new(["sk-live-SECRETVALUE-0123"]);
+        let mut stream = Stream::new(patterns);
+        let mut out = stream.push(b"split:sk-live-SECR");
+        out.extend(stream.finish());
+        let out = String::from_utf8(out).unwrap();
+        assert_eq!(out, "split:***");
+        // A short tail (under the minimum) that merely could begin a form is shown.
+        let mut stream = Stream::new(Patterns::new(["sk-live-SECRETVALUE-0123"]));
+        let mut out = stream.push(b"done sk-");
+        out.extend(stream.finish());
+        assert_eq!(String::from_utf8(out).unwrap(), "done sk-");
     }
 }

@@ -21,6 +21,7 @@ mod postgres;
 mod python_action;
 mod redaction;
 mod resolution;
+mod review;
 mod rotate;
 mod sandbox;
 mod secrets_cli;

@@ -607,6 +607,12 @@ pub fn redact_url(url: &str) -> String {
     let after_user = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
     let host_end = after_user.find(['/', '?', '#']).unwrap_or(after_user.len());
     let (host, tail) = after_user.split_at(host_end);
+    // What stands where the host is must look like one (`name[:port]`, `[v6][:port]`):
+    // a URL whose `@` is missing or mistyped (`user:pw.host:5432`, `user:pw%40host`) has
+    // credentials there instead.
+    if !looks_like_host(host) {
+        return format!("{scheme}:…");
+    }
     let database = tail
         .strip_prefix('/')
         .map(|path| &path[..cut(path)])
@@ -616,6 +622,37 @@ pub fn redact_url(url: &str) -> String {
     } else {
         format!("{scheme}://{host}/{database}")
     }
+}
+
+/// `true` for `name[:port]` or `[v6][:port]`: a DNS name or IPv4 address of letters, digits,
+/// `.`, `-`, `_`, and a port of digits.
+fn looks_like_host(text: &str) -> bool {
+    let (name, port) = if let Some(v6) = text.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((addr, rest))
+                if addr
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') =>
+            {
+                (
+                    addr,
+                    rest.strip_prefix(':')
+                        .unwrap_or(if rest.is_empty() { "" } else { "x" }),
+                )
+            }
+            _ => return false,
+        }
+    } else {
+        match text.split_once(':') {
+            Some((name, port)) => (name, if port.is_empty() { "x" } else { port }),
+            None => (text, ""),
+        }
+    };
+    let name_ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+    name_ok && port.chars().all(|c| c.is_ascii_digit())
 }
 
 /// The error of a write refused by [`Replace::Readable`]: names the row and both key hashes.
@@ -1096,6 +1133,14 @@ pub(crate) mod tests {
             ("postgres:u:PW@h/db", "postgres:…"),
             ("u:PW@h/db", "u:…"),
             ("PW@h/db", "…"),
+            (
+                "postgres://attune:Sup3rS3cret.db.internal:5432/attune",
+                "postgres:…",
+            ),
+            ("postgres://u:PW%40host/db", "postgres:…"),
+            ("postgres://u:PW/127.0.0.1:5999/test", "postgres:…"),
+            ("postgres://u:PW@[::1]:5432/db", "postgres://[::1]:5432/db"),
+            ("postgres://h:5432", "postgres://h:5432"),
             ("://PW@h", "…"),
         ] {
             assert_eq!(redact_url(url), shown, "{url}");
