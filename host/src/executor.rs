@@ -64,6 +64,27 @@ pub enum SecretSource {
     /// No store could be opened; the text says why (warned on every execution, or an error
     /// under strict mode).
     Missing(String),
+    /// Rows read by an outside loader (the worker's reader of Attune's own `attune.key`); the
+    /// audit trail goes to `audit` when given.
+    Loader {
+        /// Reads the rows an action may see.
+        loader: Arc<dyn RowLoader>,
+        /// Where the audit trail is written (none: no trail).
+        audit: Option<Store>,
+    },
+}
+
+/// A source of the rows an action may see, other than [`Store`] (e.g. another system's
+/// tables): the input of [`Resolution::resolve`].
+pub trait RowLoader: Send + Sync {
+    /// Every row `action` may see (system, its pack, itself). The error text names what
+    /// failed, never a value; it is treated as a store that cannot be read.
+    fn visible_to<'a>(
+        &'a self,
+        action: &'a ActionRef,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Vec<store::SecretRow>, String>> + Send + 'a>,
+    >;
 }
 
 /// One execution's request.
@@ -211,6 +232,10 @@ impl Executor {
                 Err(e) => self.missing(&e.to_string())?,
             },
             SecretSource::Missing(why) => self.missing(why)?,
+            SecretSource::Loader { loader, .. } => match loader.visible_to(action).await {
+                Ok(rows) => rows,
+                Err(e) => self.missing(&e)?,
+            },
         };
         let resolution = Resolution::resolve(rows, self.key.as_ref())?;
         for (secret, why) in resolution.unavailable() {
@@ -410,8 +435,11 @@ impl Executor {
     /// The audit writer, when secrets come from a store.
     fn writer(&self) -> Option<Arc<audit::Writer>> {
         match &self.source {
-            SecretSource::Store(store) => Some(self.audit_writer(store)),
-            SecretSource::Missing(_) => None,
+            SecretSource::Store(store)
+            | SecretSource::Loader {
+                audit: Some(store), ..
+            } => Some(self.audit_writer(store)),
+            SecretSource::Missing(_) | SecretSource::Loader { audit: None, .. } => None,
         }
     }
 }
