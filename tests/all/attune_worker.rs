@@ -173,27 +173,17 @@ impl Fleet {
         let insert = "INSERT INTO attune.key (local_ref, owner_type, owner, owner_identity, owner_pack,
                           owner_action, name, encrypted, encryption_key_hash, value)
                       VALUES ($1, $2::text::attune.owner_type_enum, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb)";
-        let rows: Vec<(
-            &str,
-            &str,
-            Option<&str>,
-            Option<i64>,
-            Option<i64>,
-            Option<i64>,
-            bool,
-            Option<String>,
-            String,
-        )> = vec![
+        // (name, owner type, (owner, owner_identity) of an identity key, owner_pack,
+        // owner_action, (encryption_key_hash when encrypted), value as JSON text)
+        let plain = |v: Value| (false, None, v.to_string());
+        let rows = [
             (
                 "api_key",
                 "system",
                 None,
                 None,
                 None,
-                None,
-                true,
-                Some(blob_hash),
-                json!(blob).to_string(),
+                (true, Some(blob_hash), json!(blob).to_string()),
             ),
             (
                 "settings",
@@ -201,73 +191,59 @@ impl Fleet {
                 None,
                 None,
                 None,
-                None,
-                false,
-                None,
-                json!({"tier": "gold", "n": 3}).to_string(),
+                plain(json!({"tier": "gold", "n": 3})),
             ),
             (
                 "db_password",
                 "pack",
                 None,
+                Some(1_i64),
                 None,
-                Some(1),
-                None,
-                false,
-                None,
-                json!(DB_PASSWORD).to_string(),
+                plain(json!(DB_PASSWORD)),
             ),
             (
                 "region",
                 "pack",
                 None,
-                None,
                 Some(1),
                 None,
-                false,
-                None,
-                json!(PACK_REGION).to_string(),
+                plain(json!(PACK_REGION)),
             ),
             (
                 "region",
                 "action",
                 None,
                 None,
-                None,
-                Some(1),
-                true,
-                Some(key.key_hash().to_owned()),
-                json!(seed).to_string(),
+                Some(1_i64),
+                (
+                    true,
+                    Some(key.key_hash().to_owned()),
+                    json!(seed).to_string(),
+                ),
             ),
             (
                 "identity_token",
                 "identity",
-                Some("alice"),
-                Some(7),
+                Some(("alice", 7_i64)),
                 None,
                 None,
-                false,
-                None,
-                json!(IDENTITY_TOKEN).to_string(),
+                plain(json!(IDENTITY_TOKEN)),
             ),
             (
                 "other_token",
                 "pack",
                 None,
-                None,
                 Some(2),
                 None,
-                false,
-                None,
-                json!("other-pack-secret-value-000").to_string(),
+                plain(json!("other-pack-secret-value-000")),
             ),
         ];
-        for (name, owner_type, owner, identity, pack, action, encrypted, hash, value) in rows {
+        for (name, owner_type, identity, pack, action, (encrypted, hash, value)) in rows {
             sqlx::query(insert)
                 .bind(name)
                 .bind(owner_type)
-                .bind(owner)
-                .bind(identity)
+                .bind(identity.map(|(login, _)| login))
+                .bind(identity.map(|(_, id)| id))
                 .bind(pack)
                 .bind(action)
                 .bind(name)
