@@ -832,3 +832,94 @@ async fn redelivered_dispatches_never_run_an_execution_twice() {
     assert_eq!(queue.message_count(), 0);
     fleet.assert_no_plaintext(&messages).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_the_load_and_survive_a_broker_disconnect() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    let a = fleet.start_worker("wasm-worker-a").await;
+    let b = fleet.start_worker("wasm-worker-b").await;
+    let mut served = std::collections::BTreeSet::new();
+    for i in 0..4 {
+        let (report, _) = fleet.execute("demo.greet", json!({"name": i})).await;
+        assert_eq!(report["status"], "completed", "{report}");
+        served.insert(report["worker"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(served.len(), 2, "round robin: {served:?}");
+
+    // The broker drops every connection of the vhost: both workers reconnect and go on.
+    rabbitmqctl(&[
+        "close_all_connections",
+        "-p",
+        &fleet.vhost,
+        "test: broker restart",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for w in [a, b] {
+        while fleet.log(w).matches("consuming dispatches").count() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "no reconnection: {}",
+                fleet.log(w)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for i in 0..4 {
+        let (report, _) = fleet.execute("demo.classic", json!({"name": i})).await;
+        assert_eq!(report["status"], "completed", "{report}");
+    }
+    for w in [a, b] {
+        assert!(fleet.workers[w].try_wait().unwrap().is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_running_execution_end_then_marks_the_worker_inactive() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    let w = fleet.start_worker("wasm-worker-d").await;
+    let pool = fleet.pool().await;
+    let mut c = fleet.cmd();
+    c.args([
+        "execute",
+        "--action",
+        "demo.slow",
+        "--params",
+        r#"{"mode":"spin"}"#,
+    ]);
+    let out = tokio::task::spawn_blocking(move || support::run_cmd(&mut c, None))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let running: i64 =
+            sqlx::query("SELECT count(*) AS n FROM attune.execution WHERE status = 'running'")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .get("n");
+        if running == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SIGTERM mid-run: the execution still ends (its 1 s timeout) and is reported.
+    let status = fleet.stop_worker(w);
+    assert!(status.success(), "{status}: {}", fleet.log(w));
+    let row = sqlx::query(
+        "SELECT e.status::text AS e, w.status::text AS w FROM attune.execution e, attune.worker w
+         WHERE w.name = 'wasm-worker-d'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(row.get::<String, _>("e"), "timeout");
+    assert_eq!(row.get::<String, _>("w"), "inactive");
+}
