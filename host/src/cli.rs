@@ -738,6 +738,7 @@ async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<ExitCode> {
                 allowed,
                 redact: !args.no_redact,
                 max_output: args.max_output as u64,
+                execution_id: None,
             },
         )
         .await;

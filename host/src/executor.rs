@@ -114,6 +114,9 @@ pub struct Execution {
     pub redact: bool,
     /// Most bytes of stdout, and separately of stderr; further writes fail.
     pub max_output: u64,
+    /// This execution's id in the audit trail and the guest's `ATTUNE_EXECUTION_ID` (the
+    /// worker gives Attune's `execution.id`); `None`: a fresh UUID v4.
+    pub execution_id: Option<String>,
 }
 
 /// Default [`Execution::max_output`]: 16 MiB per stream.
@@ -140,6 +143,7 @@ impl Execution {
             allowed: None,
             redact: true,
             max_output: DEFAULT_MAX_OUTPUT,
+            execution_id: None,
         }
     }
 }
@@ -268,7 +272,10 @@ impl Executor {
     /// [`Error::Env`], [`Error::Resolve`], strict-mode errors (all before the guest starts),
     /// and [`Error::Runtime`].
     pub async fn execute(&self, guest: &Guest, exec: Execution) -> Result<Report> {
-        let execution_id = uuid::Uuid::new_v4().to_string();
+        let execution_id = match exec.execution_id {
+            Some(id) => id,
+            None => uuid::Uuid::new_v4().to_string(),
+        };
         let mut env = vec![
             ("ATTUNE_ACTION_REF".to_owned(), exec.action.to_string()),
             ("ATTUNE_PACK_REF".to_owned(), exec.action.pack().to_string()),

@@ -614,6 +614,23 @@ async fn worker_runs_attune_executions_with_attune_secrets_end_to_end() {
         );
     }
 
+    // The audit trail (schema attune_wasm) names Attune's execution ids, never a value.
+    let audited: Vec<String> = sqlx::query(
+        "SELECT DISTINCT execution_id FROM attune_wasm.audit WHERE secret_ref = 'api_key'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get("execution_id"))
+    .collect();
+    let first: i64 = sqlx::query("SELECT min(id) AS id FROM attune.execution")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("id");
+    assert!(audited.contains(&first.to_string()), "{audited:?}");
+
     // SIGTERM: exit 0, marked inactive.
     let status = fleet.stop_worker(w);
     assert!(status.success(), "{status}: {}", fleet.log(w));

@@ -619,6 +619,7 @@ impl Ctx {
                 ..Limits::default()
             },
             max_output: self.max_stdout.max(self.max_stderr),
+            execution_id: Some(execution.id.to_string()),
             ..Execution::new(action_ref, action.entrypoint.clone())
         };
         Ok(self.executor.execute(&guest, request).await?)
