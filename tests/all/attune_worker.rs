@@ -940,3 +940,62 @@ async fn sigterm_lets_the_running_execution_end_then_marks_the_worker_inactive()
     assert_eq!(row.get::<String, _>("e"), "timeout");
     assert_eq!(row.get::<String, _>("w"), "inactive");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_queue_declared_with_other_arguments_is_one_clear_error() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    // The first worker of a fresh database gets id 1; its queue already exists, without TTL.
+    let channel = fleet.amqp().await;
+    channel
+        .queue_declare(
+            "worker.1.executions".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let log = File::create(fleet.log_path(0)).unwrap();
+    let child = fleet
+        .cmd()
+        .arg("worker")
+        .env("ATTUNE__WORKER__NAME", "wasm-worker-k4")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    fleet.workers.push(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = fleet.workers[0].try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running: {}", fleet.log(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(1));
+    let log = fleet.log(0);
+    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(
+        errors[0].contains("cannot declare queue worker.1.executions")
+            && errors[0].contains("x-message-ttl=300000")
+            && errors[0].contains("PRECONDITION_FAILED"),
+        "{log}"
+    );
+    assert!(!log.contains("retrying"), "{log}");
+    // The worker row does not stay active.
+    let pool = fleet.pool().await;
+    let status: String =
+        sqlx::query("SELECT status::text AS s FROM attune.worker WHERE name = 'wasm-worker-k4'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get("s");
+    assert_eq!(status, "inactive");
+}
