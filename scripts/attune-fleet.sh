@@ -70,7 +70,7 @@ for i in $(seq 1 "$n"); do
 done
 # A worker registers, then declares its queue: wait until each one consumes.
 for _ in $(seq 1 300); do
-  ready=$(grep -l "consuming dispatches" "$work"/logs/*.log 2>/dev/null | wc -l)
+  ready=$( (grep -l "consuming dispatches" "$work"/logs/*.log 2>/dev/null || true) | wc -l)
   [ "$ready" -ge "$n" ] && break
   sleep 0.1
 done
