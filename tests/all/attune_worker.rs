@@ -999,3 +999,74 @@ async fn a_worker_queue_declared_with_other_arguments_is_one_clear_error() {
             .get("s");
     assert_eq!(status, "inactive");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_go_on_while_cpu_bound_guests_fill_every_slot() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    fleet.start_worker("wasm-worker-e").await;
+    let pool = fleet.pool().await;
+    let worker_id: i64 = sqlx::query("SELECT id FROM attune.worker WHERE name = 'wasm-worker-e'")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("id");
+    // Four spinning guests (every slot, more than this machine's cores) for 5 s each.
+    let key = attune_wasm::worker::protocol::dispatch_key(worker_id);
+    for _ in 0..4 {
+        let id: i64 = sqlx::query(
+            "INSERT INTO attune.execution (action, action_ref, config, status, worker, timeout_seconds)
+             VALUES (1, 'demo.greet', '{\"mode\": \"spin\"}', 'scheduled', $1, 5) RETURNING id",
+        )
+        .bind(worker_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("id");
+        let dispatch =
+            json!({"message_type": "ExecutionRequested", "payload": {"execution_id": id}});
+        fleet
+            .publish_raw(&key, dispatch.to_string().as_bytes())
+            .await;
+    }
+    let count = |status: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("SELECT count(*) AS n FROM attune.execution WHERE status::text = $1")
+                .bind(status)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .get::<i64, _>("n")
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count("running").await < 4 {
+        assert!(Instant::now() < deadline, "the four did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // While all four spin, the heartbeat (every second) stays fresh on the database's clock.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let age: f64 = sqlx::query(
+            "SELECT extract(epoch FROM now() - last_heartbeat)::float8 AS age
+             FROM attune.worker WHERE id = $1",
+        )
+        .bind(worker_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("age");
+        assert!(age < 2.5, "heartbeat {age} s old while the guests run");
+        assert!(
+            count("running").await > 0,
+            "the guests ended too soon for this test"
+        );
+    }
+    while count("timeout").await < 4 {
+        assert!(Instant::now() < deadline, "the four did not end");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

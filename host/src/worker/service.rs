@@ -95,10 +95,10 @@ pub async fn run(mut cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> 
         packs_base_dir: cfg.packs_base_dir.clone(),
         default_timeout: cfg.default_timeout,
     });
-    let heartbeat = tokio::spawn(heartbeat_loop(pool.clone(), worker_id, cfg.heartbeat));
+    let heartbeat = Heartbeat::start(&cfg.database_url, worker_id, cfg.heartbeat)?;
 
     let consumed = consume(&ctx, &cfg, &mut shutdown).await;
-    heartbeat.abort();
+    heartbeat.stop();
     if let Err(e) = attune_db::deregister(&pool, worker_id).await {
         tracing::error!("cannot mark the worker inactive: {e}");
     }
@@ -120,14 +120,64 @@ struct Ctx {
     default_timeout: Duration,
 }
 
-/// Beats every `period` on the database's clock; a failed beat is logged and retried.
-async fn heartbeat_loop(pool: PgPool, id: i64, period: Duration) {
-    let mut tick = tokio::time::interval(period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = attune_db::heartbeat(&pool, id).await {
-            tracing::error!("heartbeat failed: {e}");
+/// The heartbeat, on a thread and a tokio runtime of its own (with its own database
+/// connection): guests run on the main runtime's threads without yielding, so CPU-bound
+/// executions on every slot would otherwise delay the beats until the scheduler takes the
+/// worker for dead. Beats every `period` on the database's clock; a failed beat is logged and
+/// retried at the next period.
+struct Heartbeat {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    fn start(url: &str, id: i64, period: Duration) -> Result<Self, Error> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Config(format!("cannot start the heartbeat runtime: {e}")))?;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let url = url.to_owned();
+        let thread = std::thread::Builder::new()
+            .name("attune-heartbeat".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let mut tick = tokio::time::interval(period);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut pool: Option<PgPool> = None;
+                    loop {
+                        tokio::select! {
+                            _ = &mut stopped => return,
+                            _ = tick.tick() => {}
+                        }
+                        if pool.is_none() {
+                            match attune_db::connect(&url, 1).await {
+                                Ok(p) => pool = Some(p),
+                                Err(e) => tracing::error!("heartbeat failed: {e}"),
+                            }
+                        }
+                        if let Some(p) = &pool {
+                            if let Err(e) = attune_db::heartbeat(p, id).await {
+                                tracing::error!("heartbeat failed: {e}");
+                            }
+                        }
+                    }
+                });
+            })
+            .map_err(|e| Error::Config(format!("cannot start the heartbeat thread: {e}")))?;
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops beating (before the worker is marked inactive).
+    fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
         }
     }
 }
