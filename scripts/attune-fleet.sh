@@ -9,15 +9,15 @@
 #
 # Usage: scripts/attune-fleet.sh [N]
 # Environment: PG_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/test),
-#   AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f), ATTUNE_WASM (the binary; default
-#   target/debug/attune-wasm, built when missing).
+#   AMQP_URL (default: a vhost of its own, created with rabbitmqctl and deleted at the end, on
+#   amqp://guest:guest@127.0.0.1:5672), ATTUNE_WASM (the binary; default target/debug/attune-wasm,
+#   built when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
 n=${1:-2}
 pg_admin=${PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/test}
-amqp=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 bin=${ATTUNE_WASM:-$root/target/debug/attune-wasm}
 
 [ -x "$bin" ] || cargo build -p attune-wasm
@@ -26,6 +26,17 @@ p1=examples/target/wasm32-wasip1/release/worker-action.wasm
 [ -f "$p2" ] && [ -f "$p1" ] || scripts/build-examples.sh
 
 db="aw_fleet_$$"
+vhost=""
+if [ -n "${AMQP_URL:-}" ]; then
+  amqp=$AMQP_URL
+else
+  # Queue names carry worker ids, which start at 1 in every scratch database: a vhost of its own
+  # keeps an earlier run's queues (and messages) away.
+  vhost=$db
+  rabbitmqctl -q add_vhost "$vhost"
+  rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*'
+  amqp="amqp://guest:guest@127.0.0.1:5672/$vhost"
+fi
 db_url="${pg_admin%/*}/$db"
 work=$(mktemp -d)
 psql "$pg_admin" -q -c "CREATE DATABASE $db"
@@ -60,6 +71,7 @@ stop() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   psql "$pg_admin" -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
+  [ -z "$vhost" ] || rabbitmqctl -q delete_vhost "$vhost" || true
   rm -rf "$work"
 }
 [ "${KEEP:-0}" = 1 ] || trap stop EXIT
@@ -81,5 +93,5 @@ for i in $(seq 1 "$n"); do
 done
 "$bin" execute --action demo.classic --params '{"name": "core module"}' --wait
 if [ "${KEEP:-0}" = 1 ]; then
-  echo "kept: database $db, workers ${pids[*]}; stop them with kill -TERM"
+  echo "kept: database $db, vhost ${vhost:-(given)}, workers ${pids[*]}; stop them with kill -TERM"
 fi
