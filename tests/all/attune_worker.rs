@@ -1070,3 +1070,90 @@ async fn heartbeats_go_on_while_cpu_bound_guests_fill_every_slot() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_connection_closed_under_load_every_execution_still_ends_once() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    fleet.observe().await;
+    fleet.start_worker("wasm-worker-f").await;
+    let pool = fleet.pool().await;
+    let worker_id: i64 = sqlx::query("SELECT id FROM attune.worker WHERE name = 'wasm-worker-f'")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("id");
+    let key = attune_wasm::worker::protocol::dispatch_key(worker_id);
+    let mut ids = Vec::new();
+    // One long run (ends by its 4 s timeout), then quick ones.
+    for (config, timeout) in std::iter::once((r#"{"mode":"spin"}"#, 4))
+        .chain(std::iter::repeat_n((r#"{"name":"load"}"#, 30), 8))
+    {
+        let id: i64 = sqlx::query(
+            "INSERT INTO attune.execution (action, action_ref, config, status, worker, timeout_seconds)
+             VALUES (1, 'demo.greet', $1::text::jsonb, 'scheduled', $2, $3) RETURNING id",
+        )
+        .bind(config)
+        .bind(worker_id)
+        .bind(timeout)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("id");
+        let dispatch =
+            json!({"message_type": "ExecutionRequested", "payload": {"execution_id": id}});
+        fleet
+            .publish_raw(&key, dispatch.to_string().as_bytes())
+            .await;
+        ids.push(id);
+    }
+    let status_of = |id: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("SELECT status::text AS s FROM attune.execution WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .get::<String, _>("s")
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status_of(ids[0]).await != "running" {
+        assert!(Instant::now() < deadline, "the long run did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The broker drops the worker's connection while it runs (and has more queued).
+    rabbitmqctl(&[
+        "close_all_connections",
+        "-p",
+        &fleet.vhost,
+        "test: broker restart",
+    ]);
+    for &id in &ids {
+        loop {
+            let status = status_of(id).await;
+            if !["scheduled", "running"].contains(&status.as_str()) {
+                let expected = if id == ids[0] { "timeout" } else { "completed" };
+                assert_eq!(status, expected, "execution {id}: {}", fleet.log(0));
+                break;
+            }
+            assert!(Instant::now() < deadline, "execution {id} stayed {status}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let channel = fleet.amqp().await;
+    let messages = Fleet::drain(&channel, "observer").await;
+    for &id in &ids {
+        let completions = messages
+            .iter()
+            .filter(|m| {
+                m["message_type"] == "ExecutionCompleted" && m["payload"]["execution_id"] == id
+            })
+            .count();
+        assert_eq!(completions, 1, "execution {id}: {}", fleet.log(0));
+    }
+}

@@ -94,6 +94,7 @@ pub async fn run(mut cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> 
         max_stderr: cfg.max_stderr,
         packs_base_dir: cfg.packs_base_dir.clone(),
         default_timeout: cfg.default_timeout,
+        in_flight: std::sync::Mutex::default(),
     });
     let heartbeat = Heartbeat::start(&cfg.database_url, worker_id, cfg.heartbeat)?;
 
@@ -118,6 +119,23 @@ struct Ctx {
     max_stderr: u64,
     packs_base_dir: PathBuf,
     default_timeout: Duration,
+    /// Executions this process is handling now, by id: a redelivery of one of them (after a
+    /// lost broker connection) waits for it instead of taking it for abandoned.
+    in_flight: std::sync::Mutex<std::collections::HashMap<i64, watch::Receiver<()>>>,
+}
+
+/// Marks an execution as handled by this process until dropped; waiters on its receiver are
+/// woken when it is.
+struct InFlight<'a> {
+    ctx: &'a Ctx,
+    id: i64,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.ctx.in_flight().remove(&self.id);
+    }
 }
 
 /// The heartbeat, on a thread and a tokio runtime of its own (with its own database
@@ -222,6 +240,9 @@ async fn consume(
             }
         };
         backoff = Duration::from_millis(100);
+        // A lost connection is noticed here even while every slot is busy (running executions
+        // publish their results on the next connection, so it must not wait for a free slot).
+        let mut events = conn.events_listener();
         tracing::info!(queue = %protocol::executions_queue(ctx.worker_id), "consuming dispatches");
         loop {
             while tasks.try_join_next().is_some() {}
@@ -229,6 +250,10 @@ async fn consume(
                 _ = shutdown.changed() => {
                     last = Some((conn, channel, tag));
                     break 'connect;
+                }
+                Some(lapin::Event::Error(e)) = events.next() => {
+                    tracing::warn!("broker connection lost ({e}); reconnecting");
+                    break;
                 }
                 permit = Arc::clone(&slots).acquire_owned() => match permit {
                     Ok(p) => p,
@@ -239,6 +264,10 @@ async fn consume(
                 _ = shutdown.changed() => {
                     last = Some((conn, channel, tag));
                     break 'connect;
+                }
+                Some(lapin::Event::Error(e)) = events.next() => {
+                    tracing::warn!("broker connection lost ({e}); reconnecting");
+                    break;
                 }
                 next = consumer.next() => next,
             };
@@ -338,6 +367,31 @@ enum Disposition {
 }
 
 impl Ctx {
+    fn in_flight(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, watch::Receiver<()>>> {
+        // A poisoned lock only means a panic while inserting or removing; the map is valid.
+        self.in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Claims execution `id` for this delivery, or answers the receiver of the delivery that
+    /// already handles it.
+    fn claim(&self, id: i64) -> Result<InFlight<'_>, watch::Receiver<()>> {
+        let mut map = self.in_flight();
+        if let Some(done) = map.get(&id) {
+            return Err(done.clone());
+        }
+        let (done, waiter) = watch::channel(());
+        map.insert(id, waiter);
+        Ok(InFlight {
+            ctx: self,
+            id,
+            _done: done,
+        })
+    }
+
     async fn handle(&self, delivery: Delivery) {
         let disposition = self.process(&delivery).await;
         let answered = match disposition {
@@ -401,6 +455,19 @@ impl Ctx {
             }
         };
         let id = request.execution_id;
+        let _claim = match self.claim(id) {
+            Ok(claim) => claim,
+            Err(mut done) => {
+                // The broker redelivered a dispatch this process is still running (its
+                // connection was lost): acknowledged once that run has ended and committed.
+                while done.changed().await.is_ok() {}
+                tracing::info!(
+                    execution = id,
+                    "redelivered while it ran here: acknowledged after it ended"
+                );
+                return Disposition::Ack;
+            }
+        };
         let execution = match attune_db::execution(&self.pool, id).await {
             Ok(Some(e)) => e,
             Ok(None) => {
@@ -617,10 +684,10 @@ impl Ctx {
         Disposition::Ack
     }
 
-    /// Publishes on the current channel, waiting (up to ~10 s) for a reconnection.
+    /// Publishes on the current channel, waiting (up to ~60 s) for a reconnection.
     async fn publish<T: Serialize>(&self, key: &str, envelope: &Envelope<T>) -> Result<(), Error> {
         let mut last = Error::Broker("no broker connection".into());
-        for _ in 0..40 {
+        for _ in 0..240 {
             let channel = self.publisher.borrow().clone();
             if let Some(channel) = channel {
                 match protocol::publish(&channel, key, envelope, false).await {
