@@ -1,8 +1,9 @@
 //! Ciphertext parser and decryptor: any stored text and key hash give a typed result, never a
-//! panic; a successful decryption round-trips through `encrypt`.
+//! panic; a successful decryption round-trips through `encrypt` (bound to the row, and only
+//! there), and the floor check never panics.
 #![no_main]
 
-use attune_wasm_fuzz::crypto::{check_format, EncryptionKey, Generation};
+use attune_wasm_fuzz::crypto::{check_floor, check_format, Binding, EncryptionKey, Generation};
 use libfuzzer_sys::fuzz_target;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -16,9 +17,13 @@ fuzz_target!(|data: &[u8]| {
         .expect("32+ bytes");
     let _ = check_format(stored);
     let _ = key.check_key_hash(Generation::of(stored), hash);
-    if let Ok(plain) = key.decrypt(stored, hash) {
-        let again = key.encrypt(&plain);
-        let back = key.decrypt(&again, Some(key.key_hash())).expect("round trip");
+    let _ = check_floor(stored, key.floor(Some(stored)));
+    let row = Binding { owner_type: "pack", owner: "p", name: "n" };
+    if let Ok(plain) = key.decrypt(stored, hash, &row) {
+        let again = key.encrypt(&plain, &row);
+        let back = key.decrypt(&again, Some(key.key_hash()), &row).expect("round trip");
         assert_eq!(back.expose_secret(), plain.expose_secret());
+        let other = Binding { name: "m", ..row };
+        assert!(key.decrypt(&again, Some(key.key_hash()), &other).is_err());
     }
 });

@@ -17,12 +17,15 @@
 //!   with it (PostgreSQL skipped with a message when not reachable);
 //! - `crypto/decrypt/{32B,64KiB}` vs `crypto/aes_gcm/{32B,64KiB}`: [`EncryptionKey::decrypt`]
 //!   of a stored value vs one raw `aes-gcm` decryption of the same bytes;
-//! - `redact/patterns_3`, `redact/automaton_3`, `redact/mask_line_3`: collecting the masked
-//!   forms of three secrets (every execution), that plus building their automaton and masking
-//!   a line that holds one (executions that print a secret), and masking a clean line;
+//! - `redact/patterns_3`, `redact/automaton_3`, `redact/mask_line_3` vs `redact/copy_line`:
+//!   collecting the masked forms of three secrets (every execution), that plus building their
+//!   automaton and masking a line that holds one (executions that print a secret), and masking
+//!   a clean line vs copying it; `redact/clean_100_lines_3` vs `redact/copy_100_lines`: a whole
+//!   execution's masking (forms, stream) of 100 lines that hold no secret vs copying them;
 //! - `cold_start/compile` vs `cold_start/disk_cache` vs `cold_start/memory_cache`: getting a
-//!   runnable guest for a component never seen by the process, with wasmtime's on-disk cache
-//!   warm, and from [`Runtime::load`]'s in-memory cache;
+//!   runnable guest for a component never seen by the process, with the host's on-disk cache
+//!   warm (entry checked and its HMAC verified, then deserialized), and from
+//!   [`Runtime::load`]'s in-memory cache;
 //! - `throughput/2_workers`: executions per second of `component_3_secrets` on two tokio
 //!   workers.
 
@@ -106,12 +109,17 @@ fn key() -> EncryptionKey {
 }
 
 fn secret(key: &EncryptionKey, owner: Owner, name: &str, value: &str) -> NewSecret {
+    let name = SecretName::new(name).unwrap();
+    let value = key.encrypt(
+        &SecretString::from(value),
+        &attune_wasm::store::binding(&owner, &name),
+    );
     NewSecret {
         owner,
-        name: SecretName::new(name).unwrap(),
+        name,
         encrypted: true,
         key_hash: Some(key.key_hash().to_owned()),
-        value: SecretString::from(key.encrypt(&SecretString::from(value))),
+        value: SecretString::from(value),
     }
 }
 
@@ -458,8 +466,20 @@ fn crypto(c: &mut Criterion) {
     let mut group = c.benchmark_group("crypto");
     for (label, len) in [("32B", 32usize), ("64KiB", 64 * 1024)] {
         let value: String = "s".repeat(len);
-        let stored = key.encrypt(&SecretString::from(value.clone()));
-        let (nonce_b64, sealed_b64) = stored.split_once(':').unwrap();
+        // The bound format, as the host writes it; the baseline decrypts the same bytes with
+        // the same associated data.
+        let row = attune_wasm::crypto::Binding {
+            owner_type: "pack",
+            owner: "mypack",
+            name: "api_key",
+        };
+        let stored = key.encrypt(&SecretString::from(value.clone()), &row);
+        let aad = row.aad(key.key_hash());
+        let (nonce_b64, sealed_b64) = stored
+            .strip_prefix(attune_wasm::crypto::BOUND_PREFIX)
+            .unwrap()
+            .split_once(':')
+            .unwrap();
         let nonce = base64::engine::general_purpose::STANDARD
             .decode(nonce_b64)
             .unwrap();
@@ -469,13 +489,19 @@ fn crypto(c: &mut Criterion) {
         let hash = key.key_hash().to_owned();
         group.throughput(Throughput::Bytes(len as u64));
         group.bench_function(BenchmarkId::new("decrypt", label), |b| {
-            b.iter(|| key.decrypt(&stored, Some(&hash)).unwrap());
+            b.iter(|| key.decrypt(&stored, Some(&hash), &row).unwrap());
         });
         group.bench_function(BenchmarkId::new("aes_gcm", label), |b| {
             let cipher = Aes256Gcm::new_from_slice(&raw_key).unwrap();
             b.iter(|| {
                 cipher
-                    .decrypt(Nonce::from_slice(&nonce), sealed.as_slice())
+                    .decrypt(
+                        Nonce::from_slice(&nonce),
+                        aes_gcm::aead::Payload {
+                            msg: sealed.as_slice(),
+                            aad: &aad,
+                        },
+                    )
                     .unwrap()
             });
         });
@@ -484,22 +510,50 @@ fn crypto(c: &mut Criterion) {
 }
 
 fn redact(c: &mut Criterion) {
+    use attune_wasm::redact::{Patterns, Stream};
     let values = [
         "eu-west-1-benchmark",
         "sk-benchmark-0123456789abcdef",
         "hunter2-but-longer",
     ];
+    let line: &[u8] = b"bench-action: 3 secrets\n";
+    let lines: Vec<Vec<u8>> = (0..100)
+        .map(|i| format!("step {i}: deployed service-{i} to staging, took {i} ms\n").into_bytes())
+        .collect();
     let mut group = c.benchmark_group("redact");
+    // Baselines: passing the output on without masking.
+    group.bench_function("copy_line", |b| {
+        b.iter(|| std::hint::black_box(line).to_vec());
+    });
+    group.bench_function("copy_100_lines", |b| {
+        b.iter(|| {
+            lines
+                .iter()
+                .map(|l| std::hint::black_box(l.as_slice()).to_vec().len())
+                .sum::<usize>()
+        });
+    });
     group.bench_function("patterns_3", |b| {
-        b.iter(|| attune_wasm::redact::Patterns::new(values));
+        b.iter(|| Patterns::new(values));
     });
     // A line holding a secret: the automaton is built (once per execution, on first need).
     group.bench_function("automaton_3", |b| {
-        b.iter(|| attune_wasm::redact::Patterns::new(values).mask_all(b"key=hunter2-but-longer\n"));
+        b.iter(|| Patterns::new(values).mask_all(b"key=hunter2-but-longer\n"));
     });
-    let patterns = attune_wasm::redact::Patterns::new(values);
+    let patterns = Patterns::new(values);
     group.bench_function("mask_line_3", |b| {
-        b.iter(|| patterns.mask_all(b"bench-action: 3 secrets\n"));
+        b.iter(|| patterns.mask_all(line));
+    });
+    // A whole execution that prints 100 lines and no secret: forms, stream, lines.
+    group.bench_function("clean_100_lines_3", |b| {
+        b.iter(|| {
+            let mut stream = Stream::new(Patterns::new(values));
+            let mut n = 0;
+            for l in &lines {
+                n += stream.push(l).len();
+            }
+            n + stream.finish().len()
+        });
     });
     group.finish();
 }

@@ -60,12 +60,19 @@ async fn main() {
         "soak-test-password-0123456789abcdefghijkl",
     ))
     .unwrap();
-    let secret = |owner: Owner, name: &str, value: &str| NewSecret {
-        owner,
-        name: SecretName::new(name).unwrap(),
-        encrypted: true,
-        key_hash: Some(key.key_hash().to_owned()),
-        value: SecretString::from(key.encrypt(&SecretString::from(value))),
+    let secret = |owner: Owner, name: &str, value: &str| {
+        let name = SecretName::new(name).unwrap();
+        let value = key.encrypt(
+            &SecretString::from(value),
+            &attune_wasm::store::binding(&owner, &name),
+        );
+        NewSecret {
+            owner,
+            name,
+            encrypted: true,
+            key_hash: Some(key.key_hash().to_owned()),
+            value: SecretString::from(value),
+        }
     };
     let action = ActionRef::new("mypack.deploy").unwrap();
     store

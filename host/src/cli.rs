@@ -17,11 +17,12 @@ use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use crate::config::Settings;
-use crate::crypto::EncryptionKey;
+use crate::crypto::{self, EncryptionKey};
 use crate::executor::{self, Execution, Executor, SecretSource};
+use crate::mounts::{Boundary, Kind};
 use crate::names::{ActionRef, Owner, PackRef, SecretName};
 use crate::runtime::{self, Limits, Output, Runtime, RuntimeConfig, Stdin};
-use crate::store::{NewSecret, OpenMode, Store, Written};
+use crate::store::{self, NewSecret, OpenMode, Replace, Store, Written};
 
 pub use crate::store::MAX_VALUE_BYTES;
 /// Largest `.wasm` file `run` reads, in bytes (256 MiB).
@@ -105,6 +106,10 @@ enum SecretCmd {
         /// Store the value unencrypted (`encrypted: false`, as the seed allows).
         #[arg(long)]
         plain: bool,
+        /// Overwrite the secret even if it is stored encrypted under another key (which this
+        /// host cannot decrypt); without it such a write is refused.
+        #[arg(long)]
+        replace_foreign_key: bool,
     },
     /// Show a secret's metadata; with --reveal, print its value (exactly, no newline added).
     Get {
@@ -126,6 +131,10 @@ enum SecretCmd {
     Import {
         /// The JSON-lines file, or `-` for stdin.
         file: PathBuf,
+        /// Overwrite stored secrets that are encrypted under a key other than the imported
+        /// row's and the configured one; without it such a row refuses the import.
+        #[arg(long)]
+        replace_foreign_key: bool,
     },
     /// Delete a secret.
     Delete {
@@ -207,7 +216,7 @@ struct RunArgs {
     /// Deliver only these secrets (repeatable); other visible names answer access-denied.
     #[arg(long = "allow-secret", value_name = "NAME", value_parser = parse_secret_name)]
     allow_secret: Vec<SecretName>,
-    /// Compile without wasmtime's cache (`<data_dir>/cache`, compiled code reused across runs).
+    /// Compile without the host's cache (`<data_dir>/cache`, compiled code reused across runs).
     #[arg(long)]
     no_cache: bool,
     /// Do not mask secret values in the guest's output (debugging only).
@@ -263,9 +272,14 @@ fn parse_secret_name(s: &str) -> Result<SecretName, String> {
 /// Entry point of the binary: parses arguments, sets up logging (`RUST_LOG`, default `warn`,
 /// to stderr), runs the command on a tokio runtime and maps the outcome to an exit status.
 pub fn main() -> ExitCode {
+    // First, before a key or a value is in memory: no core file, no ptrace by other processes.
+    let hardened = crate::process::harden();
     install_panic_hook();
     let cli = Cli::parse();
     init_logging();
+    if let Err(e) = hardened {
+        tracing::warn!("process hardening incomplete: {e}");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -283,13 +297,30 @@ pub fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            last_line(format!("error: {}", one_line(&e)));
             if is_run {
                 ExitCode::from(run_error_code(&e))
             } else {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// Longest the host waits to print its last line (see [`last_line`]).
+const LAST_LINE_WAIT: Duration = Duration::from_secs(1);
+
+/// Prints the host's last line on stderr from a thread of its own, waiting at most
+/// [`LAST_LINE_WAIT`]: when a guest filled a stderr pipe that nobody reads, the line cannot
+/// be written, and the process must still end (the thread is left behind).
+fn last_line(line: String) {
+    let (done, written) = std::sync::mpsc::channel();
+    let printer = std::thread::Builder::new().spawn(move || {
+        eprintln!("{line}");
+        let _ = done.send(());
+    });
+    if printer.is_ok() {
+        let _ = written.recv_timeout(LAST_LINE_WAIT);
     }
 }
 
@@ -326,7 +357,7 @@ fn run_error_code(e: &anyhow::Error) -> u8 {
             _ => None,
         });
     match runtime_err {
-        Some(runtime::Error::Timeout(_)) => EXIT_TIMEOUT,
+        Some(runtime::Error::Timeout(_) | runtime::Error::OutputBlocked(_)) => EXIT_TIMEOUT,
         Some(
             runtime::Error::Trap(_)
             | runtime::Error::MemoryLimit(_)
@@ -339,15 +370,8 @@ fn run_error_code(e: &anyhow::Error) -> u8 {
 }
 
 fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .without_time()
-        .with_target(false)
-        .try_init();
+    // The guest-data cap holds whatever RUST_LOG says (see crate::logging).
+    crate::logging::install();
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -364,7 +388,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             rotate(&settings, dry_run).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(args) => run(&settings, args).await,
+        Command::Run(args) => run(&settings, cli.config.as_deref(), args).await,
         Command::Worker(args) => crate::worker::cli::worker(&settings, args).await,
         Command::Execute(args) => crate::worker::cli::execute(&settings, args).await,
         Command::Audit(AuditCmd::List {
@@ -427,6 +451,16 @@ fn require_key(settings: &Settings) -> anyhow::Result<EncryptionKey> {
     )
 }
 
+/// Which stored rows a write may replace: with `--replace-foreign-key` any, else plain rows
+/// and rows under the written row's key or `writer` (the configured key).
+fn replace(writer: Option<&str>, replace_foreign_key: bool) -> Replace<'_> {
+    if replace_foreign_key {
+        Replace::Any
+    } else {
+        Replace::Readable(writer)
+    }
+}
+
 async fn open_store(settings: &Settings, mode: OpenMode) -> anyhow::Result<Store> {
     Ok(Store::open_with(&settings.store_options()?, mode).await?)
 }
@@ -438,6 +472,7 @@ async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
             value,
             owner,
             plain,
+            replace_foreign_key,
         } => {
             let name = SecretName::new(&name)?;
             let owner = owner.owner()?.unwrap_or(Owner::System);
@@ -451,19 +486,30 @@ async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
             let store = open_store(settings, OpenMode::CreateIfMissing).await?;
             let (stored, key_hash) = match &key {
                 Some(k) => (
-                    SecretString::from(k.encrypt(&value)),
+                    SecretString::from(k.encrypt(&value, &store::binding(&owner, &name))),
                     Some(k.key_hash().to_owned()),
                 ),
                 None => (value, None),
             };
+            // A plain write by a host with a key may replace rows under that key.
+            let writer = match &key {
+                Some(k) => Some(k.key_hash().to_owned()),
+                None => self::key(settings)
+                    .ok()
+                    .flatten()
+                    .map(|k| k.key_hash().to_owned()),
+            };
             let written = store
-                .put(&NewSecret {
-                    owner: owner.clone(),
-                    name: name.clone(),
-                    encrypted: key.is_some(),
-                    key_hash,
-                    value: stored,
-                })
+                .put_with(
+                    &NewSecret {
+                        owner: owner.clone(),
+                        name: name.clone(),
+                        encrypted: key.is_some(),
+                        key_hash,
+                        value: stored,
+                    },
+                    replace(writer.as_deref(), replace_foreign_key),
+                )
                 .await?;
             let verb = match written {
                 Written::Created => "created",
@@ -489,8 +535,10 @@ async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
             };
             if reveal {
                 let value = if row.encrypted {
-                    require_key(settings)?
-                        .decrypt(row.value.expose_secret(), row.key_hash.as_deref())
+                    let key = require_key(settings)?;
+                    let stored = row.value.expose_secret();
+                    crypto::check_floor(stored, key.floor(store.floor_record()))
+                        .and_then(|()| key.decrypt(stored, row.key_hash.as_deref(), &row.binding()))
                         .with_context(|| format!("secret {secret_ref}"))?
                 } else {
                     row.value
@@ -544,7 +592,10 @@ async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                 );
             }
         }
-        SecretCmd::Import { file } => {
+        SecretCmd::Import {
+            file,
+            replace_foreign_key,
+        } => {
             let input = if file.as_os_str() == "-" {
                 let mut text = String::new();
                 std::io::stdin()
@@ -555,13 +606,22 @@ async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                 std::fs::read_to_string(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?
             };
-            let plan = crate::import::plan(&input).context("import refused, nothing written")?;
+            let mut plan =
+                crate::import::plan(&input).context("import refused, nothing written")?;
             for (line, secret_ref, owner_type) in &plan.skipped {
                 eprintln!("skipped line {line} (ref {secret_ref}): owner type {owner_type} is not run by this host");
             }
             let store = open_store(settings, OpenMode::CreateIfMissing).await?;
+            let writer = key(settings)?.map(|k| k.key_hash().to_owned());
+            if store.floor_record().is_some() {
+                plan.bind_unbound(key(settings)?.as_ref())
+                    .context("import refused, nothing written")?;
+            }
             let written = store
-                .put_many(&plan.secrets)
+                .put_many_with(
+                    &plan.secrets,
+                    replace(writer.as_deref(), replace_foreign_key),
+                )
                 .await
                 .context("import failed, nothing written")?;
             let created = written.iter().filter(|w| **w == Written::Created).count();
@@ -674,13 +734,20 @@ fn read_value(arg: Option<String>, secret_ref: &str) -> anyhow::Result<SecretStr
     }
 }
 
-async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<ExitCode> {
+async fn run(
+    settings: &Settings,
+    config: Option<&Path>,
+    args: RunArgs,
+) -> anyhow::Result<ExitCode> {
     let action = ActionRef::new(&args.action)?;
     let program = program_name(&args.file);
     let bytes = read_module(&args.file)?;
     let mut dirs = args.dirs;
     dirs.extend(args.dirs_ro);
-    check_mounts(&dirs, &settings.data_dir()?)?;
+    // Checked before anything is created (the data directory, the cache, the store), so that
+    // a mount cannot catch them on a first run; the executor checks again.
+    let boundary = boundary(settings, config)?;
+    boundary.check(&dirs)?;
     let runtime = std::sync::Arc::new(Runtime::new(RuntimeConfig {
         fuel: args.fuel.is_some(),
         cache_dir: (!args.no_cache)
@@ -711,7 +778,7 @@ async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<ExitCode> {
         Ok(store) => SecretSource::Store(store),
         Err(e) => SecretSource::Missing(format!("{e:#}")),
     };
-    let executor = Executor::new(runtime, source, key(settings)?, strict);
+    let executor = Executor::new(runtime, source, key(settings)?, strict).with_boundary(&boundary);
     if args.no_redact {
         tracing::warn!("--no-redact: secret values the guest prints are shown as they are");
     }
@@ -738,6 +805,7 @@ async fn run(settings: &Settings, args: RunArgs) -> anyhow::Result<ExitCode> {
                 allowed,
                 redact: !args.no_redact,
                 max_output: args.max_output as u64,
+                cancel: runtime::Cancel::new(),
                 execution_id: None,
             },
         )
@@ -766,26 +834,21 @@ fn read_module(file: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Refuses two mounts at one guest path, and any mount that contains or lies inside the data
-/// directory (the secret store).
-fn check_mounts(dirs: &[runtime::DirMount], data_dir: &Path) -> anyhow::Result<()> {
-    let data = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-    let mut guests = BTreeSet::new();
-    for dir in dirs {
-        if !guests.insert(dir.guest.as_str()) {
-            bail!("two --dir mounts at guest path {}", dir.guest);
-        }
-        let host = std::fs::canonicalize(&dir.host)
-            .with_context(|| format!("cannot mount directory {}", dir.host.display()))?;
-        if data.starts_with(&host) || host.starts_with(&data) {
-            bail!(
-                "refusing to mount {}: it overlaps the data directory {} (the secret store)",
-                dir.host.display(),
-                data.display()
-            );
-        }
+/// What no mount may reach: `/proc`, `/sys`, `/dev`, the data directory (with the cache), the
+/// store's database file and directory wherever `database.url` puts them, and the
+/// configuration file.
+fn boundary(settings: &Settings, config: Option<&Path>) -> anyhow::Result<Boundary> {
+    let mut boundary = Boundary::new();
+    let data = settings.data_dir()?;
+    boundary.protect(Kind::DataDir, &data);
+    boundary.protect(Kind::Cache, data.join("cache"));
+    if let Some(file) = crate::store::sqlite_file(&settings.database_url()?) {
+        boundary.protect_database(&file);
     }
-    Ok(())
+    if let Some(config) = config {
+        boundary.protect(Kind::Config, config);
+    }
+    Ok(boundary)
 }
 
 fn program_name(file: &Path) -> String {

@@ -30,6 +30,10 @@ pub enum Error {
     /// No data directory could be determined.
     #[error("no data directory: set data_dir or ATTUNE__DATA_DIR")]
     NoDataDir,
+    /// An `ATTUNE__…` environment variable (named) holds bytes that are not UTF-8; its value
+    /// is never shown (it could be the encryption key).
+    #[error("environment variable {0} is not valid UTF-8 (its value is not shown): set it to UTF-8 text")]
+    NotUnicode(String),
 }
 
 /// `Result` with [`Error`] as the default error type.
@@ -86,10 +90,14 @@ pub struct Security {
     pub strict_secrets: bool,
 }
 
+/// Why a non-string encryption key is refused (the value is never rendered).
+const NOT_A_STRING: &str =
+    "the encryption key must be a string (quote it in YAML; its value is not shown)";
+
 /// Accepts only a string: a YAML number would reach us already rounded.
 fn string_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
     struct Visitor;
-    impl serde::de::Visitor<'_> for Visitor {
+    impl<'de> serde::de::Visitor<'de> for Visitor {
         type Value = Option<SecretString>;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a string (quote the encryption key in YAML)")
@@ -106,35 +114,124 @@ fn string_secret<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Secret
         fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
             Ok(None)
         }
+        // Any other shape is refused without rendering it: serde's default message quotes
+        // the value (`floating point `1.2e35``), and a YAML number is the key, rounded.
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Err(E::custom(NOT_A_STRING))
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Err(E::custom(NOT_A_STRING))
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Err(E::custom(NOT_A_STRING))
+        }
+        fn visit_i128<E: serde::de::Error>(self, _: i128) -> Result<Self::Value, E> {
+            Err(E::custom(NOT_A_STRING))
+        }
+        fn visit_u128<E: serde::de::Error>(self, _: u128) -> Result<Self::Value, E> {
+            Err(E::custom(NOT_A_STRING))
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Err(E::custom(NOT_A_STRING))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(serde::de::Error::custom(NOT_A_STRING))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Self::Value, A::Error> {
+            Err(serde::de::Error::custom(NOT_A_STRING))
+        }
     }
     d.deserialize_any(Visitor)
 }
 
-/// Replaces every `"…"`-quoted part of a message (serde quotes the offending value) by `"…"`.
-fn without_quoted(message: &str) -> String {
+/// Replaces every `"…"`- or `` `…` ``-quoted part of a message by `"…"` (serde and `config`
+/// quote the offending value: `string "…"`, `floating point `…``, an OS string's bytes).
+/// Escapes inside double quotes (`\"`) do not end the quote.
+fn without_values(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
-    let mut quoted = false;
-    for c in message.chars() {
-        if c == '"' {
-            if !quoted {
-                out.push_str("\"…");
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                out.push_str("\"…\"");
+                while let Some(q) = chars.next() {
+                    match q {
+                        '\\' => {
+                            chars.next();
+                        }
+                        '"' => break,
+                        _ => {}
+                    }
+                }
             }
-            quoted = !quoted;
-            if !quoted {
-                out.push('"');
+            '`' => {
+                out.push_str("`…`");
+                for q in chars.by_ref() {
+                    if q == '`' {
+                        break;
+                    }
+                }
             }
-        } else if !quoted {
-            out.push(c);
+            c => out.push(c),
         }
     }
     out
+}
+
+/// A configuration error as one line that renders no configured value: the parts of
+/// `config`'s errors that hold one (the unexpected value of a type error, quoted text) are
+/// left out; the key and the file are kept.
+fn describe(e: &config::ConfigError) -> String {
+    use config::ConfigError as C;
+    let at = |key: &Option<String>, origin: &Option<String>| {
+        let mut s = String::new();
+        if let Some(key) = key {
+            s.push_str(&format!(" for key {key}"));
+        }
+        if let Some(origin) = origin {
+            s.push_str(&format!(" in {}", without_values(origin)));
+        }
+        s
+    };
+    match e {
+        C::Type {
+            origin,
+            expected,
+            key,
+            ..
+        } => format!(
+            "invalid type (value not shown), expected {}{}",
+            without_values(expected),
+            at(key, origin)
+        ),
+        C::At { error, origin, key } => format!("{}{}", describe(error), at(key, origin)),
+        other => without_values(&other.to_string()),
+    }
+}
+
+/// Refuses an `ATTUNE__…` variable whose value is not UTF-8 (naming it), before `config`
+/// reads the environment: its own error would print the value's bytes.
+fn check_env_unicode() -> Result<()> {
+    let prefix = format!("{ENV_PREFIX}__").to_ascii_lowercase();
+    for (name, value) in std::env::vars_os() {
+        // `config` skips names that are not UTF-8.
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if name.to_ascii_lowercase().starts_with(&prefix) && value.to_str().is_none() {
+            return Err(Error::NotUnicode(name.to_owned()));
+        }
+    }
+    Ok(())
 }
 
 impl Settings {
     /// Loads `file` (when given; it must exist) and then the `ATTUNE__…` environment.
     ///
     /// # Errors
-    /// [`Error::Invalid`] when the file is missing or malformed or a value has the wrong type.
+    /// [`Error::Invalid`] when the file is missing or malformed or a value has the wrong type
+    /// (the message names the key, never the value); [`Error::NotUnicode`] when an
+    /// `ATTUNE__…` variable is not UTF-8.
     pub fn load(file: Option<&Path>) -> Result<Self> {
         let mut builder = config::Config::builder();
         if let Some(path) = file {
@@ -151,18 +248,12 @@ impl Settings {
                 // Values stay strings: parsing would turn an all-digit password into a float.
                 .try_parsing(false),
         );
+        check_env_unicode()?;
         builder
             .build()
             .and_then(config::Config::try_deserialize)
-            .map_err(|e| {
-                let text = e.to_string();
-                // serde quotes the offending value in type errors: never echo it.
-                if text.contains("invalid type") || text.contains("invalid value") {
-                    Error::Invalid(without_quoted(&text))
-                } else {
-                    Error::Invalid(text)
-                }
-            })
+            // Never the error's own rendering: it can quote a configured value.
+            .map_err(|e| Error::Invalid(describe(&e)))
     }
 
     /// The data directory: `data_dir`, else `$XDG_DATA_HOME/attune-wasm` (usually

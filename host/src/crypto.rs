@@ -1,8 +1,14 @@
 //! Encryption of stored secret values (seed "Encryption Flow" / "Decryption Flow").
 //!
 //! - Key: `SHA-256(password UTF-8 bytes)`, 32 bytes, AES-256-GCM.
-//! - Seed format (what this host writes): `base64(nonce):base64(ciphertext||tag)`, standard
-//!   alphabet with padding (RFC 4648 §4), a fresh random 12-byte nonce per encryption.
+//! - Bound format (what this host writes, [`Generation::Bound`]):
+//!   `v2:base64(nonce):base64(ciphertext||tag)`, standard alphabet with padding (RFC 4648 §4), a
+//!   fresh random 12-byte nonce per encryption, and associated data ([`Binding::aad`]) that binds
+//!   the ciphertext to its row (owner type, owner, name) and to the key hash: a ciphertext
+//!   copied into another row does not decrypt there. Documented with independent test vectors
+//!   in `docs/secrets-management.md` ("Ciphertext formats and key hashes").
+//! - Seed format (the Phase 5.5 design, written by this host before the bound format; read
+//!   only): `base64(nonce):base64(ciphertext||tag)`, no associated data.
 //!   Key hash: lowercase hex `SHA-256(derived key)`.
 //! - Blob format (later Attune releases, read only): `base64(nonce||ciphertext||tag)`, whose
 //!   plaintext is the JSON encoding of the value. Attune stores `hex(SHA-256(password))` as its
@@ -15,7 +21,7 @@
 
 use std::fmt;
 
-use aes_gcm::aead::{Aead, AeadCore, AeadInPlace, KeyInit, OsRng};
+use aes_gcm::aead::{Aead, AeadCore, AeadInPlace, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
@@ -52,9 +58,17 @@ pub enum Error {
         /// Hash of the configured key in the same generation.
         configured: String,
     },
-    /// Authentication failed: wrong key or tampered ciphertext.
-    #[error("decryption failed (wrong key or tampered ciphertext)")]
+    /// Authentication failed: wrong key, tampered ciphertext, or (bound format) a ciphertext
+    /// that was made for another row.
+    #[error("decryption failed (wrong key, tampered ciphertext, or a ciphertext copied from another row)")]
     DecryptFailed,
+    /// A row holds an older, unbound format in a store whose floor (written by `key rotate`)
+    /// says every encrypted row is bound: someone replaced the row's value.
+    #[error("the value is in the unbound {found} format, but this store holds only bound (v2) ciphertexts since its last key rotate: the row was replaced by an older ciphertext")]
+    Downgraded {
+        /// The generation found (`seed` or `blob`).
+        found: Generation,
+    },
     /// The plaintext is not UTF-8 (or, in the blob format, not a JSON string).
     #[error("decrypted value is not valid UTF-8 text")]
     InvalidUtf8,
@@ -64,23 +78,101 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Which ciphertext generation a stored value uses (see the module docs).
+///
+/// Ordered by age: `Blob < Seed < Bound` only in the sense that [`Generation::Bound`] is the
+/// one format whose ciphertexts cannot move between rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Generation {
-    /// `base64(nonce):base64(ciphertext||tag)`, written by this host and the seed design.
+    /// `base64(nonce):base64(ciphertext||tag)`, the seed design (this host before v2).
     Seed,
     /// `base64(nonce||ciphertext||tag)` with a JSON-encoded plaintext (later Attune).
     Blob,
+    /// `v2:base64(nonce):base64(ciphertext||tag)` with the row bound as associated data
+    /// ([`Binding::aad`]): what this host writes.
+    Bound,
 }
 
+/// Prefix of the bound format. A seed value starts with 16 base64 characters (its nonce) and a
+/// blob value has no `:`, so neither can start with it.
+pub const BOUND_PREFIX: &str = "v2:";
+
 impl Generation {
-    /// Detects the generation from the stored text: the seed format always contains `:`, the
-    /// blob format (pure base64) never does.
+    /// Detects the generation from the stored text: the bound format starts with
+    /// [`BOUND_PREFIX`], the seed format contains `:`, the blob format (pure base64) never does.
     pub fn of(stored: &str) -> Self {
-        if stored.contains(':') {
+        if stored.starts_with(BOUND_PREFIX) {
+            Self::Bound
+        } else if stored.contains(':') {
             Self::Seed
         } else {
             Self::Blob
         }
+    }
+
+    /// `true` for the formats whose ciphertext is not bound to its row (seed, blob).
+    pub fn is_unbound(self) -> bool {
+        !matches!(self, Self::Bound)
+    }
+}
+
+impl fmt::Display for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Seed => "seed",
+            Self::Blob => "blob",
+            Self::Bound => "bound (v2)",
+        })
+    }
+}
+
+/// The row a bound ciphertext belongs to: its owner type (`system`, `pack`, `action`), owner
+/// ref (`""` for system, the pack ref, or the action ref `pack.action`) and name, as stored in
+/// the `secrets` table's columns of the same names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Binding<'a> {
+    /// `system`, `pack` or `action`.
+    pub owner_type: &'a str,
+    /// `""` for system, else the pack ref or the action ref.
+    pub owner: &'a str,
+    /// The secret's name.
+    pub name: &'a str,
+}
+
+/// Domain-separation label that opens the associated data of the bound format.
+const AAD_LABEL: &[u8] = b"attune-wasm secret v2";
+
+/// The floor record's binding (see [`EncryptionKey::seal_floor`]); `store` is no owner type a
+/// row can have.
+const FLOOR_BINDING: Binding<'static> = Binding {
+    owner_type: "store",
+    owner: "",
+    name: "ciphertext-floor",
+};
+
+impl Binding<'_> {
+    /// The associated data of a bound ciphertext made under the key with hash `key_hash`:
+    ///
+    /// `"attune-wasm secret v2" || 0x00 || field(owner_type) || field(owner) || field(name) ||
+    /// field(key_hash)`, where `field(x)` is the 4-byte big-endian length of `x`'s UTF-8 bytes
+    /// followed by those bytes, and `key_hash` is the 64 lowercase hex digits of
+    /// [`EncryptionKey::key_hash`]. Length prefixes make the encoding injective: no two rows
+    /// share associated data.
+    pub fn aad(&self, key_hash: &str) -> Vec<u8> {
+        let fields = [self.owner_type, self.owner, self.name, key_hash];
+        let mut aad = Vec::with_capacity(
+            AAD_LABEL.len() + 1 + fields.iter().map(|f| 4 + f.len()).sum::<usize>(),
+        );
+        aad.extend_from_slice(AAD_LABEL);
+        aad.push(0);
+        for field in fields {
+            // A field longer than 4 GiB cannot reach here (values and names are bounded far
+            // below); saturate rather than wrap if it ever did.
+            let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
+            aad.extend_from_slice(&len.to_be_bytes());
+            aad.extend_from_slice(field.as_bytes());
+        }
+        aad
     }
 }
 
@@ -118,19 +210,66 @@ impl EncryptionKey {
         Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(self.key.as_slice()))
     }
 
-    /// Encrypts `plaintext` into the seed format `base64(nonce):base64(ciphertext||tag)`.
+    /// Encrypts `plaintext` for the row `binding` into the bound format
+    /// `v2:base64(nonce):base64(ciphertext||tag)`, with [`Binding::aad`] as associated data.
     ///
     /// The nonce is 12 fresh random bytes from the OS: it MUST be unique per message under one
     /// key, which random 96-bit nonces give for far more messages than a secret store holds.
-    pub fn encrypt(&self, plaintext: &SecretString) -> String {
+    pub fn encrypt(&self, plaintext: &SecretString, binding: &Binding<'_>) -> String {
+        let aad = binding.aad(&self.key_hash);
+        let (nonce, sealed) = self.seal(plaintext.expose_secret().as_bytes(), &aad);
+        format!(
+            "{BOUND_PREFIX}{}:{}",
+            STANDARD.encode(nonce),
+            STANDARD.encode(sealed)
+        )
+    }
+
+    /// Encrypts `plaintext` into the unbound seed format `base64(nonce):base64(ciphertext||tag)`
+    /// of the Phase 5.5 design, as this host wrote before the bound format. The host itself
+    /// writes only [`EncryptionKey::encrypt`]; this exists to make rows as an older host or
+    /// Attune did (tests, benchmarks, migration tooling).
+    pub fn encrypt_seed(&self, plaintext: &SecretString) -> String {
+        let (nonce, sealed) = self.seal(plaintext.expose_secret().as_bytes(), b"");
+        format!("{}:{}", STANDARD.encode(nonce), STANDARD.encode(sealed))
+    }
+
+    /// AES-256-GCM with a fresh random nonce: `(nonce, ciphertext||tag)`.
+    fn seal(&self, plaintext: &[u8], aad: &[u8]) -> ([u8; NONCE_BYTES], Vec<u8>) {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         // Encryption with a 12-byte nonce and a plaintext below 64 GiB cannot fail in aes-gcm
         // 0.10 (the only error is a length overflow); fall back to an empty body defensively.
         let sealed = self
             .cipher()
-            .encrypt(&nonce, plaintext.expose_secret().as_bytes())
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .unwrap_or_default();
-        format!("{}:{}", STANDARD.encode(nonce), STANDARD.encode(sealed))
+        (nonce.into(), sealed)
+    }
+
+    /// The store's ciphertext floor record: a bound ciphertext of `v2` under this key, for a
+    /// row no secret can have (owner type `store`). `key rotate` writes it once every encrypted
+    /// row is bound; from then on [`EncryptionKey::floor`] of it is [`Generation::Bound`] and
+    /// an unbound row is refused as [`Error::Downgraded`]. Only the key's holder can make it.
+    pub fn seal_floor(&self) -> String {
+        self.encrypt(&SecretString::from("v2"), &FLOOR_BINDING)
+    }
+
+    /// Reads a store's floor record (see [`EncryptionKey::seal_floor`]): `Some(Bound)` when it
+    /// is authentic under this key, `None` when there is none or it was made under another key
+    /// (a store rotated to a key this host does not have: its rows fail their key-hash check
+    /// anyway).
+    pub fn floor(&self, record: Option<&str>) -> Option<Generation> {
+        let record = record?;
+        let plain = self
+            .decrypt(record, Some(&self.key_hash), &FLOOR_BINDING)
+            .ok()?;
+        (plain.expose_secret() == "v2").then_some(Generation::Bound)
     }
 
     /// Checks a row's stored key hash against this key.
@@ -152,7 +291,7 @@ impl EncryptionKey {
             return Ok(());
         }
         let stored = match generation {
-            Generation::Seed => hex::encode(bytes),
+            Generation::Seed | Generation::Bound => hex::encode(bytes),
             Generation::Blob => {
                 if hex::encode(Sha256::digest(bytes)) == self.key_hash {
                     return Ok(());
@@ -166,24 +305,35 @@ impl EncryptionKey {
         })
     }
 
-    /// Decrypts a stored value of either generation after checking its key hash
-    /// (seed "Decryption Flow": parse, validate key hash, decode, decrypt).
+    /// Decrypts a stored value of any generation after checking its key hash (seed
+    /// "Decryption Flow": parse, validate key hash, decode, decrypt). `binding` is the row the
+    /// value was read from; a bound ciphertext decrypts only there (the unbound generations
+    /// ignore it).
     ///
     /// # Errors
-    /// [`Error::InvalidFormat`], [`Error::KeyMismatch`], [`Error::DecryptFailed`] or
-    /// [`Error::InvalidUtf8`].
-    pub fn decrypt(&self, stored: &str, row_key_hash: Option<&str>) -> Result<SecretString> {
+    /// [`Error::InvalidFormat`], [`Error::KeyMismatch`], [`Error::DecryptFailed`] (also for a
+    /// bound ciphertext copied from another row) or [`Error::InvalidUtf8`].
+    pub fn decrypt(
+        &self,
+        stored: &str,
+        row_key_hash: Option<&str>,
+        binding: &Binding<'_>,
+    ) -> Result<SecretString> {
         let generation = Generation::of(stored);
         let (nonce, sealed) = parse(stored, generation)?;
         self.check_key_hash(generation, row_key_hash)?;
+        let aad = match generation {
+            Generation::Bound => binding.aad(&self.key_hash),
+            Generation::Seed | Generation::Blob => Vec::new(),
+        };
         // Decrypted in place: the buffer holds plaintext from here on, and is wiped on drop
         // (on failure it still holds only ciphertext).
         let mut plain = Zeroizing::new(sealed);
         self.cipher()
-            .decrypt_in_place(Nonce::from_slice(&nonce), b"", &mut *plain)
+            .decrypt_in_place(Nonce::from_slice(&nonce), &aad, &mut *plain)
             .map_err(|_| Error::DecryptFailed)?;
         match generation {
-            Generation::Seed => {
+            Generation::Seed | Generation::Bound => {
                 let text = std::str::from_utf8(&plain).map_err(|_| Error::InvalidUtf8)?;
                 Ok(SecretString::from(text.to_owned()))
             }
@@ -211,6 +361,19 @@ impl fmt::Debug for EncryptionKey {
     }
 }
 
+/// Refuses an unbound value (seed or blob) read from a store whose floor (see
+/// [`EncryptionKey::floor`]) is [`Generation::Bound`].
+///
+/// # Errors
+/// [`Error::Downgraded`] naming the generation found.
+pub fn check_floor(stored: &str, floor: Option<Generation>) -> Result<()> {
+    let found = Generation::of(stored);
+    match floor {
+        Some(Generation::Bound) if found.is_unbound() => Err(Error::Downgraded { found }),
+        _ => Ok(()),
+    }
+}
+
 /// Decodes a stored key hash: 64 hex digits.
 fn hex_hash(hash: &str) -> Result<[u8; 32]> {
     let mut out = [0u8; 32];
@@ -230,7 +393,7 @@ fn hex_hash(hash: &str) -> Result<[u8; 32]> {
 pub fn stored_key_hash(generation: Generation, hash: &str) -> Result<String> {
     let bytes = hex_hash(hash)?;
     Ok(match generation {
-        Generation::Seed => hex::encode(bytes),
+        Generation::Seed | Generation::Bound => hex::encode(bytes),
         Generation::Blob => hex::encode(Sha256::digest(bytes)),
     })
 }
@@ -254,8 +417,9 @@ fn parse(stored: &str, generation: Generation) -> Result<([u8; NONCE_BYTES], Vec
             .map_err(|_| Error::InvalidFormat(what))
     };
     let (nonce, sealed) = match generation {
-        Generation::Seed => {
-            let mut parts = stored.split(':');
+        Generation::Seed | Generation::Bound => {
+            let body = stored.strip_prefix(BOUND_PREFIX).unwrap_or(stored);
+            let mut parts = body.split(':');
             let (Some(n), Some(c), None) = (parts.next(), parts.next(), parts.next()) else {
                 return Err(Error::InvalidFormat(
                     "expected exactly one ':' between nonce and ciphertext",
@@ -303,36 +467,112 @@ mod tests {
         EncryptionKey::from_password(&SecretString::from(PASSWORD)).unwrap()
     }
 
+    const ROW: Binding<'static> = Binding {
+        owner_type: "pack",
+        owner: "mypack",
+        name: "api_key",
+    };
+
     #[test]
     fn encrypt_decrypt_roundtrip() {
         let k = key();
-        let stored = k.encrypt(&SecretString::from("sk_live_abc123"));
-        let back = k.decrypt(&stored, Some(k.key_hash())).unwrap();
+        let stored = k.encrypt(&SecretString::from("sk_live_abc123"), &ROW);
+        assert_eq!(Generation::of(&stored), Generation::Bound);
+        let back = k.decrypt(&stored, Some(k.key_hash()), &ROW).unwrap();
         assert_eq!(back.expose_secret(), "sk_live_abc123");
         assert!(!stored.contains("sk_live"));
+        let seed = k.encrypt_seed(&SecretString::from("sk_live_abc123"));
+        assert_eq!(Generation::of(&seed), Generation::Seed);
+        let back = k.decrypt(&seed, Some(k.key_hash()), &ROW).unwrap();
+        assert_eq!(back.expose_secret(), "sk_live_abc123");
+    }
+
+    #[test]
+    fn a_bound_ciphertext_decrypts_only_in_its_own_row() {
+        let k = key();
+        let stored = k.encrypt(&SecretString::from("sk_live_abc123"), &ROW);
+        let others = [
+            Binding {
+                owner_type: "action",
+                ..ROW
+            },
+            Binding {
+                owner: "otherpack",
+                ..ROW
+            },
+            Binding {
+                name: "api_key2",
+                ..ROW
+            },
+            // Length prefixes: moving bytes between fields changes the associated data.
+            Binding {
+                owner: "mypac",
+                name: "kapi_key",
+                ..ROW
+            },
+            Binding {
+                owner_type: "system",
+                owner: "",
+                ..ROW
+            },
+        ];
+        for other in others {
+            assert_eq!(
+                k.decrypt(&stored, Some(k.key_hash()), &other).unwrap_err(),
+                Error::DecryptFailed,
+                "{other:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_floor_is_authentic_only_under_its_key_and_refuses_unbound_rows() {
+        let k = key();
+        let record = k.seal_floor();
+        assert_eq!(k.floor(Some(&record)), Some(Generation::Bound));
+        assert_eq!(k.floor(None), None);
+        let other =
+            EncryptionKey::from_password(&SecretString::from("another-password-that-is-32-bytes!"))
+                .unwrap();
+        assert_eq!(other.floor(Some(&record)), None);
+        // A secret's own ciphertext of "v2" is no floor: the binding differs.
+        let forged = k.encrypt(&SecretString::from("v2"), &ROW);
+        assert_eq!(k.floor(Some(&forged)), None);
+        let seed = k.encrypt_seed(&SecretString::from("x"));
+        assert_eq!(
+            check_floor(&seed, Some(Generation::Bound)),
+            Err(Error::Downgraded {
+                found: Generation::Seed
+            })
+        );
+        assert_eq!(check_floor(&seed, None), Ok(()));
+        let bound = k.encrypt(&SecretString::from("x"), &ROW);
+        assert_eq!(check_floor(&bound, Some(Generation::Bound)), Ok(()));
     }
 
     #[test]
     fn same_value_gives_different_ciphertexts() {
         let k = key();
-        let a = k.encrypt(&SecretString::from("same"));
-        let b = k.encrypt(&SecretString::from("same"));
+        let a = k.encrypt(&SecretString::from("same"), &ROW);
+        let b = k.encrypt(&SecretString::from("same"), &ROW);
         assert_ne!(a, b, "nonces must be fresh per encryption");
-        let nonce = STANDARD.decode(a.split(':').next().unwrap()).unwrap();
+        let nonce = STANDARD.decode(a.split(':').nth(1).unwrap()).unwrap();
         assert_eq!(nonce.len(), NONCE_BYTES);
     }
 
     #[test]
     fn wrong_key_fails() {
-        let stored = key().encrypt(&SecretString::from("v"));
+        let stored = key().encrypt(&SecretString::from("v"), &ROW);
         let other =
             EncryptionKey::from_password(&SecretString::from("another-password-that-is-32-bytes!"))
                 .unwrap();
         assert_eq!(
-            other.decrypt(&stored, None).unwrap_err(),
+            other.decrypt(&stored, None, &ROW).unwrap_err(),
             Error::DecryptFailed
         );
-        let err = other.decrypt(&stored, Some(key().key_hash())).unwrap_err();
+        let err = other
+            .decrypt(&stored, Some(key().key_hash()), &ROW)
+            .unwrap_err();
         assert!(matches!(err, Error::KeyMismatch { .. }));
         assert!(err.to_string().contains(key().key_hash()));
         assert!(err.to_string().contains(other.key_hash()));
@@ -360,9 +600,18 @@ mod tests {
     #[test]
     fn invalid_formats_are_typed_errors() {
         let k = key();
-        for bad in ["", ":", "a:b:c", "AAAA:AAAA", "%%%%:%%%%", "not base64!!"] {
+        for bad in [
+            "",
+            ":",
+            "a:b:c",
+            "AAAA:AAAA",
+            "%%%%:%%%%",
+            "not base64!!",
+            "v2:",
+            "v2:AAAA",
+        ] {
             assert!(
-                matches!(k.decrypt(bad, None), Err(Error::InvalidFormat(_))),
+                matches!(k.decrypt(bad, None, &ROW), Err(Error::InvalidFormat(_))),
                 "{bad:?}"
             );
         }
@@ -373,7 +622,7 @@ mod tests {
             STANDARD.encode([0u8; 5])
         );
         assert!(matches!(
-            k.decrypt(&short, None),
+            k.decrypt(&short, None, &ROW),
             Err(Error::InvalidFormat(_))
         ));
     }
@@ -395,13 +644,17 @@ mod tests {
     #[test]
     fn tampering_is_detected() {
         let k = key();
-        let stored = k.encrypt(&SecretString::from("value"));
-        let (n, c) = stored.split_once(':').unwrap();
+        let stored = k.encrypt(&SecretString::from("value"), &ROW);
+        let (n, c) = stored
+            .strip_prefix(BOUND_PREFIX)
+            .unwrap()
+            .split_once(':')
+            .unwrap();
         let mut raw = STANDARD.decode(c).unwrap();
         raw[0] ^= 1;
-        let tampered = format!("{n}:{}", STANDARD.encode(raw));
+        let tampered = format!("{BOUND_PREFIX}{n}:{}", STANDARD.encode(raw));
         assert_eq!(
-            k.decrypt(&tampered, None).unwrap_err(),
+            k.decrypt(&tampered, None, &ROW).unwrap_err(),
             Error::DecryptFailed
         );
     }

@@ -10,10 +10,12 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::audit;
 use crate::crypto::EncryptionKey;
+use crate::mounts::{self, Boundary};
 use crate::names::{ActionRef, SecretName, ENV_PREFIX};
 use crate::resolve::{self, Delivery, Resolution};
 use crate::runtime::{
-    self, DirMount, Guest, GuestExit, GuestSetup, Limits, Output, Runtime, SecretDoor, Stdin,
+    self, Cancel, DirMount, Guest, GuestExit, GuestSetup, Limits, Output, Runtime, SecretDoor,
+    Stdin,
 };
 use crate::store::{self, Store};
 
@@ -45,6 +47,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A mount would give the guest a protected object, or its guest path is refused.
+    #[error(transparent)]
+    Mount(#[from] mounts::Error),
     /// The guest failed to compile, link or run.
     #[error(transparent)]
     Runtime(#[from] runtime::Error),
@@ -97,7 +102,7 @@ pub struct Execution {
     pub program: String,
     /// Extra environment (`--env K=V`); `SECRET_*` and `ATTUNE_*` are reserved.
     pub env: Vec<(String, String)>,
-    /// Directory mounts.
+    /// Directory mounts, checked against the executor's [`Boundary`] before anything else.
     pub dirs: Vec<DirMount>,
     /// Guest stdin.
     pub stdin: Stdin,
@@ -112,11 +117,14 @@ pub struct Execution {
     pub allowed: Option<BTreeSet<SecretName>>,
     /// Mask every resolved secret value in stdout/stderr (see [`crate::redact`]).
     pub redact: bool,
-    /// Most bytes of stdout, and separately of stderr; further writes fail.
+    /// Most bytes of stdout, and separately of stderr, captured or passed through; further
+    /// writes fail and [`GuestExit::output_capped`] is set.
     pub max_output: u64,
     /// This execution's id in the audit trail and the guest's `ATTUNE_EXECUTION_ID` (the
     /// worker gives Attune's `execution.id`); `None`: a fresh UUID v4.
     pub execution_id: Option<String>,
+    /// Cancelling it ends the execution at once with [`runtime::Error::Cancelled`].
+    pub cancel: Cancel,
 }
 
 /// Default [`Execution::max_output`]: 16 MiB per stream.
@@ -144,6 +152,7 @@ impl Execution {
             redact: true,
             max_output: DEFAULT_MAX_OUTPUT,
             execution_id: None,
+            cancel: Cancel::new(),
         }
     }
 }
@@ -165,6 +174,8 @@ pub struct Executor {
     source: SecretSource,
     key: Option<EncryptionKey>,
     strict: bool,
+    /// What no mount may reach.
+    boundary: Boundary,
     /// Started by the first execution that has records, on its tokio runtime; started again
     /// on the current one if that runtime has shut down since.
     audit: std::sync::Mutex<Option<Arc<audit::Writer>>>,
@@ -173,19 +184,50 @@ pub struct Executor {
 impl Executor {
     /// Builds an executor. `strict` makes an undeliverable secret or a missing store fail the
     /// execution before its guest starts (default: warn and go on, as the seed says).
+    ///
+    /// Mounts are refused when they reach `/proc`, `/sys`, `/dev`, the runtime's compilation
+    /// cache or the store's database file and directory; add the data directory and the
+    /// configuration file with [`Executor::with_boundary`].
     pub fn new(
         runtime: Arc<Runtime>,
         source: SecretSource,
         key: Option<EncryptionKey>,
         strict: bool,
     ) -> Self {
+        let mut boundary = Boundary::new();
+        if let Some(cache) = runtime.cache_dir() {
+            boundary.protect(mounts::Kind::Cache, cache);
+        }
+        if let Some(file) = match &source {
+            SecretSource::Store(store)
+            | SecretSource::Loader {
+                audit: Some(store), ..
+            } => store.database_file(),
+            SecretSource::Missing(_) | SecretSource::Loader { audit: None, .. } => None,
+        } {
+            boundary.protect_database(file);
+        }
         Self {
             runtime,
             source,
             key,
             strict,
+            boundary,
             audit: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Also refuses mounts that reach what `boundary` protects (the data directory, the
+    /// configuration file, a store not open yet).
+    #[must_use]
+    pub fn with_boundary(mut self, boundary: &Boundary) -> Self {
+        self.boundary.extend(boundary);
+        self
+    }
+
+    /// What no mount may reach.
+    pub fn boundary(&self) -> &Boundary {
+        &self.boundary
     }
 
     /// Waits until the audit records of every execution finished so far are stored. Call it
@@ -230,18 +272,24 @@ impl Executor {
     /// [`Error::Resolve`] on an env-name collision; [`Error::Store`] and
     /// [`Error::Undeliverable`] under strict mode.
     pub async fn resolve(&self, action: &ActionRef) -> Result<Resolution> {
-        let rows = match &self.source {
+        let (rows, floor) = match &self.source {
             SecretSource::Store(store) => match store.visible_to(action).await {
-                Ok(rows) => rows,
-                Err(e) => self.missing(&e.to_string())?,
+                // The floor is verified only for a store that has one (after `key rotate`).
+                Ok(rows) => (
+                    rows,
+                    store
+                        .floor_record()
+                        .and_then(|record| self.key.as_ref()?.floor(Some(record))),
+                ),
+                Err(e) => (self.missing(&e.to_string())?, None),
             },
-            SecretSource::Missing(why) => self.missing(why)?,
+            SecretSource::Missing(why) => (self.missing(why)?, None),
             SecretSource::Loader { loader, .. } => match loader.visible_to(action).await {
-                Ok(rows) => rows,
-                Err(e) => self.missing(&e)?,
+                Ok(rows) => (rows, None),
+                Err(e) => (self.missing(&e)?, None),
             },
         };
-        let resolution = Resolution::resolve(rows, self.key.as_ref())?;
+        let resolution = Resolution::resolve(rows, self.key.as_ref(), floor)?;
         for (secret, why) in resolution.unavailable() {
             if self.strict {
                 return Err(Error::Undeliverable {
@@ -269,9 +317,10 @@ impl Executor {
     /// Runs `guest` as `exec.action` with the secrets it may see.
     ///
     /// # Errors
-    /// [`Error::Env`], [`Error::Resolve`], strict-mode errors (all before the guest starts),
-    /// and [`Error::Runtime`].
+    /// [`Error::Mount`], [`Error::Env`], [`Error::Resolve`], strict-mode errors (all before
+    /// the guest starts), and [`Error::Runtime`].
     pub async fn execute(&self, guest: &Guest, exec: Execution) -> Result<Report> {
+        let dirs = self.boundary.check(&exec.dirs)?;
         let execution_id = match exec.execution_id {
             Some(id) => id,
             None => uuid::Uuid::new_v4().to_string(),
@@ -342,17 +391,29 @@ impl Executor {
             for secret in resolution.iter() {
                 if let Delivery::Value(v) = &secret.delivery {
                     let v = v.expose_secret();
-                    if !v.is_empty() && v.len() < crate::redact::MIN_MASKED_LEN {
-                        tracing::warn!(
-                            secret = %secret.secret_ref(),
-                            "value shorter than {} bytes is not masked in output",
-                            crate::redact::MIN_MASKED_LEN
-                        );
+                    let stored = if secret.encrypted {
+                        crate::redact::Stored::Encrypted
+                    } else {
+                        crate::redact::Stored::Plain
+                    };
+                    if !v.is_empty() && !stored.masks(v) {
+                        match stored {
+                            crate::redact::Stored::Encrypted => tracing::warn!(
+                                secret = %secret.secret_ref(),
+                                "value shorter than {} bytes is not masked in output",
+                                stored.min_masked_len()
+                            ),
+                            crate::redact::Stored::Plain => tracing::warn!(
+                                secret = %secret.secret_ref(),
+                                "plain value shorter than {} bytes is not masked in output (stored with --plain: configuration, not a secret)",
+                                stored.min_masked_len()
+                            ),
+                        }
                     }
-                    values.push(v);
+                    values.push((v, stored));
                 }
             }
-            crate::redact::Patterns::new(values)
+            crate::redact::Patterns::with_storage(values)
         } else {
             crate::redact::Patterns::new(std::iter::empty())
         };
@@ -364,13 +425,14 @@ impl Executor {
             args,
             env,
             secret_env,
-            dirs: exec.dirs,
+            dirs,
             stdin: exec.stdin,
             stdout: exec.stdout,
             stderr: exec.stderr,
             limits: exec.limits,
             redact,
             max_output: exec.max_output,
+            cancel: exec.cancel,
             secrets: SecretDoor::new(
                 resolution,
                 exec.allowed,
@@ -378,6 +440,10 @@ impl Executor {
                 log.clone(),
             ),
         };
+        // Cancelled before it starts: nothing is delivered, so nothing goes on record.
+        if setup.cancel.is_cancelled() {
+            return Err(runtime::Error::Cancelled.into());
+        }
         let started = store::now();
         let execution = |state, ended| audit::ExecutionRecord {
             execution_id: execution_id.clone(),

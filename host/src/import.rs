@@ -1,11 +1,14 @@
 //! `secret import`: Attune `attune.key` rows as JSON lines (what `psql` exports with
-//! `SELECT row_to_json(k) FROM attune.key k`), stored with their ciphertext as is.
+//! `SELECT row_to_json(k) FROM attune.key k`), stored with their ciphertext as is (except in a
+//! store whose ciphertext floor is bound: see [`Plan::bind_unbound`]).
 //!
-//! Both ciphertext generations are accepted (see [`crate::crypto`]): the seed format
-//! `base64(nonce):base64(ciphertext||tag)` and the later blob format
-//! `base64(nonce||ciphertext||tag)`; the row's `encryption_key_hash` is kept with it. Rows of
-//! owner types this host does not run (`identity`, `sensor`, …) are reported and skipped. The
-//! whole file is validated before anything is written, and written in one transaction.
+//! Every ciphertext generation is accepted (see [`crate::crypto`]): the seed format
+//! `base64(nonce):base64(ciphertext||tag)`, the later blob format
+//! `base64(nonce||ciphertext||tag)` and this host's bound format; the row's
+//! `encryption_key_hash` is kept with it. Rows of the owner types Attune has and this host
+//! does not run (`identity`, `sensor`) are reported and skipped; any other owner type (`Pack`,
+//! `""`, `team`) refuses the file (bad-inputs N23). The whole file is validated before
+//! anything is written, and written in one transaction.
 
 use secrecy::SecretString;
 use serde::Deserialize;
@@ -47,6 +50,53 @@ pub struct Plan {
     pub secrets: Vec<NewSecret>,
     /// Skipped rows: `(line, ref, owner type)`.
     pub skipped: Vec<(usize, String, String)>,
+    /// The input line of each of `secrets`.
+    lines: Vec<usize>,
+}
+
+impl Plan {
+    /// Re-encrypts the plan's unbound encrypted rows (seed or blob format) into the bound
+    /// format with `key`, for a store whose ciphertext floor is bound (after `key rotate`),
+    /// which refuses unbound rows. Returns how many rows were upgraded.
+    ///
+    /// # Errors
+    /// The first unbound row that cannot be upgraded: no key configured, or a row the key does
+    /// not open (named by line and ref, with the reason); nothing is changed in the store.
+    pub fn bind_unbound(&mut self, key: Option<&crypto::EncryptionKey>) -> Result<usize, Error> {
+        use secrecy::ExposeSecret;
+        let mut upgraded = 0;
+        for (secret, line) in self.secrets.iter_mut().zip(&self.lines) {
+            if !secret.encrypted
+                || !crypto::Generation::of(secret.value.expose_secret()).is_unbound()
+            {
+                continue;
+            }
+            let fail = |reason: String| Error {
+                line: *line,
+                secret_ref: secret.owner.secret_ref(&secret.name),
+                reason,
+            };
+            let Some(key) = key else {
+                return Err(fail("the store accepts only bound ciphertexts since its last key rotate, and an unbound row can be upgraded only with the encryption key configured".into()));
+            };
+            let binding = crate::store::binding(&secret.owner, &secret.name);
+            let plain = key
+                .decrypt(
+                    secret.value.expose_secret(),
+                    secret.key_hash.as_deref(),
+                    &binding,
+                )
+                .map_err(|e| {
+                    fail(format!(
+                        "the store accepts only bound ciphertexts since its last key rotate, and this unbound row cannot be upgraded: {e}"
+                    ))
+                })?;
+            secret.value = SecretString::from(key.encrypt(&plain, &binding));
+            secret.key_hash = Some(key.key_hash().to_owned());
+            upgraded += 1;
+        }
+        Ok(upgraded)
+    }
 }
 
 impl std::fmt::Debug for Plan {
@@ -65,6 +115,7 @@ impl std::fmt::Debug for Plan {
 /// value that is not a string in either ciphertext format, a duplicate (owner, name).
 pub fn plan(input: &str) -> Result<Plan, Error> {
     let mut secrets: Vec<NewSecret> = Vec::new();
+    let mut lines = Vec::new();
     let mut skipped = Vec::new();
     let mut seen = std::collections::BTreeSet::new();
     for (i, text) in input.lines().enumerate() {
@@ -139,6 +190,7 @@ pub fn plan(input: &str) -> Result<Plan, Error> {
         if value.contains('\0') {
             return Err(fail(&secret_ref, "the value contains a NUL byte".into()));
         }
+        lines.push(line);
         secrets.push(NewSecret {
             owner,
             name,
@@ -147,7 +199,11 @@ pub fn plan(input: &str) -> Result<Plan, Error> {
             value: SecretString::from(value),
         });
     }
-    Ok(Plan { secrets, skipped })
+    Ok(Plan {
+        secrets,
+        skipped,
+        lines,
+    })
 }
 
 trait ClassifyStr {
@@ -160,7 +216,11 @@ impl ClassifyStr for serde_json::Error {
     }
 }
 
-/// Maps Attune's owner columns to an [`Owner`]; `Ok(None)` for owner types not run here.
+/// Attune's owner types that hold no action secrets: reported and skipped.
+pub const SKIPPED_OWNER_TYPES: [&str; 2] = ["identity", "sensor"];
+
+/// Maps Attune's owner columns to an [`Owner`]; `Ok(None)` for [`SKIPPED_OWNER_TYPES`], an
+/// error for an owner type Attune does not have (spelled exactly, lowercase).
 fn owner(row: &KeyRow) -> Result<Option<Owner>, String> {
     let text = |v: &Option<serde_json::Value>| match v {
         Some(serde_json::Value::String(s)) => Some(s.clone()),
@@ -204,7 +264,11 @@ fn owner(row: &KeyRow) -> Result<Option<Owner>, String> {
                 ActionRef::new(&action).map_err(|e| e.to_string())?,
             )))
         }
-        _ => Ok(None),
+        other if SKIPPED_OWNER_TYPES.contains(&other) => Ok(None),
+        other => Err(format!(
+            "unknown owner type \"{}\" (Attune's are system, pack, action, identity and sensor)",
+            other.escape_default()
+        )),
     }
 }
 
@@ -272,6 +336,17 @@ mod tests {
         ] {
             let err = plan(row).unwrap_err().to_string();
             assert!(err.contains(why) && err.contains("line 1"), "{err}");
+            assert!(!err.contains("sekrit"), "{err}");
+        }
+        for owner_type in ["Pack", "", "team", "sensors"] {
+            let row = format!(
+                r#"{{"ref":"p.n","owner_type":"{owner_type}","owner":"p","name":"n","encrypted":false,"value":"sekrit-value"}}"#
+            );
+            let err = plan(&row).unwrap_err().to_string();
+            assert!(
+                err.contains("line 1 (ref p.n): unknown owner type"),
+                "{err}"
+            );
             assert!(!err.contains("sekrit"), "{err}");
         }
         let err = plan(r#"{"broken": "sekrit-value"#).unwrap_err().to_string();

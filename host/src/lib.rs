@@ -22,14 +22,18 @@
 //! Build one [`runtime::Runtime`] (pooled instance slots), one [`store::Store`] (optionally
 //! caching the rows each action sees) and one [`executor::Executor`]; compile each action once
 //! with [`runtime::Runtime::load`] (reused by content hash); then run executions concurrently,
-//! each in its own wasmtime store with its own secrets. Audit records are written in the
-//! background: [`executor::Executor::flush`] before shutting down.
+//! each in its own wasmtime store with its own secrets; mounts are checked against the store,
+//! the cache and `/proc`, `/sys`, `/dev` ([`mounts`]; add the data directory and the
+//! configuration file with [`executor::Executor::with_boundary`]). Audit records are written
+//! in the background: [`executor::Executor::flush`] before shutting down. Call
+//! [`process::harden`] first, before any key is in memory.
 //!
 //! ```no_run
 //! use std::{sync::Arc, time::Duration};
 //! use attune_wasm::{crypto::EncryptionKey, executor::*, names::ActionRef, runtime::*, store::*};
 //!
 //! # async fn worker() -> Result<(), Box<dyn std::error::Error>> {
+//! attune_wasm::process::harden()?; // no core file, not dumpable: before any key
 //! let runtime = Arc::new(Runtime::new(RuntimeConfig {
 //!     pooling: Some(Pooling::default()),   // up to 200 executions alive at once
 //!     ..RuntimeConfig::default()
@@ -60,7 +64,10 @@ pub mod config;
 pub mod crypto;
 pub mod executor;
 pub mod import;
+pub mod logging;
+pub mod mounts;
 pub mod names;
+pub mod process;
 pub mod redact;
 pub mod resolve;
 pub mod rotate;

@@ -4,8 +4,9 @@
 //! 1. For each name, the most specific owner wins: action over pack over system.
 //! 2. Two winners that map to one environment variable (`db-password`, `db_password`) are an
 //!    error naming both, before anything is decrypted or started.
-//! 3. Only winners are decrypted; a winner that cannot be decrypted becomes
-//!    [`Delivery::Unavailable`] with the reason (a warning, or an error under strict mode).
+//! 3. Only winners are decrypted; a winner that cannot be decrypted, or whose stored row is
+//!    malformed, becomes [`Delivery::Unavailable`] with the reason (a warning, or an error
+//!    under strict mode): a less specific row of the name never takes its place.
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
@@ -13,7 +14,7 @@ use std::fmt;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::crypto::{self, EncryptionKey};
+use crate::crypto::{self, EncryptionKey, Generation};
 use crate::names::{Owner, SecretName};
 use crate::store::SecretRow;
 
@@ -44,6 +45,10 @@ pub enum Unavailable {
     /// Decryption failed.
     #[error(transparent)]
     Crypto(#[from] crypto::Error),
+    /// The stored row is malformed (see [`SecretRow::corrupt`]); it still overrides less
+    /// specific rows of its name, which are not delivered in its place.
+    #[error("the stored row is malformed: {0}")]
+    Corrupt(String),
 }
 
 /// What a guest receives for one resolved name.
@@ -62,6 +67,9 @@ pub struct Resolved {
     pub name: SecretName,
     /// Value or the reason there is none.
     pub delivery: Delivery,
+    /// The row was stored encrypted (`false`: `--plain`, configuration), which sets the length
+    /// from which its value is masked in output ([`crate::redact::Stored`]).
+    pub encrypted: bool,
 }
 
 impl Resolved {
@@ -81,6 +89,7 @@ impl fmt::Debug for Resolved {
             .field("owner", &self.owner)
             .field("name", &self.name)
             .field("delivery", &delivery)
+            .field("encrypted", &self.encrypted)
             .finish()
     }
 }
@@ -95,11 +104,17 @@ pub struct Resolution {
 
 impl Resolution {
     /// Resolves `rows` (everything [`crate::store::Store::visible_to`] returned for the action)
-    /// and decrypts the winners with `key`.
+    /// and decrypts the winners with `key`. `floor` is the store's verified ciphertext floor
+    /// ([`EncryptionKey::floor`]): with `Some(Bound)`, an unbound encrypted winner is
+    /// unavailable ([`crate::crypto::Error::Downgraded`]).
     ///
     /// # Errors
     /// [`Error::EnvCollision`] when two winners share an environment variable name.
-    pub fn resolve(rows: Vec<SecretRow>, key: Option<&EncryptionKey>) -> Result<Self, Error> {
+    pub fn resolve(
+        rows: Vec<SecretRow>,
+        key: Option<&EncryptionKey>,
+        floor: Option<Generation>,
+    ) -> Result<Self, Error> {
         let mut winners: BTreeMap<SecretName, SecretRow> = BTreeMap::new();
         for row in rows {
             match winners.entry(row.name.clone()) {
@@ -130,13 +145,14 @@ impl Resolution {
         let secrets = winners
             .into_iter()
             .map(|(name, row)| {
-                let delivery = decrypt(&row, key);
+                let delivery = decrypt(&row, key, floor);
                 (
                     name,
                     Resolved {
                         owner: row.owner,
                         name: row.name,
                         delivery,
+                        encrypted: row.encrypted,
                     },
                 )
             })
@@ -182,7 +198,10 @@ impl Resolution {
     }
 }
 
-fn decrypt(row: &SecretRow, key: Option<&EncryptionKey>) -> Delivery {
+fn decrypt(row: &SecretRow, key: Option<&EncryptionKey>, floor: Option<Generation>) -> Delivery {
+    if let Some(reason) = &row.corrupt {
+        return Delivery::Unavailable(Unavailable::Corrupt(reason.clone()));
+    }
     if !row.encrypted {
         // Whether to decrypt follows the encrypted flag, never the shape of the value.
         return Delivery::Value(row.value.clone());
@@ -190,7 +209,10 @@ fn decrypt(row: &SecretRow, key: Option<&EncryptionKey>) -> Delivery {
     let Some(key) = key else {
         return Delivery::Unavailable(Unavailable::NoKey);
     };
-    match key.decrypt(row.value.expose_secret(), row.key_hash.as_deref()) {
+    let stored = row.value.expose_secret();
+    let decrypted = crypto::check_floor(stored, floor)
+        .and_then(|()| key.decrypt(stored, row.key_hash.as_deref(), &row.binding()));
+    match decrypted {
         Ok(v) => Delivery::Value(v),
         Err(e) => Delivery::Unavailable(e.into()),
     }
@@ -213,6 +235,7 @@ mod tests {
             value: SecretString::from(value),
             created: String::new(),
             updated: String::new(),
+            corrupt: None,
         }
     }
 
@@ -242,14 +265,14 @@ mod tests {
                 row(pack(), "only_pack", "p"),
             ]
         };
-        let r = Resolution::resolve(rows(), None).unwrap();
+        let r = Resolution::resolve(rows(), None, None).unwrap();
         assert_eq!(value(&r, "token").unwrap(), "3");
         assert_eq!(value(&r, "only_system").unwrap(), "s");
         assert_eq!(value(&r, "only_pack").unwrap(), "p");
         let mut reversed = rows();
         reversed.reverse();
         assert_eq!(
-            value(&Resolution::resolve(reversed, None).unwrap(), "token").unwrap(),
+            value(&Resolution::resolve(reversed, None, None).unwrap(), "token").unwrap(),
             "3"
         );
     }
@@ -260,7 +283,7 @@ mod tests {
             row(Owner::System, "api-token", "xyz"),
             row(action(), "api-token", ""),
         ];
-        let r = Resolution::resolve(rows, None).unwrap();
+        let r = Resolution::resolve(rows, None, None).unwrap();
         assert_eq!(value(&r, "api-token").unwrap(), "");
     }
 
@@ -270,7 +293,7 @@ mod tests {
             row(pack(), "db-password", "P1"),
             row(action(), "db_password", "P2"),
         ];
-        let err = Resolution::resolve(rows, None).unwrap_err();
+        let err = Resolution::resolve(rows, None, None).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("mypack.db-password"), "{text}");
         assert!(text.contains("mypack.deploy.db_password"), "{text}");
@@ -282,7 +305,7 @@ mod tests {
     fn overridden_rows_do_not_collide() {
         // Same name at two levels is an override, not a collision.
         let rows = vec![row(pack(), "k", "1"), row(action(), "k", "2")];
-        assert!(Resolution::resolve(rows, None).is_ok());
+        assert!(Resolution::resolve(rows, None, None).is_ok());
     }
 
     #[test]
@@ -290,10 +313,11 @@ mod tests {
         let key = EncryptionKey::from_password(&SecretString::from(PASSWORD)).unwrap();
         let mut enc = row(pack(), "enc", "");
         enc.encrypted = true;
-        enc.value = SecretString::from(key.encrypt(&SecretString::from("hidden")));
+        enc.value = SecretString::from(key.encrypt(&SecretString::from("hidden"), &enc.binding()));
         enc.key_hash = Some(key.key_hash().to_owned());
         let plain_looking_like_ciphertext = row(pack(), "plain", "abc:def");
-        let r = Resolution::resolve(vec![enc, plain_looking_like_ciphertext], Some(&key)).unwrap();
+        let r = Resolution::resolve(vec![enc, plain_looking_like_ciphertext], Some(&key), None)
+            .unwrap();
         assert_eq!(value(&r, "enc").unwrap(), "hidden");
         assert_eq!(value(&r, "plain").unwrap(), "abc:def");
     }
@@ -304,15 +328,55 @@ mod tests {
         let mut bad = row(pack(), "bad", "a:b:c");
         bad.encrypted = true;
         let good = row(pack(), "good", "ok");
-        let r = Resolution::resolve(vec![bad, good], Some(&key)).unwrap();
+        let r = Resolution::resolve(vec![bad, good], Some(&key), None).unwrap();
         assert_eq!(value(&r, "good").unwrap(), "ok");
         assert_eq!(r.unavailable().count(), 1);
         let mut no_key = row(pack(), "enc", "x:y");
         no_key.encrypted = true;
-        let r = Resolution::resolve(vec![no_key], None).unwrap();
+        let r = Resolution::resolve(vec![no_key], None, None).unwrap();
         assert!(matches!(
             r.unavailable().next().unwrap().1,
             Unavailable::NoKey
+        ));
+    }
+
+    #[test]
+    fn a_corrupt_row_overrides_and_is_unavailable() {
+        let mut corrupt = row(pack(), "api_key", "");
+        corrupt.corrupt = Some("value: not UTF-8".into());
+        let rows = vec![row(Owner::System, "api_key", "S"), corrupt];
+        let r = Resolution::resolve(rows, None, None).unwrap();
+        assert_eq!(value(&r, "api_key"), None);
+        let (winner, why) = r.unavailable().next().unwrap();
+        assert_eq!(winner.secret_ref(), "mypack.api_key");
+        assert!(matches!(why, Unavailable::Corrupt(_)));
+    }
+
+    #[test]
+    fn copied_and_downgraded_ciphertexts_are_unavailable() {
+        let key = EncryptionKey::from_password(&SecretString::from(PASSWORD)).unwrap();
+        let mut source = row(pack(), "other_secret", "");
+        source.encrypted = true;
+        source.key_hash = Some(key.key_hash().to_owned());
+        source.value =
+            SecretString::from(key.encrypt(&SecretString::from("other-value"), &source.binding()));
+        // The same ciphertext copied into the row `api_key`: bound to `other_secret`.
+        let mut copied = source.clone();
+        copied.name = SecretName::new("api_key").unwrap();
+        let r = Resolution::resolve(vec![copied], Some(&key), None).unwrap();
+        assert!(matches!(
+            r.unavailable().next().unwrap().1,
+            Unavailable::Crypto(crypto::Error::DecryptFailed)
+        ));
+        // An unbound (seed) ciphertext: delivered without a floor, refused with one.
+        let mut seed = source.clone();
+        seed.value = SecretString::from(key.encrypt_seed(&SecretString::from("old-value")));
+        let r = Resolution::resolve(vec![seed.clone()], Some(&key), None).unwrap();
+        assert_eq!(value(&r, "other_secret").unwrap(), "old-value");
+        let r = Resolution::resolve(vec![seed], Some(&key), Some(Generation::Bound)).unwrap();
+        assert!(matches!(
+            r.unavailable().next().unwrap().1,
+            Unavailable::Crypto(crypto::Error::Downgraded { .. })
         ));
     }
 }

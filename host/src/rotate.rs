@@ -1,10 +1,15 @@
 //! `key rotate`: re-encrypt every encrypted row under a new password, in one transaction.
 //!
-//! Every row is decrypted with the old key and encrypted with the new one (fresh nonce, seed
-//! format, new key hash). Rows whose key hash already is the new key's are left alone, so a
-//! rotation that was interrupted (the transaction rolled back) or finished can simply be run
-//! again. A row that the old key cannot decrypt stops the rotation, naming it, before anything
-//! is written. At every moment each row holds a ciphertext with its matching key hash.
+//! Every row is decrypted with the old key and encrypted with the new one (fresh nonce, bound
+//! format bound to the row, new key hash): rotation is also how rows of the unbound seed and
+//! blob formats are upgraded. Rows already bound under the new key are left alone (an unbound
+//! one under the new key is upgraded), so a rotation that was interrupted (the transaction
+//! rolled back) or finished can simply be run again. A row that cannot be decrypted stops the
+//! rotation, naming it, before anything is written; so does an unbound row in a store whose
+//! ciphertext floor is already bound (a downgraded row is never laundered into a bound one).
+//! The same transaction writes the store's ciphertext floor under the new key
+//! ([`EncryptionKey::seal_floor`]): from then on an unbound row is refused. At every moment
+//! each row holds a ciphertext with its matching key hash.
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -17,7 +22,8 @@ pub enum Error {
     /// The new key is the old key.
     #[error("the new encryption key is the same as the current one")]
     SameKey,
-    /// A row cannot be decrypted with the old key; nothing was changed.
+    /// A row cannot be decrypted with the old key, or is unbound in a store whose floor is
+    /// bound; nothing was changed.
     #[error("secret {secret_ref} cannot be decrypted with the current key ({cause}); nothing was changed")]
     Undecryptable {
         /// Ref of the row.
@@ -55,6 +61,9 @@ pub async fn rotate(
     if old.key_hash() == new.key_hash() {
         return Err(Error::SameKey);
     }
+    let floor = old
+        .floor(store.floor_record())
+        .or_else(|| new.floor(store.floor_record()));
     let mut summary = Summary::default();
     let mut rotations = Vec::new();
     for row in store.list(None).await? {
@@ -64,18 +73,34 @@ pub async fn rotate(
         }
         let stored = row.value.expose_secret();
         let secret_ref = row.secret_ref();
-        if row.key_hash.is_some()
+        let generation = Generation::of(stored);
+        if let Err(cause) = crypto::check_floor(stored, floor) {
+            return Err(Error::Undecryptable { secret_ref, cause });
+        }
+        let under_new = row.key_hash.is_some()
             && new
-                .check_key_hash(Generation::of(stored), row.key_hash.as_deref())
-                .is_ok()
-        {
+                .check_key_hash(generation, row.key_hash.as_deref())
+                .is_ok();
+        if under_new && !generation.is_unbound() {
             summary.already_new.push(secret_ref);
             continue;
         }
-        let plain = match old.decrypt(stored, row.key_hash.as_deref()) {
+        let binding = row.binding();
+        let plain = if under_new {
+            // An unbound row under the new key (imported after an interrupted rotation, say):
+            // upgraded to the bound format.
+            new.decrypt(stored, row.key_hash.as_deref(), &binding)
+        } else {
+            old.decrypt(stored, row.key_hash.as_deref(), &binding)
+        };
+        let plain = match plain {
             Ok(plain) => plain,
-            // A row without a key hash that the new key opens was rotated already.
-            Err(_) if row.key_hash.is_none() && new.decrypt(stored, None).is_ok() => {
+            // A bound row without a key hash that the new key opens was rotated already.
+            Err(_)
+                if row.key_hash.is_none()
+                    && !generation.is_unbound()
+                    && new.decrypt(stored, None, &binding).is_ok() =>
+            {
                 summary.already_new.push(secret_ref);
                 continue;
             }
@@ -84,16 +109,17 @@ pub async fn rotate(
         summary.rotated.push(secret_ref);
         if !dry_run {
             rotations.push(Rotation {
-                new_value: SecretString::from(new.encrypt(&plain)),
+                new_value: SecretString::from(new.encrypt(&plain, &binding)),
                 new_key_hash: new.key_hash().to_owned(),
-                old_value: row.value,
-                owner: row.owner,
-                name: row.name,
+                old_value: row.value.clone(),
+                owner: row.owner.clone(),
+                name: row.name.clone(),
             });
         }
     }
-    if !dry_run && !rotations.is_empty() {
-        store.replace_values(&rotations).await?;
+    if !dry_run {
+        // Every encrypted row is bound under the new key now: the floor says so.
+        store.replace_values(&rotations, &new.seal_floor()).await?;
     }
     Ok(summary)
 }

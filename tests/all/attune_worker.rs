@@ -169,7 +169,7 @@ impl Fleet {
     async fn plant_secrets(conn: &mut sqlx::PgConnection) {
         let (blob, blob_hash) = attune_blob(KEY, API_KEY);
         let key = support::key(KEY);
-        let seed = key.encrypt(&SecretString::from(ACTION_REGION));
+        let seed = key.encrypt_seed(&SecretString::from(ACTION_REGION));
         let insert = "INSERT INTO attune.key (local_ref, owner_type, owner, owner_identity, owner_pack,
                           owner_action, name, encrypted, encryption_key_hash, value)
                       VALUES ($1, $2::text::attune.owner_type_enum, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb)";

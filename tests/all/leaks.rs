@@ -157,9 +157,10 @@ fn debug_of_public_types_shows_no_secret() {
         value: SecretString::from(PLANTED[0]),
         created: String::new(),
         updated: String::new(),
+        corrupt: None,
     };
     let row_debug = format!("{row:?}");
-    let resolution = Resolution::resolve(vec![row], Some(&key)).unwrap();
+    let resolution = Resolution::resolve(vec![row], Some(&key), None).unwrap();
     let settings = attune_wasm::config::Settings {
         security: attune_wasm::config::Security {
             encryption_key: Some(SecretString::from(KEY)),

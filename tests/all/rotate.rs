@@ -125,8 +125,12 @@ async fn assert_consistent(
     let (mut under_old, mut under_new) = (0, 0);
     for row in store.list(None).await.unwrap() {
         let stored = row.value.expose_secret();
-        let by_old = old.decrypt(stored, row.key_hash.as_deref()).is_ok();
-        let by_new = new.decrypt(stored, row.key_hash.as_deref()).is_ok();
+        let by_old = old
+            .decrypt(stored, row.key_hash.as_deref(), &row.binding())
+            .is_ok();
+        let by_new = new
+            .decrypt(stored, row.key_hash.as_deref(), &row.binding())
+            .is_ok();
         assert!(
             by_old ^ by_new,
             "{} opens with {} keys",
@@ -159,7 +163,10 @@ async fn killed_midway(host: &Host) {
             serde_json::json!({
                 "ref": format!("s{i}"), "owner_type": "system", "name": format!("s{i}"),
                 "encrypted": true, "encryption_key_hash": old.key_hash(),
-                "value": old.encrypt(&SecretString::from(format!("value-{i}"))),
+                "value": old.encrypt(
+                    &SecretString::from(format!("value-{i}")),
+                    &system_row(&format!("s{i}")),
+                ),
             })
             .to_string()
         })
@@ -206,9 +213,13 @@ async fn killed_midway(host: &Host) {
         .unwrap()
         .unwrap();
     assert_eq!(
-        new.decrypt(got.value.expose_secret(), got.key_hash.as_deref())
-            .unwrap()
-            .expose_secret(),
+        new.decrypt(
+            got.value.expose_secret(),
+            got.key_hash.as_deref(),
+            &got.binding()
+        )
+        .unwrap()
+        .expose_secret(),
         "value-42"
     );
 }
@@ -235,7 +246,10 @@ async fn reads_during_rotation(host: &Host) {
             &format!("r{i}"),
             true,
             Some(old.key_hash()),
-            &old.encrypt(&SecretString::from(format!("v{i}"))),
+            &old.encrypt(
+                &SecretString::from(format!("v{i}")),
+                &system_row(&format!("r{i}")),
+            ),
         )
         .await;
     }
@@ -253,8 +267,12 @@ async fn reads_during_rotation(host: &Host) {
                         &new
                     };
                     assert!(
-                        key.decrypt(row.value.expose_secret(), row.key_hash.as_deref())
-                            .is_ok(),
+                        key.decrypt(
+                            row.value.expose_secret(),
+                            row.key_hash.as_deref(),
+                            &row.binding()
+                        )
+                        .is_ok(),
                         "{} torn",
                         row.secret_ref()
                     );
@@ -268,4 +286,13 @@ async fn reads_during_rotation(host: &Host) {
         .unwrap();
     assert_eq!(summary.rotated.len(), 200);
     reader.await.unwrap();
+}
+
+/// The binding of the system secret `name`.
+fn system_row(name: &str) -> attune_wasm::crypto::Binding<'_> {
+    attune_wasm::crypto::Binding {
+        owner_type: "system",
+        owner: "",
+        name,
+    }
 }

@@ -290,7 +290,8 @@ impl Host {
             .collect()
     }
 
-    /// Writes a raw row, bypassing CLI validation of the value.
+    /// Writes a raw row, bypassing CLI validation of the value; replaces any stored row of
+    /// that owner and name, whatever its key.
     pub async fn put_raw(
         &self,
         owner: attune_wasm::names::Owner,
@@ -301,13 +302,16 @@ impl Host {
     ) {
         self.store()
             .await
-            .put(&NewSecret {
-                owner,
-                name: attune_wasm::names::SecretName::new(name).expect("valid name"),
-                encrypted,
-                key_hash: key_hash.map(str::to_owned),
-                value: SecretString::from(value),
-            })
+            .put_with(
+                &NewSecret {
+                    owner,
+                    name: attune_wasm::names::SecretName::new(name).expect("valid name"),
+                    encrypted,
+                    key_hash: key_hash.map(str::to_owned),
+                    value: SecretString::from(value),
+                },
+                attune_wasm::store::Replace::Any,
+            )
             .await
             .expect("put raw row");
     }

@@ -92,9 +92,10 @@ async fn cached_rows_follow_writes_through_the_same_store() {
                 name: name.clone(),
                 encrypted: true,
                 key_hash: Some(key.key_hash().to_owned()),
-                value: secrecy::SecretString::from(
-                    key.encrypt(&secrecy::SecretString::from("action-override-2222")),
-                ),
+                value: secrecy::SecretString::from(key.encrypt(
+                    &secrecy::SecretString::from("action-override-2222"),
+                    &attune_wasm::store::binding(&owner, &name),
+                )),
             })
             .await
             .unwrap();

@@ -21,13 +21,27 @@
 //! - `flood MIB`: write MIB mebibytes to stdout
 //! - `hammer N NAME`: call get-secret N times, print the count of each outcome
 //! - `bigname MIB`: call get-secret with a name of MIB mebibytes
+//! - `flood-stderr MIB`: write MIB mebibytes to stderr
+//! - `forms NAME`: print the secret in the encodings CI maskers cover, one per line: base64 of
+//!   the value after `user:` and `ab` (every alignment), URL-safe base64 with and without
+//!   padding, Python `json.dumps` (`\u00f6`), Go-style JSON (`\u0026\u003c\u003e`),
+//!   percent-encoding with `/` kept, with `+` for space, with lower-case hex
+//! - `touch NAME`: pass the secret to WASI as a file path (stat, open, read-dir, mkdir) and as a
+//!   DNS name (resolve, connect); print only `touched`
 
 use std::io::{Read, Write};
 
 use serde_json::{json, Map, Value};
 
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    base64_with(
+        bytes,
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/",
+        true,
+    )
+}
+
+fn base64_with(bytes: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
         let n = chunk
@@ -36,8 +50,8 @@ fn base64(bytes: &[u8]) -> String {
             .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
         for i in 0..4 {
             if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
+                out.push(alphabet[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else if pad {
                 out.push('=');
             }
         }
@@ -181,6 +195,91 @@ fn main() {
                     std::process::exit(3);
                 }
             }
+        }
+        "flood-stderr" => {
+            let mib: usize = rest[0].parse().unwrap_or(1);
+            let line = [b'x'; 1023];
+            let mut err = std::io::stderr();
+            for _ in 0..mib * 1024 {
+                if err
+                    .write_all(&line)
+                    .and_then(|()| err.write_all(b"\n"))
+                    .is_err()
+                {
+                    std::process::exit(3);
+                }
+            }
+        }
+        "forms" => {
+            let v = attune_guest::get_secret(&rest[0]).unwrap_or_default();
+            const URL_SAFE: &[u8; 64] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            for prefix in ["", "a", "ab", "user:"] {
+                println!("b64 {prefix}: {}", base64(format!("{prefix}{v}").as_bytes()));
+            }
+            println!("b64url: {}", base64_with(v.as_bytes(), URL_SAFE, true));
+            println!("b64url-nopad: {}", base64_with(v.as_bytes(), URL_SAFE, false));
+            println!("b64url ab: {}", base64_with(format!("ab{v}").as_bytes(), URL_SAFE, false));
+            // Python json.dumps (ensure_ascii) and Go's encoding/json (HTML-safe).
+            let (mut python, mut go) = (String::new(), String::new());
+            for c in v.chars() {
+                match c {
+                    '"' | '\\' => {
+                        python.push('\\');
+                        python.push(c);
+                        go.push('\\');
+                        go.push(c);
+                    }
+                    c if (c as u32) < 0x20 || (c as u32) > 0x7f => {
+                        let mut units = [0u16; 2];
+                        for u in c.encode_utf16(&mut units) {
+                            python.push_str(&format!("\\u{u:04x}"));
+                        }
+                        go.push(c);
+                    }
+                    '&' | '<' | '>' => {
+                        python.push(c);
+                        go.push_str(&format!("\\u{:04x}", c as u32));
+                    }
+                    c => {
+                        python.push(c);
+                        go.push(c);
+                    }
+                }
+            }
+            println!("python: {{\"v\": \"{python}\"}}");
+            println!("go: {{\"v\":\"{go}\"}}");
+            // Python quote (`/` kept), quote_plus (`+` for space), lower-case hex.
+            let percent = |keep: &[u8], plus: bool, lower: bool| {
+                let mut out = String::new();
+                for b in v.bytes() {
+                    if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
+                        out.push(b as char);
+                    } else if b == b' ' && plus {
+                        out.push('+');
+                    } else if lower {
+                        out.push_str(&format!("%{b:02x}"));
+                    } else {
+                        out.push_str(&format!("%{b:02X}"));
+                    }
+                }
+                out
+            };
+            println!("quote: {}", percent(b"/", false, false));
+            println!("quote_plus: {}", percent(b"", true, false));
+            println!("lower: {}", percent(b"", false, true));
+        }
+        "touch" => {
+            use std::net::ToSocketAddrs;
+            let v = attune_guest::get_secret(&rest[0]).unwrap_or_default();
+            let _ = std::fs::metadata(&v);
+            let _ = std::fs::File::open(&v);
+            let _ = std::fs::File::open(format!("./{v}/x"));
+            let _ = std::fs::read_dir(&v);
+            let _ = std::fs::create_dir(&v);
+            let _ = (v.as_str(), 443).to_socket_addrs();
+            let _ = std::net::TcpStream::connect((v.as_str(), 443));
+            println!("touched");
         }
         other => {
             eprintln!("unknown command {other}");

@@ -6,23 +6,26 @@
 //! `_start`), detected from the binary's header. A guest gets exactly what [`GuestSetup`] lists:
 //! no host environment, no network, no filesystem unless a directory is mounted.
 
+mod cache;
+mod cancel;
 mod output;
 mod state;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use secrecy::{ExposeSecret, SecretString};
 use wasmtime::component::Component;
 use wasmtime::{Config, Engine, InstancePre, Linker, Module, Store, Trap};
 use wasmtime_wasi::p2::bindings::CommandPre;
-use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::p2::pipe::MemoryInputPipe;
 use wasmtime_wasi::{FsPerms, I32Exit, ResourceTable, WasiCtxBuilder};
 
+pub use self::cancel::Cancel;
 pub use self::state::SecretDoor;
 use self::state::{ComponentState, Limiter, ModuleState};
 
@@ -79,6 +82,16 @@ pub enum Error {
     /// The wall-clock deadline passed.
     #[error("guest timed out after {}", humantime::format_duration(*.0))]
     Timeout(Duration),
+    /// The guest ended, but what it wrote could not be passed on to the host's stdout or
+    /// stderr before the deadline: nobody reads that pipe.
+    #[error(
+        "guest output could not be written within the timeout of {}: nobody is reading the host's stdout or stderr",
+        humantime::format_duration(*.0)
+    )]
+    OutputBlocked(Duration),
+    /// The caller cancelled the execution ([`Cancel::cancel`]).
+    #[error("execution cancelled")]
+    Cancelled,
     /// The guest tried to grow its memory past the limit.
     #[error("guest exceeded the memory limit of {0} bytes")]
     MemoryLimit(usize),
@@ -168,8 +181,11 @@ impl Default for Limits {
 pub struct RuntimeConfig {
     /// Enable fuel metering (needed for [`Limits::fuel`]; costs some speed).
     pub fuel: bool,
-    /// Directory of wasmtime's compilation cache (compiled code keyed by module hash and
-    /// engine settings); `None` compiles every time. Holds no secret.
+    /// Directory of the host's compilation cache (compiled code keyed by the SHA-256 of the
+    /// wasm and the engine settings, each entry authenticated with a key kept beside it:
+    /// see `docs/secrets-management.md`, "Compilation cache"); `None` compiles every time.
+    /// Holds no secret, but the host runs the code it holds: never mount it into a guest
+    /// ([`crate::mounts`] refuses it).
     pub cache_dir: Option<PathBuf>,
     /// Use wasmtime's pooling instance allocator (pre-reserved slots reused across
     /// executions, memory zeroed on reuse): the worker setting for many short executions.
@@ -249,12 +265,16 @@ pub enum Stdin {
     Inherit,
 }
 
-/// Where guest stdout/stderr go.
+/// Where guest stdout/stderr go. Either way the output is masked and capped at
+/// [`GuestSetup::max_output`] bytes per stream: writes past the cap fail in the guest and
+/// [`GuestExit::output_capped`] is set; nothing traps.
 #[derive(Debug, Clone, Copy)]
 pub enum Output {
-    /// The host process's stream (CLI use).
+    /// The host process's stream (CLI use), written by a thread of its own: a host stream
+    /// nobody reads makes the guest wait (backpressure), never the deadline.
     Inherit,
-    /// Captured in memory, up to this many bytes (past it, writes fail).
+    /// Captured in memory, up to this many bytes (and [`GuestSetup::max_output`], whichever
+    /// is smaller); past it, writes fail.
     Capture(usize),
 }
 
@@ -280,8 +300,11 @@ pub struct GuestSetup {
     pub secrets: SecretDoor,
     /// Values masked in stdout/stderr (empty: no masking).
     pub redact: crate::redact::Patterns,
-    /// Most bytes of stdout, and separately of stderr, passed through; further writes fail.
+    /// Most bytes of stdout, and separately of stderr, passed through or captured; further
+    /// writes fail.
     pub max_output: u64,
+    /// Ends the execution at once when cancelled ([`Error::Cancelled`]).
+    pub cancel: Cancel,
 }
 
 /// How an execution ended.
@@ -329,6 +352,7 @@ pub struct Runtime {
     components: wasmtime::component::Linker<ComponentState>,
     modules: Linker<ModuleState>,
     config: RuntimeConfig,
+    cache: Option<cache::DiskCache>,
     guests: std::sync::Mutex<GuestCache>,
     ticker: Option<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
@@ -375,19 +399,18 @@ impl Runtime {
                 pooling.allocation(),
             ));
         }
-        if let Some(dir) = &config.cache_dir {
-            match private_dir(dir).and_then(|()| {
-                let mut cache = wasmtime::CacheConfig::new();
-                cache.with_directory(dir);
-                wasmtime::Cache::new(cache).map_err(|e| std::io::Error::other(format!("{e:#}")))
-            }) {
-                Ok(cache) => {
-                    wasm.cache(Some(cache));
-                }
-                Err(e) => tracing::warn!("compilation cache off ({}): {e}", dir.display()),
-            }
-        }
         let engine = Engine::new(&wasm).map_err(host)?;
+        let cache =
+            config
+                .cache_dir
+                .as_ref()
+                .and_then(|dir| match cache::DiskCache::open(dir, &engine) {
+                    Ok(cache) => Some(cache),
+                    Err(e) => {
+                        tracing::warn!("compilation cache off ({}): {e}", dir.display());
+                        None
+                    }
+                });
 
         let mut components = wasmtime::component::Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut components).map_err(host)?;
@@ -456,6 +479,7 @@ impl Runtime {
             components,
             modules,
             config,
+            cache,
             guests: std::sync::Mutex::default(),
             ticker: Some(ticker),
             stop,
@@ -465,6 +489,12 @@ impl Runtime {
     /// The engine (for callers that precompile or cache).
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The directory of the compilation cache in use ([`RuntimeConfig::cache_dir`], `None`
+    /// when there is none or it was refused).
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.cache.as_ref().and(self.config.cache_dir.as_deref())
     }
 
     /// As [`Runtime::compile`], but returns the guest already compiled from the same bytes
@@ -518,9 +548,12 @@ impl Runtime {
             name: name.to_owned(),
             reason: format!("{e:#}"),
         };
-        match GuestKind::detect(name, bytes)? {
+        let kind = GuestKind::detect(name, bytes)?;
+        match kind {
             GuestKind::Component => {
-                let component = Component::new(&self.engine, bytes).map_err(compile)?;
+                let component = self
+                    .cached_or_compiled(kind, bytes, |bytes| Component::new(&self.engine, bytes))
+                    .map_err(compile)?;
                 let pre = self.components.instantiate_pre(&component).map_err(link)?;
                 let pre = CommandPre::new(pre).map_err(|e| Error::Link {
                     name: name.to_owned(),
@@ -531,7 +564,9 @@ impl Runtime {
                 Ok(Guest(Compiled::Component(pre)))
             }
             GuestKind::Module => {
-                let module = Module::new(&self.engine, bytes).map_err(compile)?;
+                let module = self
+                    .cached_or_compiled(kind, bytes, |bytes| Module::new(&self.engine, bytes))
+                    .map_err(compile)?;
                 let is_command = matches!(
                     module.get_export("_start"),
                     Some(wasmtime::ExternType::Func(f))
@@ -550,18 +585,60 @@ impl Runtime {
         }
     }
 
+    /// The compiled `bytes`: from the disk cache when it holds a verified entry for them,
+    /// else compiled by `compile` and stored there.
+    fn cached_or_compiled<T: cache::Artifact>(
+        &self,
+        kind: GuestKind,
+        bytes: &[u8],
+        compile: impl FnOnce(&[u8]) -> wasmtime::Result<T>,
+    ) -> wasmtime::Result<T> {
+        let Some(cache) = &self.cache else {
+            return compile(bytes);
+        };
+        use sha2::Digest;
+        let entry = cache.entry(kind, &sha2::Sha256::digest(bytes).into());
+        if let Some(artifact) = cache.load(&entry) {
+            match T::from_verified(&self.engine, &artifact) {
+                Ok(compiled) => return Ok(compiled),
+                Err(e) => cache.reject(&entry, &format!("wasmtime refused it: {e}")),
+            }
+        }
+        let compiled = compile(bytes)?;
+        match compiled.to_bytes() {
+            Ok(artifact) => cache.store(&entry, &artifact),
+            Err(e) => tracing::warn!(
+                "cannot write compilation cache entry {}: {e}",
+                entry.display()
+            ),
+        }
+        Ok(compiled)
+    }
+
     /// Runs `guest` once in a fresh store built from `setup`. The store, and with it every
     /// plaintext of the execution, is dropped before this returns.
     ///
+    /// The run ends when the guest ends, at the deadline ([`Limits::timeout`], also while
+    /// the guest waits in a host call: stdin, a full output pipe), or when
+    /// [`GuestSetup::cancel`] is cancelled. Output passed through ([`Output::Inherit`]) is
+    /// then written out, waiting at most until the deadline.
+    ///
     /// # Errors
-    /// [`Error::Dir`], [`Error::Timeout`], [`Error::MemoryLimit`], [`Error::OutOfFuel`],
-    /// [`Error::Trap`], [`Error::Host`]. A guest's own non-zero exit is not an error.
+    /// [`Error::Dir`], [`Error::Timeout`], [`Error::Cancelled`], [`Error::OutputBlocked`],
+    /// [`Error::MemoryLimit`], [`Error::OutOfFuel`], [`Error::Trap`], [`Error::Host`]. A
+    /// guest's own non-zero exit is not an error.
     pub async fn run(&self, guest: &Guest, setup: GuestSetup) -> Result<GuestExit> {
         let limits = setup.limits;
+        let cancel = setup.cancel.clone();
+        if cancel.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        let deadline = Instant::now() + limits.timeout.min(MAX_TIMEOUT);
         let (builder, outputs) = wasi_builder(&setup)?;
         let limiter = Limiter::new(limits.max_memory);
-        // Deadline: the epoch trap stops guests running wasm; the outer timeout also covers a
-        // guest blocked in a host call (e.g. reading stdin).
+        // Deadline and cancellation: the epoch callback stops guests running wasm; the outer
+        // timeout and `select!` also cover a guest waiting in a host call (e.g. reading stdin
+        // or writing to a full pipe).
         let run = async {
             match &guest.0 {
                 Compiled::Component(pre) => {
@@ -575,7 +652,7 @@ impl Runtime {
                         secrets: setup.secrets,
                     };
                     let mut store = Store::new(&self.engine, state);
-                    self.prepare(&mut store, limits, |s| &mut s.limiter)?;
+                    self.prepare(&mut store, limits, deadline, &cancel, |s| &mut s.limiter)?;
                     let result = async {
                         let command = pre.instantiate_async(&mut store).await?;
                         command.wasi_cli_run().call_run(&mut store).await
@@ -601,7 +678,7 @@ impl Runtime {
                         _secrets: setup.secrets,
                     };
                     let mut store = Store::new(&self.engine, state);
-                    self.prepare(&mut store, limits, |s| &mut s.limiter)?;
+                    self.prepare(&mut store, limits, deadline, &cancel, |s| &mut s.limiter)?;
                     let result = async {
                         let instance = pre.instantiate_async(&mut store).await?;
                         let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
@@ -617,37 +694,64 @@ impl Runtime {
             }
         };
         let grace = limits.timeout.saturating_add(TICK * 10);
-        let result = tokio::time::timeout(grace, run)
-            .await
-            .map_err(|_| Error::Timeout(limits.timeout));
-        // Whatever the outcome, what the masker held back is emitted (masked).
+        let result = tokio::select! {
+            biased;
+            () = cancel.cancelled() => Err(Error::Cancelled),
+            ended = tokio::time::timeout(grace, run) => {
+                ended.map_err(|_| Error::Timeout(limits.timeout)).and_then(|r| r)
+            }
+        };
+        // Whatever the outcome, what the masker held back is handed over (masked), and what
+        // the guest wrote is passed on: until the deadline, or briefly after a timeout (what
+        // the guest wrote before it, when someone reads it). Cancelled runs end at once.
         let output_capped = outputs.finish();
-        let (code, secret_calls) = result??;
+        if !matches!(result, Err(Error::Cancelled)) {
+            let until = deadline.max(Instant::now() + DRAIN_AFTER_DEADLINE);
+            let drained = tokio::select! {
+                biased;
+                () = cancel.cancelled() => Err(Error::Cancelled),
+                drained = tokio::time::timeout_at(until.into(), outputs.drained()) => {
+                    drained.map_err(|_| Error::OutputBlocked(limits.timeout))
+                }
+            };
+            // A guest error (the timeout first of all) is the outcome to report.
+            if result.is_ok() {
+                drained?;
+            }
+        }
+        let (code, secret_calls) = result?;
         Ok(GuestExit {
             code,
-            stdout: outputs
-                .stdout
-                .map(|p| p.contents())
-                .map(|b| setup_mask(&outputs.redact, &b)),
-            stderr: outputs
-                .stderr
-                .map(|p| p.contents())
-                .map(|b| setup_mask(&outputs.redact, &b)),
+            stdout: outputs.stdout.as_ref().map(output::GuestOutput::contents),
+            stderr: outputs.stderr.as_ref().map(output::GuestOutput::contents),
             secret_calls,
             output_capped,
         })
     }
 
+    /// Installs the memory limiter, the deadline and the cancellation check (an epoch
+    /// callback every [`TICK`]: the guest traps with [`Trap::Interrupt`] past `deadline`, or
+    /// with [`cancel::Cancelled`] once `cancel` is cancelled), and the fuel budget.
     fn prepare<T: 'static>(
         &self,
         store: &mut Store<T>,
         limits: Limits,
+        deadline: Instant,
+        cancel: &Cancel,
         limiter: fn(&mut T) -> &mut Limiter,
     ) -> Result<()> {
         store.limiter(move |s| limiter(s) as &mut dyn wasmtime::ResourceLimiter);
-        let ticks = (limits.timeout.as_millis() / TICK.as_millis()).max(1);
-        store.set_epoch_deadline(u64::try_from(ticks).unwrap_or(u64::MAX / 2));
-        store.epoch_deadline_trap();
+        let cancel = cancel.clone();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if cancel.is_cancelled() {
+                return Err(wasmtime::Error::new(cancel::Cancelled));
+            }
+            if Instant::now() >= deadline {
+                return Ok(wasmtime::UpdateDeadline::Interrupt);
+            }
+            Ok(wasmtime::UpdateDeadline::Continue(1))
+        });
         if self.config.fuel {
             store
                 .set_fuel(limits.fuel.unwrap_or(u64::MAX / 2))
@@ -666,70 +770,52 @@ impl Drop for Runtime {
     }
 }
 
-/// The guest's output sinks: captured pipes or masked pass-through streams.
+/// Longest deadline [`Runtime::run`] computes with (a year): a longer [`Limits::timeout`]
+/// runs as long as this, and an `Instant` this far ahead never overflows.
+const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// How long pass-through output is still written out after the deadline passed (a timed-out
+/// guest's last lines, when someone reads them).
+const DRAIN_AFTER_DEADLINE: Duration = Duration::from_millis(200);
+
+/// The guest's output streams: captured or passed through (masked and capped either way).
 struct Outputs {
-    stdout: Option<MemoryOutputPipe>,
-    stderr: Option<MemoryOutputPipe>,
-    passthrough: Vec<output::HostOutput>,
-    redact: crate::redact::Patterns,
+    stdout: Option<output::GuestOutput>,
+    stderr: Option<output::GuestOutput>,
+    passthrough: Vec<output::GuestOutput>,
 }
 
 impl Outputs {
-    /// Flushes the pass-through streams; `true` if one hit its cap.
+    /// Ends every stream (what the masker held back is handed over); `true` if one hit its
+    /// cap.
     fn finish(&self) -> bool {
         // Every stream is finished, even after one reports its cap.
         let mut capped = false;
-        for output in &self.passthrough {
+        for output in self
+            .stdout
+            .iter()
+            .chain(&self.stderr)
+            .chain(&self.passthrough)
+        {
             capped |= output.finish();
         }
         capped
     }
-}
 
-fn setup_mask(patterns: &crate::redact::Patterns, bytes: &[u8]) -> Bytes {
-    if patterns.is_empty() {
-        Bytes::copy_from_slice(bytes)
-    } else {
-        Bytes::from(patterns.mask_all(bytes))
+    /// Waits until the pass-through streams have written everything out.
+    async fn drained(&self) {
+        for output in &self.passthrough {
+            output.drained().await;
+        }
     }
 }
 
-/// Creates `dir` (and missing parents) readable by the owner only: the compilation cache is
-/// native code the host will load and run without checking it against the guest, so a cache
-/// that anyone else can write is refused (the caller then runs without it). An existing
-/// directory of ours that is open to others is narrowed to 0700.
-///
-/// # Errors
-/// When the directory cannot be created, belongs to another user, or cannot be narrowed.
-fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-        builder.mode(0o700);
-        builder.create(dir)?;
-        let meta = std::fs::symlink_metadata(dir)?;
-        if !meta.is_dir() {
-            return Err(std::io::Error::other("not a directory (or a symlink)"));
-        }
-        // /proc/self belongs to the process's effective user (Linux).
-        if let Ok(me) = std::fs::metadata("/proc/self") {
-            if meta.uid() != me.uid() {
-                return Err(std::io::Error::other(format!(
-                    "owned by uid {}, not by this user (uid {})",
-                    meta.uid(),
-                    me.uid()
-                )));
-            }
-        }
-        if meta.mode() & 0o077 != 0 {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
-        Ok(())
+impl Drop for Outputs {
+    /// A run dropped midway (its future cancelled) still ends its streams, so that their
+    /// writer threads end.
+    fn drop(&mut self) {
+        self.finish();
     }
-    #[cfg(not(unix))]
-    builder.create(dir)
 }
 
 /// Builds the WASI context: explicit env (never inherited), args, stdio, mounts. Sockets stay
@@ -755,33 +841,35 @@ fn wasi_builder(setup: &GuestSetup) -> Result<(WasiCtxBuilder, Outputs)> {
         }
     }
     let mut passthrough = Vec::new();
-    let stdout = match setup.stdout {
-        Output::Inherit => {
-            let out =
-                output::HostOutput::new(output::Fd::Stdout, setup.redact.clone(), setup.max_output);
-            b.stdout(out.clone());
-            passthrough.push(out);
-            None
-        }
-        Output::Capture(cap) => {
-            let pipe = MemoryOutputPipe::new(cap);
-            b.stdout(pipe.clone());
-            Some(pipe)
+    let mut sink = |output: Output, fd: output::Fd| -> Result<Option<output::GuestOutput>> {
+        match output {
+            Output::Inherit => {
+                let out = output::GuestOutput::host(fd, setup.redact.clone(), setup.max_output)
+                    .map_err(|e| Error::Host(format!("cannot pass guest output on: {e}")))?;
+                passthrough.push(out.clone());
+                Ok(Some(out))
+            }
+            Output::Capture(cap) => {
+                let cap = setup.max_output.min(u64::try_from(cap).unwrap_or(u64::MAX));
+                Ok(Some(output::GuestOutput::memory(setup.redact.clone(), cap)))
+            }
         }
     };
-    let stderr = match setup.stderr {
-        Output::Inherit => {
-            let out =
-                output::HostOutput::new(output::Fd::Stderr, setup.redact.clone(), setup.max_output);
-            b.stderr(out.clone());
-            passthrough.push(out);
-            None
-        }
-        Output::Capture(cap) => {
-            let pipe = MemoryOutputPipe::new(cap);
-            b.stderr(pipe.clone());
-            Some(pipe)
-        }
+    let stdout = sink(setup.stdout, output::Fd::Stdout)?;
+    let stderr = sink(setup.stderr, output::Fd::Stderr)?;
+    if let Some(out) = &stdout {
+        b.stdout(out.clone());
+    }
+    if let Some(out) = &stderr {
+        b.stderr(out.clone());
+    }
+    let captured = |out: Option<output::GuestOutput>, output: Output| {
+        out.filter(|_| matches!(output, Output::Capture(_)))
+    };
+    let outputs = Outputs {
+        stdout: captured(stdout, setup.stdout),
+        stderr: captured(stderr, setup.stderr),
+        passthrough,
     };
     for dir in &setup.dirs {
         let perms = if dir.read_only {
@@ -795,15 +883,7 @@ fn wasi_builder(setup: &GuestSetup) -> Result<(WasiCtxBuilder, Outputs)> {
                 reason: format!("{e:#}"),
             })?;
     }
-    Ok((
-        b,
-        Outputs {
-            stdout,
-            stderr,
-            passthrough,
-            redact: setup.redact.clone(),
-        },
-    ))
+    Ok((b, outputs))
 }
 
 /// A WASI p1 `proc_exit` status of 126 or more (the shadowed `proc_exit`); [`classify`]
@@ -829,6 +909,9 @@ fn classify(e: wasmtime::Error, memory_hit: bool, limits: Limits) -> Result<i32>
     }
     if let Some(ExitOutOfRange(status)) = e.downcast_ref::<ExitOutOfRange>() {
         return Err(Error::ExitStatus(*status));
+    }
+    if e.downcast_ref::<cancel::Cancelled>().is_some() {
+        return Err(Error::Cancelled);
     }
     if memory_hit {
         return Err(Error::MemoryLimit(limits.max_memory));
@@ -960,27 +1043,76 @@ mod tests {
             .unwrap();
         // More executions than slots, one after another: each slot is reused, zeroed.
         for _ in 0..10 {
-            let setup = GuestSetup {
-                args: vec!["m.wasm".into()],
-                env: Vec::new(),
-                secret_env: Vec::new(),
-                dirs: Vec::new(),
-                stdin: Stdin::Empty,
-                stdout: Output::Capture(1024),
-                stderr: Output::Capture(1024),
-                limits: Limits::default(),
-                secrets: SecretDoor::new(
-                    crate::resolve::Resolution::resolve(Vec::new(), None).unwrap(),
-                    None,
-                    10,
-                    crate::audit::Log::default(),
-                ),
-                redact: crate::redact::Patterns::new(std::iter::empty()),
-                max_output: 1024,
-            };
+            let setup = setup(Limits::default(), Cancel::new());
             let exit = tokio.block_on(rt.run(&guest, setup)).unwrap();
             assert_eq!(exit.code, 0);
         }
+    }
+
+    /// A setup with no secrets, output captured (1 KiB).
+    fn setup(limits: Limits, cancel: Cancel) -> GuestSetup {
+        GuestSetup {
+            args: vec!["m.wasm".into()],
+            env: Vec::new(),
+            secret_env: Vec::new(),
+            dirs: Vec::new(),
+            stdin: Stdin::Empty,
+            stdout: Output::Capture(1024),
+            stderr: Output::Capture(1024),
+            limits,
+            secrets: SecretDoor::new(
+                crate::resolve::Resolution::resolve(Vec::new(), None, None).unwrap(),
+                None,
+                10,
+                crate::audit::Log::default(),
+            ),
+            redact: crate::redact::Patterns::new(std::iter::empty()),
+            max_output: 1024,
+            cancel,
+        }
+    }
+
+    #[test]
+    fn cancel_ends_a_running_guest_with_its_own_outcome() {
+        let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+        let wasm = wat::parse_str(
+            r#"(module (memory (export "memory") 1) (func (export "_start") (loop (br 0))))"#,
+        )
+        .unwrap();
+        let guest = rt.load("spin.wasm", &wasm).unwrap();
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let cancel = Cancel::new();
+        let canceller = {
+            let cancel = cancel.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                cancel.cancel();
+            })
+        };
+        let start = Instant::now();
+        let err = tokio
+            .block_on(rt.run(&guest, setup(Limits::default(), cancel.clone())))
+            .unwrap_err();
+        canceller.join().unwrap();
+        assert!(matches!(err, Error::Cancelled), "{err}");
+        assert!(start.elapsed() < Duration::from_secs(5), "at once");
+        // Cancelled before the run: the guest does not start.
+        let err = tokio
+            .block_on(rt.run(&guest, setup(Limits::default(), cancel)))
+            .unwrap_err();
+        assert!(matches!(err, Error::Cancelled), "{err}");
+        // Not cancelled, the same guest meets its deadline: a different outcome.
+        let limits = Limits {
+            timeout: Duration::from_millis(100),
+            ..Limits::default()
+        };
+        let err = tokio
+            .block_on(rt.run(&guest, setup(limits, Cancel::new())))
+            .unwrap_err();
+        assert!(matches!(err, Error::Timeout(_)), "{err}");
     }
 
     #[test]

@@ -225,6 +225,7 @@ mod tests {
             value: SecretString::from(value),
             created: String::new(),
             updated: String::new(),
+            corrupt: None,
         }
     }
 
@@ -236,7 +237,7 @@ mod tests {
             row(pack, "api_key", "pack-api-key-value", false),
             row(Owner::System, "sealed", "AAAA:AAAA", true),
         ];
-        let resolution = Resolution::resolve(rows, None).unwrap();
+        let resolution = Resolution::resolve(rows, None, None).unwrap();
         let allowed = allowed.map(|names| {
             names
                 .iter()

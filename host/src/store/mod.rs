@@ -6,6 +6,7 @@
 //! The store never decrypts: it moves stored text only.
 
 mod cache;
+mod files;
 mod postgres;
 mod sqlite;
 
@@ -74,6 +75,39 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A write would replace a row encrypted under another key (one this writer cannot
+    /// decrypt); nothing was written (bad-inputs N15).
+    #[error(
+        "secret {secret_ref} is stored encrypted under another key (key hash {stored}), not \
+         the key of this write (key hash {writing}); nothing was written: use the store's \
+         key, or pass --replace-foreign-key to overwrite it"
+    )]
+    ForeignKey {
+        /// Ref of the stored row.
+        secret_ref: String,
+        /// Key hash of the stored row (`none` when it has none).
+        stored: String,
+        /// Key hash of the write (`none` for a plain write by a host without a key).
+        writing: String,
+    },
+    /// A file or directory of the SQLite store is not safe to use (owner or mode); nothing
+    /// was opened (bad-inputs N29).
+    #[error("refusing to use {path}: {reason}")]
+    UnsafePath {
+        /// The file or directory.
+        path: String,
+        /// What is wrong with it and how to fix it.
+        reason: String,
+    },
+    /// The lock that serialises creating and migrating the store could not be taken.
+    #[error("cannot lock secret store {path}: {source}")]
+    Lock {
+        /// The lock file (SQLite) or schema (PostgreSQL).
+        path: String,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// `Result` with [`Error`] as the default error type.
@@ -127,9 +161,20 @@ pub struct SecretRow {
     pub created: String,
     /// Last update time, RFC 3339 UTC.
     pub updated: String,
+    /// Why the stored columns after owner and name do not parse, for a row returned by
+    /// [`Store::visible_to`] that is corrupt (e.g. a value that is not UTF-8 text); `None`
+    /// for a sound row. Such a row holds no value (`value` is empty): it is never delivered,
+    /// and it still overrides less specific rows of its name, which resolve as unavailable
+    /// (bad-inputs N30).
+    pub corrupt: Option<String>,
 }
 
 impl SecretRow {
+    /// The row a bound ciphertext of this secret is bound to (its owner type, owner and name).
+    pub fn binding(&self) -> crate::crypto::Binding<'_> {
+        binding(&self.owner, &self.name)
+    }
+
     /// The Attune-style ref (`name`, `pack.name`, `pack.action.name`).
     pub fn secret_ref(&self) -> String {
         self.owner.secret_ref(&self.name)
@@ -145,6 +190,7 @@ impl fmt::Debug for SecretRow {
             .field("key_hash", &self.key_hash)
             .field("created", &self.created)
             .field("updated", &self.updated)
+            .field("corrupt", &self.corrupt)
             .finish_non_exhaustive()
     }
 }
@@ -156,6 +202,30 @@ pub enum Written {
     Created,
     /// An existing row (same owner and name) was overwritten.
     Updated,
+}
+
+/// Which existing row a write may replace (bad-inputs N15). The check is part of the write
+/// statement itself (a conditional upsert), so no other writer can slip in between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replace<'a> {
+    /// A plain row, or an encrypted row whose key hash is the written row's or the given
+    /// one (the writer's own key, when it has one). Any other encrypted row (under a key
+    /// this writer may not hold, or with no key hash) is refused with
+    /// [`Error::ForeignKey`].
+    Readable(Option<&'a str>),
+    /// Any row, whatever its key (`--replace-foreign-key`).
+    Any,
+}
+
+impl Replace<'_> {
+    /// The writer's key hash to accept besides the written row's, and whether any row may
+    /// be replaced: the two values the write statements bind.
+    fn binds(self) -> (Option<String>, bool) {
+        match self {
+            Self::Readable(hash) => (hash.map(str::to_ascii_lowercase), false),
+            Self::Any => (None, true),
+        }
+    }
 }
 
 /// How [`Store::open`] treats a database that does not exist yet.
@@ -172,6 +242,9 @@ pub enum OpenMode {
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// The ciphertext floor record as read when the store was opened (see
+    /// [`Store::floor_record`]).
+    floor: Option<Arc<str>>,
     cache: Option<Arc<cache::RowCache>>,
     _listener: Option<Arc<Listener>>,
 }
@@ -201,8 +274,8 @@ impl fmt::Debug for Store {
     }
 }
 
-/// Where and how to open the store.
-#[derive(Debug, Clone)]
+/// Where and how to open the store. `Debug` shows the URL through [`redact_url`].
+#[derive(Clone)]
 pub struct StoreOptions {
     /// `sqlite:PATH`, `sqlite://PATH`, or `postgres://user@host:port/db` (`postgresql://`).
     pub url: String,
@@ -221,6 +294,17 @@ pub struct StoreOptions {
     pub cache_ttl: Option<Duration>,
 }
 
+impl fmt::Debug for StoreOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreOptions")
+            .field("url", &redact_url(&self.url))
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .field("cache_ttl", &self.cache_ttl)
+            .finish()
+    }
+}
+
 impl StoreOptions {
     /// Options for `url` with the default schema (`attune`) and pool size (5).
     pub fn new(url: impl Into<String>) -> Self {
@@ -232,6 +316,19 @@ impl StoreOptions {
         }
     }
 }
+
+/// The row (`owner`, `name`) as the associated data of a bound ciphertext sees it: the
+/// `owner_type`, `owner` and `name` columns of the `secrets` table.
+pub fn binding<'a>(owner: &'a Owner, name: &'a SecretName) -> crate::crypto::Binding<'a> {
+    crate::crypto::Binding {
+        owner_type: owner.owner_type().as_str(),
+        owner: owner.owner_ref(),
+        name: name.as_str(),
+    }
+}
+
+/// Name of the ciphertext floor record in `store_meta`.
+const FLOOR_RECORD: &str = "ciphertext_floor";
 
 /// Dispatches one call to the open backend.
 macro_rules! dispatch {
@@ -284,9 +381,15 @@ impl Store {
                 url: redact_url(url),
             });
         };
+        let floor = match &backend {
+            Backend::Sqlite(s) => s.floor_record().await?,
+            Backend::Postgres(s) => s.floor_record().await?,
+        }
+        .map(Arc::from);
         let Some(ttl) = options.cache_ttl else {
             return Ok(Self {
                 backend,
+                floor,
                 cache: None,
                 _listener: None,
             });
@@ -303,6 +406,7 @@ impl Store {
         };
         Ok(Self {
             backend,
+            floor,
             cache: Some(cache),
             _listener: listener,
         })
@@ -315,40 +419,85 @@ impl Store {
         }
     }
 
+    /// The SQLite database file of this store (`None` on PostgreSQL): what a guest must never
+    /// be given (see [`crate::mounts`]).
+    pub fn database_file(&self) -> Option<&std::path::Path> {
+        match &self.backend {
+            Backend::Sqlite(s) => Some(s.path()),
+            Backend::Postgres(_) => None,
+        }
+    }
+
     /// Number of actions whose rows are cached now (0 without a cache).
     pub fn cached_actions(&self) -> usize {
         self.cache.as_ref().map_or(0, |c| c.len())
     }
 
-    /// Inserts or replaces the secret (`owner`, `name`) atomically.
+    /// Inserts or replaces the secret (`owner`, `name`) atomically; an existing row is
+    /// replaced only as [`Replace::Readable`]`(None)` allows (plain, or under the written
+    /// row's key).
     ///
     /// # Errors
-    /// [`Error::Query`].
+    /// [`Error::ForeignKey`], [`Error::Query`].
     pub async fn put(&self, secret: &NewSecret) -> Result<Written> {
-        let result = dispatch!(self.put(secret));
-        self.invalidate();
-        result
+        self.put_with(secret, Replace::Readable(None)).await
     }
 
-    /// Inserts or replaces every secret in one transaction: all are written or none.
+    /// Inserts or replaces the secret (`owner`, `name`) atomically, replacing an existing
+    /// row only as `replace` allows.
     ///
     /// # Errors
-    /// [`Error::Query`]; nothing is written then.
-    pub async fn put_many(&self, secrets: &[NewSecret]) -> Result<Vec<Written>> {
-        let result = dispatch!(self.put_many(secrets));
+    /// [`Error::ForeignKey`] (nothing written), [`Error::Query`].
+    pub async fn put_with(&self, secret: &NewSecret, replace: Replace<'_>) -> Result<Written> {
+        let result = dispatch!(self.put(secret, replace));
         self.invalidate();
         result
     }
 
-    /// Applies `rotations` in one transaction, each as a compare-and-swap on the old value.
+    /// Inserts or replaces every secret in one transaction: all are written or none. An
+    /// existing row is replaced only as [`Replace::Readable`]`(None)` allows.
+    ///
+    /// # Errors
+    /// [`Error::ForeignKey`], [`Error::Query`]; nothing is written then.
+    pub async fn put_many(&self, secrets: &[NewSecret]) -> Result<Vec<Written>> {
+        self.put_many_with(secrets, Replace::Readable(None)).await
+    }
+
+    /// As [`Store::put_many`], replacing existing rows only as `replace` allows.
+    ///
+    /// # Errors
+    /// [`Error::ForeignKey`] naming the first refused row, [`Error::Query`]; nothing is
+    /// written then.
+    pub async fn put_many_with(
+        &self,
+        secrets: &[NewSecret],
+        replace: Replace<'_>,
+    ) -> Result<Vec<Written>> {
+        let result = dispatch!(self.put_many(secrets, replace));
+        self.invalidate();
+        result
+    }
+
+    /// Applies `rotations` in one transaction, each as a compare-and-swap on the old value,
+    /// and sets the store's ciphertext floor record to `floor` (made by
+    /// [`crate::crypto::EncryptionKey::seal_floor`]) in the same transaction.
     ///
     /// # Errors
     /// [`Error::Changed`] when a row no longer holds its old value; [`Error::Query`]. Nothing
     /// is changed then.
-    pub async fn replace_values(&self, rotations: &[Rotation]) -> Result<()> {
-        let result = dispatch!(self.replace_values(rotations));
+    pub async fn replace_values(&self, rotations: &[Rotation], floor: &str) -> Result<()> {
+        let result = dispatch!(self.replace_values(rotations, floor));
         self.invalidate();
         result
+    }
+
+    /// The store's ciphertext floor record (table `store_meta`, name `ciphertext_floor`) as
+    /// read when this handle was opened: a bound ciphertext that `key rotate` writes once every
+    /// encrypted row is bound (verify it with [`crate::crypto::EncryptionKey::floor`]). A floor
+    /// written later by another process is seen by handles opened after it (every CLI command
+    /// opens its own).
+    pub fn floor_record(&self) -> Option<&str> {
+        self.floor.as_deref()
     }
 
     /// Writes one batch of the audit trail in one transaction: its executions upserted by
@@ -417,21 +566,139 @@ impl Store {
     }
 }
 
-/// Replaces the password of a URL (`scheme://user:password@host…`) by `***`. Everything
-/// between the first `:` of the user part and the last `@` is hidden, so a password holding
-/// `/`, `@` or `:` does not show either.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some(at) = rest.rfind('@') else {
-        return url.to_owned();
-    };
-    let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
+/// The database file a `sqlite:` URL names, as the store opens it (`%xx` decoded, query
+/// dropped); `None` for other schemes and in-memory databases.
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    use std::str::FromStr;
+    if !url.starts_with("sqlite:") {
+        return None;
     }
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+    let file = options.get_filename();
+    (!file.as_os_str().is_empty() && file.as_os_str() != ":memory:").then(|| file.to_path_buf())
+}
+
+/// A database URL as it may be shown (errors, logs, `Debug`): the scheme, host, port and
+/// database only, never the user, password or query (`?password=…`), whatever the URL's shape.
+///
+/// - `postgres://user:pw@host:5432/db?sslmode=require` → `postgres://host:5432/db`. The host
+///   is what follows the *last* `@`, so a password holding `@`, `/`, `?` or `:` does not show
+///   either.
+/// - `sqlite:PATH` / `sqlite://PATH?mode=rwc` → the path without the query.
+/// - Anything else (`postgres:/u:pw@host/db`, a typo, an unknown scheme) → the scheme only,
+///   as `scheme:…` (or `…` when there is no scheme).
+pub fn redact_url(url: &str) -> String {
+    let cut = |s: &str| -> usize { s.find(['?', '#']).unwrap_or(s.len()) };
+    let scheme = url.split_once(':').map(|(scheme, _)| scheme).filter(|s| {
+        s.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
+    });
+    let Some(scheme) = scheme else {
+        return "…".to_owned();
+    };
+    let rest = &url[scheme.len() + 1..];
+    if scheme.eq_ignore_ascii_case("sqlite") {
+        return format!("{scheme}:{}", &rest[..cut(rest)]);
+    }
+    let Some(rest) = rest.strip_prefix("//") else {
+        return format!("{scheme}:…");
+    };
+    let after_user = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
+    let host_end = after_user.find(['/', '?', '#']).unwrap_or(after_user.len());
+    let (host, tail) = after_user.split_at(host_end);
+    let database = tail
+        .strip_prefix('/')
+        .map(|path| &path[..cut(path)])
+        .unwrap_or_default();
+    if database.is_empty() {
+        format!("{scheme}://{host}")
+    } else {
+        format!("{scheme}://{host}/{database}")
+    }
+}
+
+/// The error of a write refused by [`Replace::Readable`]: names the row and both key hashes.
+/// `stored` is the stored row's key hash and value as read after the refusal (`None` if it
+/// was deleted since). A blob-format row's hash is withheld, as in [`crate::crypto`].
+fn foreign_key(
+    s: &NewSecret,
+    writer_hash: Option<&str>,
+    stored: Option<(Option<String>, String)>,
+) -> Error {
+    use crate::crypto::Generation;
+    let stored = match stored {
+        Some((Some(hash), value)) if Generation::of(&value) != Generation::Blob => {
+            hash.chars().flat_map(char::escape_default).collect()
+        }
+        Some((Some(_), _)) => "(withheld: a blob-format key hash may be a key)".to_owned(),
+        Some((None, _)) | None => "none".to_owned(),
+    };
+    Error::ForeignKey {
+        secret_ref: s.owner.secret_ref(&s.name),
+        stored,
+        writing: s
+            .key_hash
+            .as_deref()
+            .or(writer_hash)
+            .unwrap_or("none")
+            .to_owned(),
+    }
+}
+
+/// Decodes the rows an action may see. A row whose owner and name parse but whose other
+/// columns do not is kept, marked [`SecretRow::corrupt`], so that it still overrides less
+/// specific rows of its name (bad-inputs N30); a row whose name itself does not parse cannot
+/// override anything and is skipped with a warning naming it.
+fn decode_visible<R>(
+    rows: &[R],
+    decode: impl Fn(&R) -> Result<SecretRow>,
+    identity: impl Fn(&R) -> Result<(String, String, String)>,
+) -> Vec<SecretRow> {
+    rows.iter()
+        .filter_map(|r| {
+            let reason = match decode(r) {
+                Ok(row) => return Some(row),
+                Err(Error::Corrupt { reason, .. }) => reason,
+                Err(e) => e.to_string(),
+            };
+            match identity(r).and_then(|(t, o, n)| parse_identity(&t, &o, &n)) {
+                Ok((owner, name)) => {
+                    tracing::warn!(
+                        "stored secret {} is malformed ({reason}); it is not delivered",
+                        owner.secret_ref(&name)
+                    );
+                    Some(SecretRow {
+                        owner,
+                        name,
+                        encrypted: false,
+                        key_hash: None,
+                        value: SecretString::from(String::new()),
+                        created: String::new(),
+                        updated: String::new(),
+                        corrupt: Some(reason),
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!("skipping a stored row: {e}");
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+/// Parses the owner and name columns of a stored row.
+fn parse_identity(owner_type: &str, owner: &str, name: &str) -> Result<(Owner, SecretName)> {
+    let corrupt = |reason: String| Error::Corrupt {
+        secret_ref: format!("{owner_type}:{owner}:{}", name.escape_default()),
+        reason,
+    };
+    let parsed = OwnerType::parse(owner_type)
+        .ok_or_else(|| corrupt(format!("unknown owner type {owner_type:?}")))?;
+    let owner = Owner::from_parts(parsed, owner).map_err(|e: NameError| corrupt(e.to_string()))?;
+    let name = SecretName::new(name).map_err(|e| corrupt(e.to_string()))?;
+    Ok((owner, name))
 }
 
 /// Decodes rows, skipping (with a warning naming it) any row that does not parse, so one bad
@@ -463,20 +730,7 @@ struct RawRow {
 impl RawRow {
     /// Parses the stored columns into a typed row.
     fn parse(self) -> Result<SecretRow> {
-        let corrupt = |reason: String| Error::Corrupt {
-            secret_ref: format!(
-                "{}:{}:{}",
-                self.owner_type,
-                self.owner,
-                self.name.escape_default()
-            ),
-            reason,
-        };
-        let owner_type = OwnerType::parse(&self.owner_type)
-            .ok_or_else(|| corrupt(format!("unknown owner type {:?}", self.owner_type)))?;
-        let owner = Owner::from_parts(owner_type, &self.owner)
-            .map_err(|e: NameError| corrupt(e.to_string()))?;
-        let name = SecretName::new(&self.name).map_err(|e| corrupt(e.to_string()))?;
+        let (owner, name) = parse_identity(&self.owner_type, &self.owner, &self.name)?;
         Ok(SecretRow {
             owner,
             name,
@@ -485,6 +739,7 @@ impl RawRow {
             value: SecretString::from(self.value),
             created: self.created,
             updated: self.updated,
+            corrupt: None,
         })
     }
 }
@@ -818,19 +1073,34 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn urls_are_redacted() {
-        assert_eq!(
-            redact_url("postgres://u:pw@127.0.0.1:5432/test"),
-            "postgres://u:***@127.0.0.1:5432/test"
-        );
-        assert_eq!(redact_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db");
-        assert_eq!(
-            redact_url("postgres://u:PW_pa/ss@127.0.0.1:1/db"),
-            "postgres://u:***@127.0.0.1:1/db"
-        );
-        assert_eq!(
-            redact_url("postgres://u:p@ss/w@h/db"),
-            "postgres://u:***@h/db"
-        );
+    fn urls_are_shown_as_host_port_and_database_only() {
+        for (url, shown) in [
+            (
+                "postgres://u:pw@127.0.0.1:5432/test",
+                "postgres://127.0.0.1:5432/test",
+            ),
+            ("sqlite:///tmp/x.db", "sqlite:///tmp/x.db"),
+            ("sqlite:x.db?mode=rwc", "sqlite:x.db"),
+            (
+                "postgres://u:PW_pa/ss@127.0.0.1:1/db",
+                "postgres://127.0.0.1:1/db",
+            ),
+            ("postgres://u:p@ss/w@h/db", "postgres://h/db"),
+            (
+                "postgres://u@127.0.0.1:5999/test?password=PW",
+                "postgres://127.0.0.1:5999/test",
+            ),
+            ("postgresql://h/db#PW", "postgresql://h/db"),
+            ("postgres://u:PW?x@h:1/db", "postgres://h:1/db"),
+            ("postgres:/u:PW@127.0.0.1:5432/test", "postgres:…"),
+            ("postgres:u:PW@h/db", "postgres:…"),
+            ("u:PW@h/db", "u:…"),
+            ("PW@h/db", "…"),
+            ("://PW@h", "…"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        let options = StoreOptions::new("postgres://u@h/db?password=PW");
+        assert!(!format!("{options:?}").contains("PW"));
     }
 }

@@ -5,9 +5,9 @@ use std::str::FromStr;
 
 use secrecy::ExposeSecret;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Executor as _, Row};
+use sqlx::{Connection as _, Executor as _, Row};
 
-use super::{redact_url, Error, NewSecret, RawRow, Result, Rotation, SecretRow, Written};
+use super::{redact_url, Error, NewSecret, RawRow, Replace, Result, Rotation, SecretRow, Written};
 use crate::audit;
 use crate::names::{ActionRef, Owner, SecretName};
 
@@ -39,13 +39,28 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(std::time::Duration::from_secs(5))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(open_err)?;
+        // Hosts started at once on a fresh schema take turns (bad-inputs N27): sqlx's migrator
+        // locks only around the migrations, not `CREATE SCHEMA`, which fails with a unique
+        // violation when two sessions race. A transaction-scoped advisory lock, keyed by the
+        // schema, on a connection of its own (the pool may have one connection only) covers
+        // both; ending the transaction (or losing the connection) releases it.
+        let mut lock_conn = sqlx::PgConnection::connect_with(&options)
+            .await
+            .map_err(open_err)?;
+        let mut lock = lock_conn.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(lock_key(schema))
+            .execute(&mut *lock)
+            .await?;
         // The schema name is checked above ([a-z_][a-z0-9_]*), so it can be spliced in.
         pool.execute(format!("CREATE SCHEMA IF NOT EXISTS {schema}").as_str())
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        lock.commit().await?;
+        let _ = lock_conn.close().await;
         Ok(Self {
             pool,
             schema: schema.to_owned(),
@@ -127,27 +142,49 @@ impl PgStore {
         }
     }
 
-    pub(super) async fn put(&self, s: &NewSecret) -> Result<Written> {
-        put_on(&self.pool, s).await
+    pub(super) async fn put(&self, s: &NewSecret, replace: Replace<'_>) -> Result<Written> {
+        let mut conn = self.pool.acquire().await?;
+        put_on(&mut conn, s, replace).await
     }
 
     /// Writes every secret in one transaction: all or nothing.
-    pub(super) async fn put_many(&self, secrets: &[NewSecret]) -> Result<Vec<Written>> {
+    pub(super) async fn put_many(
+        &self,
+        secrets: &[NewSecret],
+        replace: Replace<'_>,
+    ) -> Result<Vec<Written>> {
         let mut tx = self.pool.begin().await?;
         let mut written = Vec::with_capacity(secrets.len());
         for s in secrets {
-            written.push(put_on(&mut *tx, s).await?);
+            written.push(put_on(&mut tx, s, replace).await?);
         }
         tx.commit().await?;
         Ok(written)
     }
 }
 
-async fn put_on<'c, E: sqlx::Executor<'c, Database = sqlx::Postgres>>(
-    executor: E,
+/// The advisory lock key of `schema`'s creation and migration: the first 8 bytes of
+/// SHA-256 of a fixed prefix and the schema name (distinct from sqlx's migration lock, which
+/// is keyed by the database name).
+fn lock_key(schema: &str) -> i64 {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(format!("attune-wasm store schema {schema}"));
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
+/// Writes one secret. An existing row is replaced only as `replace` allows, in the same
+/// statement (bad-inputs N15); a refused write reads the stored row's key hash for the error.
+async fn put_on(
+    conn: &mut sqlx::PgConnection,
     s: &NewSecret,
+    replace: Replace<'_>,
 ) -> Result<Written> {
-    // One statement, atomic under concurrent writers; `xmax = 0` is true for an insert.
+    let (writer_hash, any) = replace.binds();
+    // One statement, atomic under concurrent writers; `xmax = 0` is true for an insert. No
+    // row comes back when the replacement is refused (the conflicting row stays locked
+    // until the transaction ends, so the check cannot race another writer).
     let row = sqlx::query(
         "INSERT INTO secrets (ref, owner_type, owner, owner_pack, name, encrypted, \
                  encryption_key_hash, value) \
@@ -156,6 +193,9 @@ async fn put_on<'c, E: sqlx::Executor<'c, Database = sqlx::Postgres>>(
                  encrypted = excluded.encrypted, \
                  encryption_key_hash = excluded.encryption_key_hash, \
                  value = excluded.value, updated = now() \
+             WHERE $10::boolean OR NOT secrets.encrypted \
+                OR lower(secrets.encryption_key_hash) = lower(excluded.encryption_key_hash) \
+                OR lower(secrets.encryption_key_hash) = $9::text \
              RETURNING (xmax = 0) AS fresh",
     )
     .bind(s.owner.secret_ref(&s.name))
@@ -166,8 +206,29 @@ async fn put_on<'c, E: sqlx::Executor<'c, Database = sqlx::Postgres>>(
     .bind(s.encrypted)
     .bind(s.key_hash.as_deref())
     .bind(s.value.expose_secret())
-    .fetch_one(executor)
+    .bind(writer_hash.as_deref())
+    .bind(any)
+    .fetch_optional(&mut *conn)
     .await?;
+    let Some(row) = row else {
+        let stored = sqlx::query(
+            "SELECT encryption_key_hash, value FROM secrets \
+             WHERE owner_type = $1 AND owner = $2 AND name = $3",
+        )
+        .bind(s.owner.owner_type().as_str())
+        .bind(s.owner.owner_ref())
+        .bind(s.name.as_str())
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| {
+            Ok::<_, sqlx::Error>((
+                r.try_get::<Option<String>, _>(0)?,
+                r.try_get::<String, _>(1)?,
+            ))
+        })
+        .transpose()?;
+        return Err(super::foreign_key(s, writer_hash.as_deref(), stored));
+    };
     Ok(if row.try_get::<bool, _>("fresh")? {
         Written::Created
     } else {
@@ -177,8 +238,9 @@ async fn put_on<'c, E: sqlx::Executor<'c, Database = sqlx::Postgres>>(
 
 impl PgStore {
     /// Replaces ciphertexts in one transaction, each only if the row still holds the value it
-    /// was read with (compare-and-swap); any miss rolls everything back.
-    pub(super) async fn replace_values(&self, rotations: &[Rotation]) -> Result<()> {
+    /// was read with (compare-and-swap), and writes the store's ciphertext floor record in the
+    /// same transaction; any miss rolls everything back.
+    pub(super) async fn replace_values(&self, rotations: &[Rotation], floor: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for r in rotations {
             let done = sqlx::query(
@@ -199,8 +261,26 @@ impl PgStore {
                 });
             }
         }
+        sqlx::query(
+            "INSERT INTO store_meta (name, value) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(super::FLOOR_RECORD)
+        .bind(floor)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The stored value of the store's ciphertext floor record, if any.
+    pub(super) async fn floor_record(&self) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM store_meta WHERE name = $1")
+                .bind(super::FLOOR_RECORD)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// Writes one batch of the audit trail (of one or many executions) in one transaction:
@@ -338,8 +418,17 @@ impl PgStore {
             .bind(action.as_str())
             .fetch_all(&self.pool)
             .await?;
-        Ok(super::decode_rows(&rows, decode))
+        Ok(super::decode_visible(&rows, decode, identity))
     }
+}
+
+/// The owner and name columns of a row.
+fn identity(r: &sqlx::postgres::PgRow) -> Result<(String, String, String)> {
+    Ok((
+        r.try_get("owner_type")?,
+        r.try_get("owner")?,
+        r.try_get("name")?,
+    ))
 }
 
 /// Schema names are limited to `[a-z_][a-z0-9_]{0,62}` so they never need quoting.

@@ -1,6 +1,7 @@
 //! SQLite backend (embedded default): one file, WAL journal, migrations from
 //! `host/migrations/sqlite`.
 
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
@@ -10,7 +11,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use sqlx::Row;
 
 use super::{
-    now, redact_url, Error, NewSecret, OpenMode, RawRow, Result, Rotation, SecretRow, Written,
+    files, now, redact_url, Error, NewSecret, OpenMode, RawRow, Replace, Result, Rotation,
+    SecretRow, Written,
 };
 use crate::audit;
 use crate::names::{ActionRef, Owner, SecretName};
@@ -25,6 +27,8 @@ pub(super) struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// Opens (or creates) the database at `url`: the directory and files are checked
+    /// ([`files`]), and creating, opening and migrating happen under the store's file lock.
     pub(super) async fn open(url: &str, mode: OpenMode) -> Result<Self> {
         let open_err = |source| Error::Open {
             url: redact_url(url),
@@ -32,27 +36,29 @@ impl SqliteStore {
         };
         let options = SqliteConnectOptions::from_str(url).map_err(open_err)?;
         let path = options.get_filename().to_path_buf();
-        let exists = path.exists();
-        if !exists {
-            match mode {
-                OpenMode::MustExist => {
-                    return Err(Error::Missing {
-                        url: redact_url(url),
-                    })
-                }
-                OpenMode::CreateIfMissing => {
-                    create_private_file(&path).map_err(|e| Error::Open {
-                        url: redact_url(url),
-                        source: sqlx::Error::Io(e),
-                    })?
-                }
-            }
+        if !path.exists() && mode == OpenMode::MustExist {
+            return Err(Error::Missing {
+                url: redact_url(url),
+            });
+        }
+        let dir = files::dir_of(&path);
+        if !dir.exists() {
+            create_private_dir(&dir).map_err(|e| open_err(sqlx::Error::Io(e)))?;
+        }
+        files::check_dir(&dir)?;
+        // Hosts started at once on a fresh directory take turns: one creates and migrates,
+        // the others find it done (bad-inputs N27).
+        let _lock = files::CreateLock::acquire(&path).await?;
+        files::check_files(&path)?;
+        if !path.exists() {
+            create_private_file(&path).map_err(|e| open_err(sqlx::Error::Io(e)))?;
         }
         let options = options
             .create_if_missing(false)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(10))
-            // Freed pages are zeroed: a deleted or overwritten plain value leaves no trace.
+            // Freed pages and cells are zeroed on every connection: a deleted or overwritten
+            // value leaves no trace in the database file (bad-inputs N28).
             .pragma("secure_delete", "ON")
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
@@ -68,29 +74,49 @@ impl SqliteStore {
         &self.path
     }
 
-    pub(super) async fn put(&self, s: &NewSecret) -> Result<Written> {
-        let written = put_on(&self.pool, s).await?;
+    pub(super) async fn put(&self, s: &NewSecret, replace: Replace<'_>) -> Result<Written> {
+        let mut conn = self.pool.acquire().await?;
+        let written = put_on(&mut conn, s, replace).await;
+        drop(conn);
         self.checkpoint().await;
-        Ok(written)
+        written
     }
 
-    /// Copies the WAL back into the (secure-delete) database file and truncates it, so that
-    /// an overwritten or deleted plain value does not linger in the WAL.
+    /// Ends every write path (set, delete, import, rotate): copies the WAL back into the
+    /// (secure-delete) database file and truncates it, so that an overwritten or deleted
+    /// value (a plain value, or a ciphertext under a retired key) does not linger in the WAL
+    /// (bad-inputs N28). A checkpoint that cannot finish (a long reader) is reported.
     async fn checkpoint(&self) {
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
+        match sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&self.pool)
             .await
         {
-            tracing::debug!("WAL checkpoint skipped: {e}");
+            // Columns: busy (1 when a reader kept the checkpoint from finishing), WAL frames,
+            // frames copied.
+            Ok(row) if row.try_get::<i64, _>(0).unwrap_or(1) == 0 => {}
+            Ok(_) => tracing::warn!(
+                "WAL checkpoint of {} could not finish (another connection is reading); \
+                 replaced values stay in its -wal file until the next write",
+                self.path.display()
+            ),
+            Err(e) => tracing::warn!(
+                "WAL checkpoint of {} failed: {e}; replaced values stay in its -wal file until \
+                 the next write",
+                self.path.display()
+            ),
         }
     }
 
     /// Writes every secret in one transaction: all or nothing.
-    pub(super) async fn put_many(&self, secrets: &[NewSecret]) -> Result<Vec<Written>> {
+    pub(super) async fn put_many(
+        &self,
+        secrets: &[NewSecret],
+        replace: Replace<'_>,
+    ) -> Result<Vec<Written>> {
         let mut tx = self.pool.begin().await?;
         let mut written = Vec::with_capacity(secrets.len());
         for s in secrets {
-            written.push(put_on(&mut *tx, s).await?);
+            written.push(put_on(&mut tx, s, replace).await?);
         }
         tx.commit().await?;
         self.checkpoint().await;
@@ -98,13 +124,18 @@ impl SqliteStore {
     }
 }
 
-async fn put_on<'c, E: sqlx::Executor<'c, Database = sqlx::Sqlite>>(
-    executor: E,
+/// Writes one secret. An existing row is replaced only as `replace` allows, in the same
+/// statement (bad-inputs N15); a refused write reads the stored row's key hash for the error.
+async fn put_on(
+    conn: &mut sqlx::SqliteConnection,
     s: &NewSecret,
+    replace: Replace<'_>,
 ) -> Result<Written> {
     let ts = now();
-    // One statement, atomic under concurrent writers: the row either is inserted or its
-    // value columns are replaced. `created` survives an update.
+    let (writer_hash, any) = replace.binds();
+    // One statement, atomic under concurrent writers: the row either is inserted or, when
+    // the stored row is one this write may replace, its value columns are replaced.
+    // `created` survives an update. No row comes back when the replacement is refused.
     let row = sqlx::query(
         "INSERT INTO secrets (ref, owner_type, owner, owner_pack, name, encrypted, \
                  encryption_key_hash, value, created, updated) \
@@ -113,6 +144,9 @@ async fn put_on<'c, E: sqlx::Executor<'c, Database = sqlx::Sqlite>>(
                  encrypted = excluded.encrypted, \
                  encryption_key_hash = excluded.encryption_key_hash, \
                  value = excluded.value, updated = excluded.updated \
+             WHERE ?11 OR secrets.encrypted = 0 \
+                OR lower(secrets.encryption_key_hash) = lower(excluded.encryption_key_hash) \
+                OR lower(secrets.encryption_key_hash) = ?10 \
              RETURNING created = updated AS fresh",
     )
     .bind(s.owner.secret_ref(&s.name))
@@ -124,8 +158,29 @@ async fn put_on<'c, E: sqlx::Executor<'c, Database = sqlx::Sqlite>>(
     .bind(s.key_hash.as_deref())
     .bind(s.value.expose_secret())
     .bind(&ts)
-    .fetch_one(executor)
+    .bind(writer_hash.as_deref())
+    .bind(any)
+    .fetch_optional(&mut *conn)
     .await?;
+    let Some(row) = row else {
+        let stored = sqlx::query(
+            "SELECT encryption_key_hash, value FROM secrets \
+             WHERE owner_type = ?1 AND owner = ?2 AND name = ?3",
+        )
+        .bind(s.owner.owner_type().as_str())
+        .bind(s.owner.owner_ref())
+        .bind(s.name.as_str())
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|r| {
+            Ok::<_, sqlx::Error>((
+                r.try_get::<Option<String>, _>(0)?,
+                r.try_get::<String, _>(1)?,
+            ))
+        })
+        .transpose()?;
+        return Err(super::foreign_key(s, writer_hash.as_deref(), stored));
+    };
     let fresh: bool = row.try_get("fresh")?;
     Ok(if fresh {
         Written::Created
@@ -136,8 +191,9 @@ async fn put_on<'c, E: sqlx::Executor<'c, Database = sqlx::Sqlite>>(
 
 impl SqliteStore {
     /// Replaces ciphertexts in one transaction, each only if the row still holds the value it
-    /// was read with (compare-and-swap); any miss rolls everything back.
-    pub(super) async fn replace_values(&self, rotations: &[Rotation]) -> Result<()> {
+    /// was read with (compare-and-swap), and writes the store's ciphertext floor record in the
+    /// same transaction; any miss rolls everything back.
+    pub(super) async fn replace_values(&self, rotations: &[Rotation], floor: &str) -> Result<()> {
         let ts = now();
         let mut tx = self.pool.begin().await?;
         for r in rotations {
@@ -160,8 +216,28 @@ impl SqliteStore {
                 });
             }
         }
+        sqlx::query(
+            "INSERT INTO store_meta (name, value) VALUES (?1, ?2) \
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(super::FLOOR_RECORD)
+        .bind(floor)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
+        // The ciphertexts under the retired key must not outlive the rotation in the WAL.
+        self.checkpoint().await;
         Ok(())
+    }
+
+    /// The stored value of the store's ciphertext floor record, if any.
+    pub(super) async fn floor_record(&self) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM store_meta WHERE name = ?1")
+                .bind(super::FLOOR_RECORD)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// Writes one batch of the audit trail (of one or many executions) in one transaction:
@@ -296,8 +372,17 @@ impl SqliteStore {
             .bind(action.as_str())
             .fetch_all(&self.pool)
             .await?;
-        Ok(super::decode_rows(&rows, decode))
+        Ok(super::decode_visible(&rows, decode, identity))
     }
+}
+
+/// The owner and name columns of a row.
+fn identity(r: &sqlx::sqlite::SqliteRow) -> Result<(String, String, String)> {
+    Ok((
+        r.try_get("owner_type")?,
+        r.try_get("owner")?,
+        r.try_get("name")?,
+    ))
 }
 
 fn decode(r: &sqlx::sqlite::SqliteRow) -> Result<SecretRow> {
@@ -314,26 +399,17 @@ fn decode(r: &sqlx::sqlite::SqliteRow) -> Result<SecretRow> {
     .parse()
 }
 
-/// Creates the database file (and its directory) readable by the owner only: the file holds
-/// ciphertext, and plaintext for `--plain` secrets.
+/// Creates the directory of the database (and its parents), readable by the owner only.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Creates the database file readable by the owner only: the file holds ciphertext, and
+/// plaintext for `--plain` secrets. Called under the store's lock.
 fn create_private_file(path: &Path) -> std::io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if !dir.exists() {
-            std::fs::create_dir_all(dir)?;
-            #[cfg(unix)]
-            {
-                use std::os::unix::fs::PermissionsExt;
-                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-            }
-        }
-    }
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
+    options.write(true).create_new(true).mode(0o600);
     match options.open(path) {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),

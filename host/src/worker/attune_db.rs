@@ -293,8 +293,6 @@ fn key_row(row: &sqlx::postgres::PgRow, action: &ActionRef) -> Result<SecretRow,
     let key_hash: Option<String> = row.try_get("encryption_key_hash").map_err(get_err)?;
     let value: String = row.try_get("value").map_err(get_err)?;
     let shown = name.escape_default().to_string();
-    let value: serde_json::Value = serde_json::from_str(&value)
-        .map_err(|_| format!("key {shown:?}: the value column is not JSON"))?;
     let name = SecretName::new(&name).map_err(|e| format!("key {shown:?}: {e}"))?;
     let owner = match owner_type.as_str() {
         "system" => Owner::System,
@@ -306,15 +304,20 @@ fn key_row(row: &sqlx::postgres::PgRow, action: &ActionRef) -> Result<SecretRow,
             ))
         }
     };
-    let value = match (encrypted, value) {
-        (_, serde_json::Value::String(text)) => text,
-        (true, _) => {
-            return Err(format!(
-                "key {shown:?}: an encrypted value must be a JSON string"
-            ))
-        }
-        (false, other) => other.to_string(),
+    // A value of the wrong shape keeps its row (it still overrides less specific rows of its
+    // name, which then resolve as unavailable: bad-inputs N30), marked corrupt, without value.
+    let (value, corrupt) = match (encrypted, serde_json::from_str(&value)) {
+        (_, Ok(serde_json::Value::String(text))) => (text, None),
+        (false, Ok(other)) => (other.to_string(), None),
+        (true, Ok(_)) => (
+            String::new(),
+            Some("an encrypted value must be a JSON string"),
+        ),
+        (_, Err(_)) => (String::new(), Some("the value column is not JSON")),
     };
+    if let Some(why) = corrupt {
+        tracing::warn!(action = %action, "attune.key row not delivered: key {shown:?}: {why}");
+    }
     Ok(SecretRow {
         owner,
         name,
@@ -323,5 +326,6 @@ fn key_row(row: &sqlx::postgres::PgRow, action: &ActionRef) -> Result<SecretRow,
         value: SecretString::from(value),
         created: String::new(),
         updated: String::new(),
+        corrupt: corrupt.map(str::to_owned),
     })
 }
