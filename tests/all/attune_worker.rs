@@ -1157,3 +1157,116 @@ async fn broker_connection_closed_under_load_every_execution_still_ends_once() {
         assert_eq!(completions, 1, "execution {id}: {}", fleet.log(0));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_requests_stop_a_running_guest_and_one_not_started_yet() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    fleet.start_worker("wasm-worker-g").await;
+    let pool = fleet.pool().await;
+    let worker_id: i64 = sqlx::query("SELECT id FROM attune.worker WHERE name = 'wasm-worker-g'")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("id");
+    let insert = |config: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO attune.execution (action, action_ref, config, status, worker, timeout_seconds)
+                 VALUES (1, 'demo.greet', $1::text::jsonb, 'scheduled', $2, 60) RETURNING id",
+            )
+            .bind(config)
+            .bind(worker_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get::<i64, _>("id")
+        }
+    };
+    let status_of = |id: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "SELECT status::text AS s, result::text AS r FROM attune.execution WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let dispatch_key = attune_wasm::worker::protocol::dispatch_key(worker_id);
+    let cancel_key = attune_wasm::worker::protocol::cancel_key(worker_id);
+    let message = |kind: &str, id: i64| {
+        json!({"message_type": kind, "payload": {"execution_id": id, "worker_id": worker_id}})
+            .to_string()
+    };
+
+    // A guest spinning with a 60 s timeout, cancelled while it runs: ends `cancelled` at once.
+    let spinning = insert(r#"{"mode":"spin"}"#).await;
+    fleet
+        .publish_raw(
+            &dispatch_key,
+            message("ExecutionRequested", spinning).as_bytes(),
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status_of(spinning).await.get::<String, _>("s") != "running" {
+        assert!(Instant::now() < deadline, "never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cancelled_at = Instant::now();
+    fleet
+        .publish_raw(
+            &cancel_key,
+            message("ExecutionCancelRequested", spinning).as_bytes(),
+        )
+        .await;
+    loop {
+        let row = status_of(spinning).await;
+        let status: String = row.get("s");
+        if status != "running" {
+            assert_eq!(status, "cancelled", "{}", fleet.log(0));
+            let result: Value = serde_json::from_str(&row.get::<String, _>("r")).unwrap();
+            assert_eq!(result["cancelled"], true);
+            break;
+        }
+        assert!(
+            cancelled_at.elapsed() < Duration::from_secs(3),
+            "the cancel did not stop the guest"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A cancel that comes before the dispatch: the execution ends `cancelled` without running.
+    let early = insert(r#"{"name":"never"}"#).await;
+    fleet
+        .publish_raw(
+            &cancel_key,
+            message("ExecutionCancelRequested", early).as_bytes(),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fleet
+        .publish_raw(
+            &dispatch_key,
+            message("ExecutionRequested", early).as_bytes(),
+        )
+        .await;
+    loop {
+        let status: String = status_of(early).await.get("s");
+        if !["scheduled", "running"].contains(&status.as_str()) {
+            assert_eq!(status, "cancelled", "{}", fleet.log(0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "status {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The worker goes on.
+    let (report, _) = fleet.execute("demo.greet", json!({"name": "after"})).await;
+    assert_eq!(report["status"], "completed", "{report}");
+}

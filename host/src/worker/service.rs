@@ -95,6 +95,7 @@ pub async fn run(mut cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> 
         packs_base_dir: cfg.packs_base_dir.clone(),
         default_timeout: cfg.default_timeout,
         in_flight: std::sync::Mutex::default(),
+        cancels: std::sync::Mutex::default(),
     });
     let heartbeat = Heartbeat::start(&cfg.database_url, worker_id, cfg.heartbeat)?;
 
@@ -122,6 +123,9 @@ struct Ctx {
     /// Executions this process is handling now, by id: a redelivery of one of them (after a
     /// lost broker connection) waits for it instead of taking it for abandoned.
     in_flight: std::sync::Mutex<std::collections::HashMap<i64, watch::Receiver<()>>>,
+    /// Cancel handles by execution id: of running executions, and of executions cancelled
+    /// before their dispatch came (already cancelled: they end at once when it does).
+    cancels: std::sync::Mutex<std::collections::HashMap<i64, runtime::Cancel>>,
 }
 
 /// Marks an execution as handled by this process until dropped; waiters on its receiver are
@@ -240,6 +244,16 @@ async fn consume(
             }
         };
         backoff = Duration::from_millis(100);
+        let cancels = match open_cancels(&conn, ctx.worker_id).await {
+            Ok(consumer) => tokio::spawn(cancel_loop(Arc::clone(ctx), consumer)),
+            Err(e) => {
+                tracing::error!("{e}; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        let _cancels = AbortOnDrop(cancels);
         // A lost connection is noticed here even while every slot is busy (running executions
         // publish their results on the next connection, so it must not wait for a free slot).
         let mut events = conn.events_listener();
@@ -313,6 +327,70 @@ async fn consume(
     Ok(())
 }
 
+/// Aborts a task when dropped (the cancel consumer of a connection that is gone).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Consumes `worker.{id}.cancel` (declared with the dispatch queue).
+async fn open_cancels(conn: &Connection, id: i64) -> Result<lapin::Consumer, Error> {
+    let broker = |what: &'static str| move |e: lapin::Error| Error::Broker(format!("{what}: {e}"));
+    let channel = conn
+        .create_channel()
+        .await
+        .map_err(broker("cannot open a channel"))?;
+    channel
+        .basic_qos(10, BasicQosOptions::default())
+        .await
+        .map_err(broker("cannot set the prefetch count"))?;
+    channel
+        .basic_consume(
+            protocol::cancel_queue(id).as_str().into(),
+            format!("attune-wasm-cancel-{id}-{}", uuid::Uuid::new_v4().simple())
+                .as_str()
+                .into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(broker("cannot consume the worker's cancel queue"))
+}
+
+/// `ExecutionCancelRequested`: cancels the execution if it runs here, or marks it so that it
+/// ends `cancelled` at once when its dispatch comes. Malformed messages are dead-lettered.
+async fn cancel_loop(ctx: Arc<Ctx>, mut consumer: lapin::Consumer) {
+    while let Some(Ok(delivery)) = consumer.next().await {
+        let id = serde_json::from_slice::<Envelope<Value>>(&delivery.data)
+            .ok()
+            .filter(|e| e.message_type == "ExecutionCancelRequested")
+            .and_then(|e| e.payload.get("execution_id").and_then(Value::as_i64));
+        let answered = match id {
+            Some(id) => {
+                tracing::info!(execution = id, "cancel requested");
+                ctx.cancel_handle(id).cancel();
+                delivery.acker.ack(BasicAckOptions::default()).await
+            }
+            None => {
+                tracing::error!("cancel request dead-lettered: not an ExecutionCancelRequested with a numeric execution_id");
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: false,
+                        multiple: false,
+                    })
+                    .await
+            }
+        };
+        if let Err(e) = answered {
+            tracing::warn!("cannot answer a delivery ({e}); the broker will redeliver it");
+        }
+    }
+}
+
 /// Declares the topology, opens the publishing channel (confirm mode) and the consumer.
 async fn open_consumer(
     conn: &Connection,
@@ -374,6 +452,24 @@ impl Ctx {
         self.in_flight
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The cancel handle of execution `id` (created when there is none yet).
+    fn cancel_handle(&self, id: i64) -> runtime::Cancel {
+        // A poisoned lock only means a panic while inserting or removing; the map is valid.
+        self.cancels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(id)
+            .or_default()
+            .clone()
+    }
+
+    fn forget_cancel(&self, id: i64) {
+        self.cancels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
     }
 
     /// Claims execution `id` for this delivery, or answers the receiver of the delivery that
@@ -607,6 +703,7 @@ impl Ctx {
             Some(action) => self.run_guest(&execution, action).await,
             None => Err(Failure::ActionMissing(execution.action_ref.clone())),
         };
+        self.forget_cancel(id);
         let elapsed = started.elapsed();
         let (status, result) = outcome_result(outcome, self.max_stdout, self.max_stderr, elapsed);
         tracing::info!(
@@ -737,6 +834,7 @@ impl Ctx {
             },
             max_output: self.max_stdout.max(self.max_stderr),
             execution_id: Some(execution.id.to_string()),
+            cancel: self.cancel_handle(execution.id),
             ..Execution::new(action_ref, action.entrypoint.clone())
         };
         Ok(self.executor.execute(&guest, request).await?)
@@ -795,6 +893,10 @@ fn outcome_result(
                 failure,
                 Failure::Executor(executor::Error::Runtime(runtime::Error::Timeout(_)))
             );
+            let cancelled = matches!(
+                failure,
+                Failure::Executor(executor::Error::Runtime(runtime::Error::Cancelled))
+            );
             let result = json!({
                 "succeeded": false,
                 "exit_code": null,
@@ -805,8 +907,16 @@ fn outcome_result(
                 "stdout_truncated": false,
                 "stderr_truncated": false,
                 "timed_out": timed_out,
+                "cancelled": cancelled,
             });
-            (if timed_out { "timeout" } else { "failed" }, result)
+            let status = if timed_out {
+                "timeout"
+            } else if cancelled {
+                "cancelled"
+            } else {
+                "failed"
+            };
+            (status, result)
         }
     }
 }
