@@ -1270,3 +1270,94 @@ async fn cancel_requests_stop_a_running_guest_and_one_not_started_yet() {
     let (report, _) = fleet.execute("demo.greet", json!({"name": "after"})).await;
     assert_eq!(report["status"], "completed", "{report}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_the_shutdown_timeout_cancels_and_reports_the_running_execution() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    let log = File::create(fleet.log_path(0)).unwrap();
+    let child = fleet
+        .cmd()
+        .arg("worker")
+        .env("ATTUNE__WORKER__NAME", "wasm-worker-h")
+        .env("ATTUNE__WORKER__SHUTDOWN_TIMEOUT", "1")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    fleet.workers.push(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !fleet.log(0).contains("consuming dispatches") {
+        assert!(Instant::now() < deadline, "{}", fleet.log(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pool = fleet.pool().await;
+    let worker_id: i64 = sqlx::query("SELECT id FROM attune.worker WHERE name = 'wasm-worker-h'")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("id");
+    let id: i64 = sqlx::query(
+        "INSERT INTO attune.execution (action, action_ref, config, status, worker, timeout_seconds)
+         VALUES (1, 'demo.greet', '{\"mode\": \"spin\"}', 'scheduled', $1, 120) RETURNING id",
+    )
+    .bind(worker_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+    .get("id");
+    let dispatch = json!({"message_type": "ExecutionRequested", "payload": {"execution_id": id}});
+    fleet
+        .publish_raw(
+            &attune_wasm::worker::protocol::dispatch_key(worker_id),
+            dispatch.to_string().as_bytes(),
+        )
+        .await;
+    loop {
+        let status: String =
+            sqlx::query("SELECT status::text AS s FROM attune.execution WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .get("s");
+        if status == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopping = Instant::now();
+    let status = fleet.stop_worker(0);
+    assert!(status.success(), "{status}: {}", fleet.log(0));
+    assert!(stopping.elapsed() < Duration::from_secs(15));
+    let row = sqlx::query(
+        "SELECT e.status::text AS e, w.status::text AS w FROM attune.execution e, attune.worker w
+         WHERE e.id = $1 AND w.id = $2",
+    )
+    .bind(id)
+    .bind(worker_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(row.get::<String, _>("e"), "cancelled", "{}", fleet.log(0));
+    assert_eq!(row.get::<String, _>("w"), "inactive");
+    // Acknowledged: nothing comes back to the queue.
+    let channel = fleet.amqp().await;
+    let queue = channel
+        .queue_declare(
+            attune_wasm::worker::protocol::executions_queue(worker_id)
+                .as_str()
+                .into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(queue.message_count(), 0);
+}

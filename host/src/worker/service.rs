@@ -315,11 +315,30 @@ async fn consume(
     })
     .await;
     if drained.is_err() {
+        // The rest are cancelled: each ends `cancelled`, reported and acknowledged.
         tracing::warn!(
             running = tasks.len(),
-            "shutdown timeout passed: executions still running are abandoned unacknowledged (their dispatches return to the queue)"
+            "shutdown timeout passed: cancelling the executions still running"
         );
-        tasks.abort_all();
+        for cancel in ctx
+            .cancels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+        {
+            cancel.cancel();
+        }
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if ended.is_err() {
+            tracing::warn!(
+                running = tasks.len(),
+                "shutdown: executions still not ended are abandoned unacknowledged (their dispatches return to the queue)"
+            );
+            tasks.abort_all();
+        }
     }
     if let Some((conn, _, _)) = last {
         let _ = conn.close(200, "worker shutdown".into()).await;
