@@ -408,7 +408,7 @@ impl Fleet {
             .status()
             .unwrap()
             .success());
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.workers[i].try_wait().unwrap() {
                 return status;
@@ -658,7 +658,7 @@ async fn worker_times_out_per_the_action_and_fails_bad_dispatches_then_keeps_ser
     assert_eq!(report["status"], "timeout", "{report}");
     assert_eq!(code, Some(1));
     assert_eq!(result(&report)["timed_out"], true);
-    assert!(started.elapsed() < Duration::from_secs(20));
+    assert!(started.elapsed() < Duration::from_secs(60));
 
     // The execution's own timeout wins over the action's (none: the default, 600 s).
     let pool = fleet.pool().await;
@@ -681,7 +681,7 @@ async fn worker_times_out_per_the_action_and_fails_bad_dispatches_then_keeps_ser
     fleet
         .publish_raw(&key, dispatch.to_string().as_bytes())
         .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let status: String =
             sqlx::query("SELECT status::text AS s FROM attune.execution WHERE id = $1")
@@ -724,7 +724,7 @@ async fn worker_times_out_per_the_action_and_fails_bad_dispatches_then_keeps_ser
         )
         .await;
     let channel = fleet.amqp().await;
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut dead = Vec::new();
     while dead.len() < 3 {
         dead.extend(Fleet::drain(&channel, "attune.dlx.queue").await);
@@ -789,7 +789,7 @@ async fn redelivered_dispatches_never_run_an_execution_twice() {
             .publish_raw(&key, dispatch.to_string().as_bytes())
             .await;
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let status: String =
             sqlx::query("SELECT status::text AS s FROM attune.execution WHERE id = $1")
@@ -873,7 +873,7 @@ async fn two_workers_share_the_load_and_survive_a_broker_disconnect() {
         &fleet.vhost,
         "test: broker restart",
     ]);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     for w in [a, b] {
         while fleet.log(w).matches("consuming dispatches").count() < 2 {
             assert!(
@@ -913,7 +913,7 @@ async fn sigterm_lets_the_running_execution_end_then_marks_the_worker_inactive()
         .await
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let running: i64 =
             sqlx::query("SELECT count(*) AS n FROM attune.execution WHERE status = 'running'")
@@ -970,7 +970,7 @@ async fn a_worker_queue_declared_with_other_arguments_is_one_clear_error() {
         .spawn()
         .unwrap();
     fleet.workers.push(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(status) = fleet.workers[0].try_wait().unwrap() {
             break status;
@@ -1013,12 +1013,12 @@ async fn heartbeats_go_on_while_cpu_bound_guests_fill_every_slot() {
         .await
         .unwrap()
         .get("id");
-    // Four spinning guests (every slot, more than this machine's cores) for 5 s each.
+    // Four spinning guests (every slot, more than this machine's cores) for 8 s each.
     let key = attune_wasm::worker::protocol::dispatch_key(worker_id);
     for _ in 0..4 {
         let id: i64 = sqlx::query(
             "INSERT INTO attune.execution (action, action_ref, config, status, worker, timeout_seconds)
-             VALUES (1, 'demo.greet', '{\"mode\": \"spin\"}', 'scheduled', $1, 5) RETURNING id",
+             VALUES (1, 'demo.greet', '{\"mode\": \"spin\"}', 'scheduled', $1, 8) RETURNING id",
         )
         .bind(worker_id)
         .fetch_one(&pool)
@@ -1042,14 +1042,15 @@ async fn heartbeats_go_on_while_cpu_bound_guests_fill_every_slot() {
                 .get::<i64, _>("n")
         }
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while count("running").await < 4 {
         assert!(Instant::now() < deadline, "the four did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // While all four spin, the heartbeat (every second) stays fresh on the database's clock.
+    // While all four spin, the heartbeat (every second) stays fresh on the database's clock
+    // (starved, it would age to the guests' 8 s; the margin is for a loaded machine).
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         let age: f64 = sqlx::query(
             "SELECT extract(epoch FROM now() - last_heartbeat)::float8 AS age
              FROM attune.worker WHERE id = $1",
@@ -1059,12 +1060,13 @@ async fn heartbeats_go_on_while_cpu_bound_guests_fill_every_slot() {
         .await
         .unwrap()
         .get("age");
-        assert!(age < 2.5, "heartbeat {age} s old while the guests run");
+        assert!(age < 4.0, "heartbeat {age} s old while the guests run");
         assert!(
             count("running").await > 0,
             "the guests ended too soon for this test"
         );
     }
+    let deadline = Instant::now() + Duration::from_secs(90);
     while count("timeout").await < 4 {
         assert!(Instant::now() < deadline, "the four did not end");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1120,7 +1122,7 @@ async fn broker_connection_closed_under_load_every_execution_still_ends_once() {
                 .get::<String, _>("s")
         }
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while status_of(ids[0]).await != "running" {
         assert!(Instant::now() < deadline, "the long run did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1213,7 +1215,7 @@ async fn cancel_requests_stop_a_running_guest_and_one_not_started_yet() {
             message("ExecutionRequested", spinning).as_bytes(),
         )
         .await;
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while status_of(spinning).await.get::<String, _>("s") != "running" {
         assert!(Instant::now() < deadline, "never ran");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1236,7 +1238,7 @@ async fn cancel_requests_stop_a_running_guest_and_one_not_started_yet() {
             break;
         }
         assert!(
-            cancelled_at.elapsed() < Duration::from_secs(3),
+            cancelled_at.elapsed() < Duration::from_secs(5),
             "the cancel did not stop the guest"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
