@@ -64,6 +64,10 @@ enum Command {
     /// The audit trail of secret deliveries (never values).
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Run as an Attune worker: executions from RabbitMQ, secrets from Attune's attune.key.
+    Worker(crate::worker::cli::WorkerArgs),
+    /// Dispatch an execution to a worker (a stand-in for Attune's scheduler).
+    Execute(crate::worker::cli::ExecuteArgs),
 }
 
 #[derive(Subcommand)]
@@ -385,6 +389,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(args) => run(&settings, cli.config.as_deref(), args).await,
+        Command::Worker(args) => crate::worker::cli::worker(&settings, args).await,
+        Command::Execute(args) => crate::worker::cli::execute(&settings, args).await,
         Command::Audit(AuditCmd::List {
             action,
             since,
@@ -800,6 +806,7 @@ async fn run(
                 redact: !args.no_redact,
                 max_output: args.max_output as u64,
                 cancel: runtime::Cancel::new(),
+                execution_id: None,
             },
         )
         .await;

@@ -50,6 +50,17 @@ pub struct Settings {
     /// `security.*`.
     #[serde(default)]
     pub security: Security,
+    /// `message_queue.*` (the worker's broker).
+    #[serde(default)]
+    pub message_queue: crate::worker::config::MessageQueue,
+    /// `worker.*` (see [`crate::worker::config`]).
+    #[serde(default)]
+    pub worker: crate::worker::config::WorkerSection,
+    /// Root of Attune's packs (`packs_base_dir`, default `/opt/attune/packs`).
+    pub packs_base_dir: Option<PathBuf>,
+    /// Timeout of an execution when neither it nor its action has one
+    /// (`default_execution_timeout_seconds`, default 600).
+    pub default_execution_timeout_seconds: Option<u64>,
 }
 
 /// `database.*` settings.
@@ -313,7 +324,9 @@ impl fmt::Debug for Settings {
                 &self.security.encryption_key.as_ref().map(|_| "<set>"),
             )
             .field("security.strict_secrets", &self.security.strict_secrets)
-            .finish()
+            .field("message_queue", &self.message_queue)
+            .field("worker", &self.worker)
+            .finish_non_exhaustive()
     }
 }
 

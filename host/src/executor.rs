@@ -69,6 +69,27 @@ pub enum SecretSource {
     /// No store could be opened; the text says why (warned on every execution, or an error
     /// under strict mode).
     Missing(String),
+    /// Rows read by an outside loader (the worker's reader of Attune's own `attune.key`); the
+    /// audit trail goes to `audit` when given.
+    Loader {
+        /// Reads the rows an action may see.
+        loader: Arc<dyn RowLoader>,
+        /// Where the audit trail is written (none: no trail).
+        audit: Option<Store>,
+    },
+}
+
+/// A source of the rows an action may see, other than [`Store`] (e.g. another system's
+/// tables): the input of [`Resolution::resolve`].
+pub trait RowLoader: Send + Sync {
+    /// Every row `action` may see (system, its pack, itself). The error text names what
+    /// failed, never a value; it is treated as a store that cannot be read.
+    fn visible_to<'a>(
+        &'a self,
+        action: &'a ActionRef,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Vec<store::SecretRow>, String>> + Send + 'a>,
+    >;
 }
 
 /// One execution's request.
@@ -99,6 +120,9 @@ pub struct Execution {
     /// Most bytes of stdout, and separately of stderr, captured or passed through; further
     /// writes fail and [`GuestExit::output_capped`] is set.
     pub max_output: u64,
+    /// This execution's id in the audit trail and the guest's `ATTUNE_EXECUTION_ID` (the
+    /// worker gives Attune's `execution.id`); `None`: a fresh UUID v4.
+    pub execution_id: Option<String>,
     /// Cancelling it ends the execution at once with [`runtime::Error::Cancelled`].
     pub cancel: Cancel,
 }
@@ -127,6 +151,7 @@ impl Execution {
             allowed: None,
             redact: true,
             max_output: DEFAULT_MAX_OUTPUT,
+            execution_id: None,
             cancel: Cancel::new(),
         }
     }
@@ -174,8 +199,11 @@ impl Executor {
             boundary.protect(mounts::Kind::Cache, cache);
         }
         if let Some(file) = match &source {
-            SecretSource::Store(store) => store.database_file(),
-            SecretSource::Missing(_) => None,
+            SecretSource::Store(store)
+            | SecretSource::Loader {
+                audit: Some(store), ..
+            } => store.database_file(),
+            SecretSource::Missing(_) | SecretSource::Loader { audit: None, .. } => None,
         } {
             boundary.protect_database(file);
         }
@@ -263,6 +291,10 @@ impl Executor {
                 Err(e) => (self.missing(&e.to_string())?, None),
             },
             SecretSource::Missing(why) => (self.missing(why)?, None),
+            SecretSource::Loader { loader, .. } => match loader.visible_to(action).await {
+                Ok(rows) => (rows, None),
+                Err(e) => (self.missing(&e)?, None),
+            },
         };
         let resolution = Resolution::resolve(rows, self.key.as_ref(), floor)?;
         for (secret, why) in resolution.unavailable() {
@@ -308,7 +340,10 @@ impl Executor {
     /// the guest starts), and [`Error::Runtime`].
     pub async fn execute(&self, guest: &Guest, exec: Execution) -> Result<Report> {
         let dirs = self.boundary.check(&exec.dirs)?;
-        let execution_id = uuid::Uuid::new_v4().to_string();
+        let execution_id = match exec.execution_id {
+            Some(id) => id,
+            None => uuid::Uuid::new_v4().to_string(),
+        };
         let mut env = vec![
             ("ATTUNE_ACTION_REF".to_owned(), exec.action.to_string()),
             ("ATTUNE_PACK_REF".to_owned(), exec.action.pack().to_string()),
@@ -492,8 +527,11 @@ impl Executor {
     /// The audit writer, when secrets come from a store.
     fn writer(&self) -> Option<Arc<audit::Writer>> {
         match &self.source {
-            SecretSource::Store(store) => Some(self.audit_writer(store)),
-            SecretSource::Missing(_) => None,
+            SecretSource::Store(store)
+            | SecretSource::Loader {
+                audit: Some(store), ..
+            } => Some(self.audit_writer(store)),
+            SecretSource::Missing(_) | SecretSource::Loader { audit: None, .. } => None,
         }
     }
 }

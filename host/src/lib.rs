@@ -73,3 +73,4 @@ pub mod resolve;
 pub mod rotate;
 pub mod runtime;
 pub mod store;
+pub mod worker;

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod attune_worker;
 mod audit;
 mod bad_inputs;
 mod bound;

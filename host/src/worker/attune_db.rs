@@ -1,0 +1,331 @@
+//! Attune's own tables (schema `attune`), as a worker reads and writes them: its registration
+//! in `attune.worker`, the `attune.execution` and `attune.action` rows of a dispatch, and the
+//! secrets of `attune.key` (read only). Nothing here creates or alters a table. Times are the
+//! database's `now()`, never this host's clock.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Row;
+
+use super::Error;
+use crate::names::{ActionRef, Owner, PackRef, SecretName};
+use crate::store::SecretRow;
+
+/// Attune's schema.
+pub const SCHEMA: &str = "attune";
+
+/// Statuses after which the worker never touches an execution again.
+pub const TERMINAL: &[&str] = &["completed", "failed", "cancelled", "timeout", "abandoned"];
+
+/// A pool on Attune's database with `search_path = attune, public` (as Attune's services use).
+///
+/// # Errors
+/// [`Error::Database`] when the URL is malformed or the database cannot be reached.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(Error::db)?
+        .options([("search_path", "attune,public")]);
+    PgPoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await
+        .map_err(Error::db)
+}
+
+/// Registers (or re-activates) the worker `name`: an upsert by name, as Attune's
+/// `WorkerRegistration::register` does, with `capabilities.runtimes = [runtime]`.
+///
+/// # Errors
+/// [`Error::Database`].
+pub async fn register(
+    pool: &PgPool,
+    name: &str,
+    host: &str,
+    capabilities: &serde_json::Value,
+) -> Result<i64, Error> {
+    let row = sqlx::query(
+        "INSERT INTO worker (name, worker_type, worker_role, host, status, capabilities, last_heartbeat)
+         VALUES ($1, 'local', 'action', $2, 'active', $3::text::jsonb, now())
+         ON CONFLICT (name) DO UPDATE
+           SET status = 'active', last_heartbeat = now(), host = EXCLUDED.host,
+               capabilities = EXCLUDED.capabilities, updated = now()
+         RETURNING id",
+    )
+    .bind(name)
+    .bind(host)
+    .bind(capabilities.to_string())
+    .fetch_one(pool)
+    .await
+    .map_err(Error::db)?;
+    row.try_get("id").map_err(Error::db)
+}
+
+/// Heartbeat: `last_heartbeat = now()` (the database's clock) and `status = 'active'`.
+///
+/// # Errors
+/// [`Error::Database`].
+pub async fn heartbeat(pool: &PgPool, id: i64) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE worker SET last_heartbeat = now(), status = 'active', updated = now() WHERE id = $1",
+    )
+    .bind(id)
+    .execute(pool)
+    .await
+    .map_err(Error::db)?;
+    Ok(())
+}
+
+/// Marks the worker `inactive` (shutdown).
+///
+/// # Errors
+/// [`Error::Database`].
+pub async fn deregister(pool: &PgPool, id: i64) -> Result<(), Error> {
+    sqlx::query("UPDATE worker SET status = 'inactive', updated = now() WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await
+        .map_err(Error::db)?;
+    Ok(())
+}
+
+/// The columns of `attune.execution` a worker uses.
+#[derive(Debug, Clone)]
+pub struct ExecutionRow {
+    /// `id`.
+    pub id: i64,
+    /// `action` (may be NULL when the action was deleted).
+    pub action: Option<i64>,
+    /// `action_ref`.
+    pub action_ref: String,
+    /// `config`: the parameters.
+    pub config: Option<serde_json::Value>,
+    /// `status`, lowercase.
+    pub status: String,
+    /// `timeout_seconds` (snapshotted at creation).
+    pub timeout_seconds: Option<i32>,
+}
+
+/// The columns of `attune.action` a worker uses.
+#[derive(Debug, Clone)]
+pub struct ActionRow {
+    /// `id`.
+    pub id: i64,
+    /// `ref`, `pack.name`.
+    pub action_ref: String,
+    /// `pack_ref`.
+    pub pack_ref: String,
+    /// `entrypoint`: the file under the pack's `actions/`.
+    pub entrypoint: String,
+    /// `timeout_seconds`.
+    pub timeout_seconds: Option<i32>,
+}
+
+/// The execution `id`, if it exists.
+///
+/// # Errors
+/// [`Error::Database`].
+pub async fn execution(pool: &PgPool, id: i64) -> Result<Option<ExecutionRow>, Error> {
+    let row = sqlx::query(
+        "SELECT id, action, action_ref, config::text AS config, status::text AS status, timeout_seconds
+         FROM execution WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(Error::db)?;
+    row.map(|r| {
+        Ok(ExecutionRow {
+            id: r.try_get("id")?,
+            action: r.try_get("action")?,
+            action_ref: r.try_get("action_ref")?,
+            config: r
+                .try_get::<Option<String>, _>("config")?
+                .and_then(|text| serde_json::from_str(&text).ok()),
+            status: r.try_get("status")?,
+            timeout_seconds: r.try_get("timeout_seconds")?,
+        })
+    })
+    .transpose()
+    .map_err(Error::db)
+}
+
+/// The action of `execution`: by id, else by ref (an action deleted and registered again).
+///
+/// # Errors
+/// [`Error::Database`].
+pub async fn action(pool: &PgPool, execution: &ExecutionRow) -> Result<Option<ActionRow>, Error> {
+    let row = sqlx::query(
+        "SELECT id, ref, pack_ref, entrypoint, timeout_seconds FROM action
+         WHERE ($1::bigint IS NOT NULL AND id = $1) OR ($1::bigint IS NULL AND ref = $2)
+         LIMIT 1",
+    )
+    .bind(execution.action)
+    .bind(&execution.action_ref)
+    .fetch_optional(pool)
+    .await
+    .map_err(Error::db)?;
+    row.map(|r| {
+        Ok(ActionRow {
+            id: r.try_get("id")?,
+            action_ref: r.try_get("ref")?,
+            pack_ref: r.try_get("pack_ref")?,
+            entrypoint: r.try_get("entrypoint")?,
+            timeout_seconds: r.try_get("timeout_seconds")?,
+        })
+    })
+    .transpose()
+    .map_err(Error::db)
+}
+
+/// Moves a dispatched execution to `running` (owned by `worker`), when it is still
+/// `requested`, `scheduling` or `scheduled`; answers the status it had, or `None` when it was
+/// in another state (someone else moved it).
+///
+/// # Errors
+/// [`Error::Database`].
+pub async fn start(pool: &PgPool, id: i64, worker: i64) -> Result<Option<String>, Error> {
+    let row = sqlx::query(
+        "WITH prev AS (SELECT status FROM execution WHERE id = $1 FOR UPDATE)
+         UPDATE execution e
+            SET status = 'running', started_at = now(), worker = $2
+           FROM prev
+          WHERE e.id = $1 AND prev.status IN ('requested', 'scheduling', 'scheduled')
+         RETURNING prev.status::text AS previous",
+    )
+    .bind(id)
+    .bind(worker)
+    .fetch_optional(pool)
+    .await
+    .map_err(Error::db)?;
+    row.map(|r| r.try_get("previous"))
+        .transpose()
+        .map_err(Error::db)
+}
+
+/// Writes the terminal `status` and `result` of execution `id`, when its status is still
+/// `expected`; `false` when it was not (another writer ended it first).
+///
+/// # Errors
+/// [`Error::Database`].
+pub async fn finish(
+    pool: &PgPool,
+    id: i64,
+    expected: &str,
+    status: &str,
+    result: &serde_json::Value,
+) -> Result<bool, Error> {
+    let done = sqlx::query(
+        "UPDATE execution SET status = $3::text::execution_status_enum, result = $4::text::jsonb
+         WHERE id = $1 AND status = $2::text::execution_status_enum",
+    )
+    .bind(id)
+    .bind(expected)
+    .bind(status)
+    .bind(result.to_string())
+    .execute(pool)
+    .await
+    .map_err(Error::db)?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Reads the `attune.key` rows an action may see, as [`SecretRow`]s for the library's resolver:
+/// `system` keys, `pack` keys of the action's pack (`owner_pack`), `action` keys of the action
+/// (`owner_action`), as Attune's worker selects them (by id). `identity` and `sensor` keys
+/// never reach an action. Read only.
+#[derive(Clone)]
+pub struct AttuneKeys {
+    pool: PgPool,
+}
+
+impl AttuneKeys {
+    /// Reads keys through `pool` (on Attune's database).
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    async fn rows(&self, action: &ActionRef) -> Result<Vec<SecretRow>, String> {
+        let rows = sqlx::query(
+            "SELECT k.owner_type::text AS owner_type, k.name, k.encrypted,
+                    k.encryption_key_hash, to_jsonb(k.value)::text AS value
+               FROM key k JOIN action a ON a.ref = $1
+              WHERE k.owner_type = 'system'
+                 OR (k.owner_type = 'pack' AND k.owner_pack = a.pack)
+                 OR (k.owner_type = 'action' AND k.owner_action = a.id)",
+        )
+        .bind(action.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| format!("cannot read attune.key: {e}"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match key_row(row, action) {
+                Ok(secret) => out.push(secret),
+                Err(why) => tracing::warn!(action = %action, "attune.key row skipped: {why}"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl crate::executor::RowLoader for AttuneKeys {
+    fn visible_to<'a>(
+        &'a self,
+        action: &'a ActionRef,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<SecretRow>, String>> + Send + 'a>> {
+        Box::pin(self.rows(action))
+    }
+}
+
+/// One `attune.key` row as a [`SecretRow`]: the name must be a valid secret name; an encrypted
+/// value must be a JSON string (the ciphertext, either generation); a plain string is the
+/// value as is, any other plain JSON its compact text. Errors name the key, never its value.
+fn key_row(row: &sqlx::postgres::PgRow, action: &ActionRef) -> Result<SecretRow, String> {
+    let get_err = |e: sqlx::Error| e.to_string();
+    let owner_type: String = row.try_get("owner_type").map_err(get_err)?;
+    let name: String = row.try_get("name").map_err(get_err)?;
+    let encrypted: bool = row.try_get("encrypted").map_err(get_err)?;
+    let key_hash: Option<String> = row.try_get("encryption_key_hash").map_err(get_err)?;
+    let value: String = row.try_get("value").map_err(get_err)?;
+    let shown = name.escape_default().to_string();
+    let name = SecretName::new(&name).map_err(|e| format!("key {shown:?}: {e}"))?;
+    let owner = match owner_type.as_str() {
+        "system" => Owner::System,
+        "pack" => Owner::Pack(PackRef::new(action.pack().as_str()).map_err(|e| e.to_string())?),
+        "action" => Owner::Action(action.clone()),
+        other => {
+            return Err(format!(
+                "key {shown:?}: owner type {other} is not given to actions"
+            ))
+        }
+    };
+    // A value of the wrong shape keeps its row (it still overrides less specific rows of its
+    // name, which then resolve as unavailable: bad-inputs N30), marked corrupt, without value.
+    let (value, corrupt) = match (encrypted, serde_json::from_str(&value)) {
+        (_, Ok(serde_json::Value::String(text))) => (text, None),
+        (false, Ok(other)) => (other.to_string(), None),
+        (true, Ok(_)) => (
+            String::new(),
+            Some("an encrypted value must be a JSON string"),
+        ),
+        (_, Err(_)) => (String::new(), Some("the value column is not JSON")),
+    };
+    if let Some(why) = corrupt {
+        tracing::warn!(action = %action, "attune.key row not delivered: key {shown:?}: {why}");
+    }
+    Ok(SecretRow {
+        owner,
+        name,
+        encrypted,
+        key_hash: key_hash.filter(|h| !h.is_empty()),
+        value: SecretString::from(value),
+        created: String::new(),
+        updated: String::new(),
+        corrupt: corrupt.map(str::to_owned),
+    })
+}

@@ -1,0 +1,1365 @@
+//! `attune-wasm worker` (issue 12) against real services: a scratch PostgreSQL database with
+//! Attune's schema (`tests/data/attune/schema.sql`) and a RabbitMQ vhost of its own per test,
+//! real worker processes, real wasm actions built from `examples/worker-action` (component and
+//! core module), secrets inserted into `attune.key` by SQL in both ciphertext generations, and
+//! executions dispatched by `attune-wasm execute` (or by hand, for malformed dispatches).
+//!
+//! `ATTUNE_TEST_POSTGRES=skip` or `ATTUNE_TEST_RABBITMQ=skip` skips these tests.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aes_gcm::aead::{Aead, KeyInit};
+use base64::Engine as _;
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sqlx::{Connection as _, Executor as _, Row};
+
+use crate::support::{self, text, Target, KEY};
+
+/// Plaintexts planted in `attune.key`; none may appear in a row, a message or a log.
+const API_KEY: &str = "sk-live-attune-blob-0123456789abcdef";
+const DB_PASSWORD: &str = "pg-password-plain-9876543210zyx";
+const PACK_REGION: &str = "region-of-the-pack-eu-west-1";
+const ACTION_REGION: &str = "region-of-the-action-us-east-2";
+const IDENTITY_TOKEN: &str = "identity-token-never-for-actions-42";
+
+fn admin_url() -> String {
+    std::env::var("ATTUNE_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+fn skipped() -> bool {
+    let skip = |v: &str| std::env::var(v).as_deref() == Ok("skip");
+    if skip("ATTUNE_TEST_POSTGRES") || skip("ATTUNE_TEST_RABBITMQ") {
+        eprintln!("skipped: needs PostgreSQL and RabbitMQ");
+        return true;
+    }
+    false
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("run rabbitmqctl (is RabbitMQ installed? .ci/run starts it)");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?}: {}",
+        text(&out.stderr)
+    );
+}
+
+/// The SHA-256 prefix the action reports for a value.
+fn sha8(value: &str) -> String {
+    Sha256::digest(value.as_bytes())
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Attune's blob format: `base64(nonce‖ciphertext‖tag)` of the JSON text of `value`, under
+/// `SHA-256(password)`; its key hash `hex(SHA-256(password))`.
+fn attune_blob(password: &str, value: &str) -> (String, String) {
+    let key = Sha256::digest(password.as_bytes());
+    let cipher = aes_gcm::Aes256Gcm::new_from_slice(&key).unwrap();
+    let id = uuid::Uuid::new_v4();
+    let nonce = &id.as_bytes()[..12];
+    let plaintext = serde_json::to_string(value).unwrap();
+    let sealed = cipher
+        .encrypt(aes_gcm::Nonce::from_slice(nonce), plaintext.as_bytes())
+        .unwrap();
+    let mut blob = nonce.to_vec();
+    blob.extend_from_slice(&sealed);
+    (
+        base64::engine::general_purpose::STANDARD.encode(blob),
+        hex::encode(key),
+    )
+}
+
+/// A scratch Attune: its own database and vhost, a packs directory, worker processes.
+struct Fleet {
+    db: String,
+    db_url: String,
+    vhost: String,
+    amqp_url: String,
+    dir: tempfile::TempDir,
+    workers: Vec<Child>,
+}
+
+impl Fleet {
+    async fn new() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let db = format!("aw_{id}");
+        let mut admin = sqlx::PgConnection::connect(&admin_url()).await.unwrap();
+        admin
+            .execute(format!("CREATE DATABASE {db}").as_str())
+            .await
+            .unwrap();
+        let db_url = match admin_url().rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{db}"),
+            None => panic!("bad ATTUNE_TEST_POSTGRES_URL"),
+        };
+        let schema = std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/attune/schema.sql"),
+        )
+        .unwrap();
+        let mut conn = sqlx::PgConnection::connect(&db_url).await.unwrap();
+        sqlx::raw_sql(&schema).execute(&mut conn).await.unwrap();
+
+        let vhost = format!("aw_{id}");
+        rabbitmqctl(&["add_vhost", &vhost]);
+        rabbitmqctl(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]);
+        let amqp_url = format!("amqp://guest:guest@127.0.0.1:5672/{vhost}");
+
+        // The example pack: the action as a component and as a core module, a missing file and
+        // a file that is not wasm.
+        let dir = tempfile::tempdir().unwrap();
+        let actions = dir.path().join("packs/demo/actions");
+        std::fs::create_dir_all(&actions).unwrap();
+        std::fs::copy(
+            support::wasm("worker-action", Target::P2),
+            actions.join("greet.wasm"),
+        )
+        .unwrap();
+        std::fs::copy(
+            support::wasm("worker-action", Target::P1),
+            actions.join("greet-classic.wasm"),
+        )
+        .unwrap();
+        std::fs::write(actions.join("notwasm.wasm"), "#!/bin/sh\necho not wasm\n").unwrap();
+        sqlx::raw_sql(
+            "SET search_path TO attune;
+             INSERT INTO pack (ref, label) VALUES ('demo', 'Demo'), ('other', 'Other');
+             INSERT INTO runtime (ref, name) VALUES ('core.wasm', 'wasm');
+             INSERT INTO action (ref, pack, pack_ref, label, entrypoint, runtime, timeout_seconds) VALUES
+               ('demo.greet', 1, 'demo', 'Greet', 'greet.wasm', 1, NULL),
+               ('demo.classic', 1, 'demo', 'Greet (core module)', 'greet-classic.wasm', 1, NULL),
+               ('demo.slow', 1, 'demo', 'Slow', 'greet.wasm', 1, 1),
+               ('demo.missing', 1, 'demo', 'Missing', 'missing.wasm', 1, NULL),
+               ('demo.notwasm', 1, 'demo', 'Not wasm', 'notwasm.wasm', 1, NULL),
+               ('demo.escape', 1, 'demo', 'Escape', '../../../etc/passwd', 1, NULL),
+               ('other.greet', 2, 'other', 'Greet', 'greet.wasm', 1, NULL);",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        Self::plant_secrets(&mut conn).await;
+        Self {
+            db,
+            db_url,
+            vhost,
+            amqp_url,
+            dir,
+            workers: Vec::new(),
+        }
+    }
+
+    /// Secrets as Attune's API stores them: system `api_key` (blob format, Attune's key hash),
+    /// pack `db_password` (plain JSON string) and `region`, `region` overridden for
+    /// `demo.greet` (seed format), a system JSON object `settings`, an identity key and a key
+    /// of another pack.
+    async fn plant_secrets(conn: &mut sqlx::PgConnection) {
+        let (blob, blob_hash) = attune_blob(KEY, API_KEY);
+        let key = support::key(KEY);
+        let seed = key.encrypt_seed(&SecretString::from(ACTION_REGION));
+        let insert = "INSERT INTO attune.key (local_ref, owner_type, owner, owner_identity, owner_pack,
+                          owner_action, name, encrypted, encryption_key_hash, value)
+                      VALUES ($1, $2::text::attune.owner_type_enum, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb)";
+        // (name, owner type, (owner, owner_identity) of an identity key, owner_pack,
+        // owner_action, (encryption_key_hash when encrypted), value as JSON text)
+        let plain = |v: Value| (false, None, v.to_string());
+        let rows = [
+            (
+                "api_key",
+                "system",
+                None,
+                None,
+                None,
+                (true, Some(blob_hash), json!(blob).to_string()),
+            ),
+            (
+                "settings",
+                "system",
+                None,
+                None,
+                None,
+                plain(json!({"tier": "gold", "n": 3})),
+            ),
+            (
+                "db_password",
+                "pack",
+                None,
+                Some(1_i64),
+                None,
+                plain(json!(DB_PASSWORD)),
+            ),
+            (
+                "region",
+                "pack",
+                None,
+                Some(1),
+                None,
+                plain(json!(PACK_REGION)),
+            ),
+            (
+                "region",
+                "action",
+                None,
+                None,
+                Some(1_i64),
+                (
+                    true,
+                    Some(key.key_hash().to_owned()),
+                    json!(seed).to_string(),
+                ),
+            ),
+            (
+                "identity_token",
+                "identity",
+                Some(("alice", 7_i64)),
+                None,
+                None,
+                plain(json!(IDENTITY_TOKEN)),
+            ),
+            (
+                "other_token",
+                "pack",
+                None,
+                Some(2),
+                None,
+                plain(json!("other-pack-secret-value-000")),
+            ),
+        ];
+        for (name, owner_type, identity, pack, action, (encrypted, hash, value)) in rows {
+            sqlx::query(insert)
+                .bind(name)
+                .bind(owner_type)
+                .bind(identity.map(|(login, _)| login))
+                .bind(identity.map(|(_, id)| id))
+                .bind(pack)
+                .bind(action)
+                .bind(name)
+                .bind(encrypted)
+                .bind(hash)
+                .bind(value)
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+        }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_attune-wasm"));
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("ATTUNE__DATA_DIR", self.dir.path().join("data"))
+            .env("ATTUNE__DATABASE__URL", &self.db_url)
+            .env("ATTUNE__MESSAGE_QUEUE__URL", &self.amqp_url)
+            .env("ATTUNE__SECURITY__ENCRYPTION_KEY", KEY)
+            .env("ATTUNE__PACKS_BASE_DIR", self.dir.path().join("packs"))
+            .env("ATTUNE__WORKER__HEARTBEAT_INTERVAL", "1")
+            .env("ATTUNE__WORKER__MAX_CONCURRENT_TASKS", "4")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("worker-{i}.log"))
+    }
+
+    /// Starts a worker named `name`; returns its index once it is registered and consuming.
+    async fn start_worker(&mut self, name: &str) -> usize {
+        let i = self.workers.len();
+        let log = File::create(self.log_path(i)).unwrap();
+        let child = self
+            .cmd()
+            .arg("worker")
+            .env("ATTUNE__WORKER__NAME", name)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.workers.push(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.log(i).contains("consuming dispatches") {
+            assert!(
+                Instant::now() < deadline,
+                "worker {name} did not start: {}",
+                self.log(i)
+            );
+            if let Ok(Some(status)) = self.workers[i].try_wait() {
+                panic!("worker {name} exited with {status}: {}", self.log(i));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        i
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+    }
+
+    /// `attune-wasm execute --action ACTION --params PARAMS --wait`: its JSON line and status.
+    async fn execute(&self, action: &str, params: Value) -> (Value, Option<i32>) {
+        let mut c = self.cmd();
+        c.args(["execute", "--action", action, "--params"])
+            .arg(params.to_string())
+            .args(["--wait", "--wait-timeout", "60"]);
+        let out = tokio::task::spawn_blocking(move || support::run_cmd(&mut c, None))
+            .await
+            .unwrap();
+        support::assert_no_panic(&out);
+        let line = text(&out.stdout);
+        let report = serde_json::from_str(line.trim())
+            .unwrap_or_else(|_| panic!("execute printed no JSON: {line} / {}", text(&out.stderr)));
+        (report, out.status.code())
+    }
+
+    async fn pool(&self) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.db_url)
+            .await
+            .unwrap()
+    }
+
+    async fn amqp(&self) -> lapin::Channel {
+        let conn = Connection::connect(&self.amqp_url, ConnectionProperties::default())
+            .await
+            .unwrap();
+        conn.create_channel().await.unwrap()
+    }
+
+    /// A queue that sees every status change and completion (declared before workers start).
+    async fn observe(&self) -> lapin::Channel {
+        let channel = self.amqp().await;
+        attune_wasm::worker::protocol::declare_common(&channel)
+            .await
+            .unwrap();
+        channel
+            .queue_declare(
+                "observer".into(),
+                QueueDeclareOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        for key in ["execution.completed", "execution.status.changed"] {
+            channel
+                .queue_bind(
+                    "observer".into(),
+                    "attune.executions".into(),
+                    key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        }
+        channel
+    }
+
+    /// Every message waiting in `queue`, acknowledged.
+    async fn drain(channel: &lapin::Channel, queue: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Some(message) = channel
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            out.push(
+                serde_json::from_slice(&message.delivery.data)
+                    .unwrap_or_else(|_| json!({"raw": text(&message.delivery.data)})),
+            );
+        }
+        out
+    }
+
+    async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        let channel = self.amqp().await;
+        channel
+            .basic_publish(
+                "attune.executions".into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    /// SIGTERM to worker `i`; its exit status.
+    fn stop_worker(&mut self, i: usize) -> std::process::ExitStatus {
+        let pid = self.workers[i].id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.workers[i].try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "worker did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Asserts that no planted plaintext is in any execution row, worker log or `messages`.
+    async fn assert_no_plaintext(&self, messages: &[Value]) {
+        let pool = self.pool().await;
+        let rows: Vec<String> =
+            sqlx::query("SELECT row_to_json(e)::text AS r FROM attune.execution e")
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get("r"))
+                .collect();
+        let logs: Vec<String> = (0..self.workers.len()).map(|i| self.log(i)).collect();
+        let messages: Vec<String> = messages.iter().map(Value::to_string).collect();
+        for secret in [
+            API_KEY,
+            DB_PASSWORD,
+            PACK_REGION,
+            ACTION_REGION,
+            IDENTITY_TOKEN,
+        ] {
+            for (what, texts) in [("row", &rows), ("log", &logs), ("message", &messages)] {
+                for t in texts {
+                    assert!(!t.contains(secret), "plaintext in a {what}: {t}");
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for child in &mut self.workers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new("psql")
+            .args([
+                &admin_url(),
+                "-q",
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db),
+            ])
+            .output();
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.vhost])
+            .output();
+    }
+}
+
+fn result(report: &Value) -> &Value {
+    &report["result"]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_runs_attune_executions_with_attune_secrets_end_to_end() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    let observer = fleet.observe().await;
+    let w = fleet.start_worker("wasm-worker-a").await;
+    let pool = fleet.pool().await;
+    let row = sqlx::query(
+        "SELECT id, status::text AS status, worker_role::text AS role, capabilities::text AS caps
+         FROM attune.worker WHERE name = 'wasm-worker-a'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(row.get::<String, _>("status"), "active");
+    assert_eq!(row.get::<String, _>("role"), "action");
+    let caps: Value = serde_json::from_str(&row.get::<String, _>("caps")).unwrap();
+    assert_eq!(caps["runtimes"], json!(["wasm"]));
+
+    // Component and core module: parameters in, result out, every owner type resolved.
+    for action in ["demo.greet", "demo.classic"] {
+        let (report, code) = fleet
+            .execute(
+                action,
+                json!({"name": "ops", "secrets": ["api_key", "db_password", "region", "settings", "identity_token", "other_token"]}),
+            )
+            .await;
+        assert_eq!(report["status"], "completed", "{action}: {report}");
+        assert_eq!(code, Some(0));
+        let r = result(&report);
+        assert_eq!(r["succeeded"], true);
+        assert_eq!(r["exit_code"], 0);
+        assert_eq!(r["timed_out"], false);
+        assert_eq!(r["stdout_truncated"], false);
+        assert!(r["duration_ms"].is_u64());
+        let data = &r["data"];
+        assert_eq!(data["greeting"], "hello ops");
+        assert_eq!(data["action"], action);
+        let secrets = &data["secrets"];
+        assert_eq!(
+            secrets["api_key"]["sha256"],
+            sha8(API_KEY),
+            "{action}: blob-format key"
+        );
+        assert_eq!(secrets["db_password"]["sha256"], sha8(DB_PASSWORD));
+        let settings = json!({"tier": "gold", "n": 3}).to_string();
+        assert_eq!(
+            secrets["settings"]["sha256"],
+            sha8(&settings),
+            "JSON as compact text"
+        );
+        assert!(
+            secrets["identity_token"].get("error").is_some(),
+            "{secrets}"
+        );
+        assert!(secrets["other_token"].get("error").is_some(), "{secrets}");
+        // The action-level override of the pack's `region` holds only for demo.greet.
+        let region = if action == "demo.greet" {
+            ACTION_REGION
+        } else {
+            PACK_REGION
+        };
+        assert_eq!(secrets["region"]["sha256"], sha8(region), "{action}");
+    }
+
+    // A secret printed by the action is masked in the stored stdout.
+    let (report, _) = fleet
+        .execute("demo.greet", json!({"mode": "show", "secret": "api_key"}))
+        .await;
+    assert_eq!(report["status"], "completed", "{report}");
+    let stdout = result(&report)["stdout"].as_str().unwrap();
+    assert!(stdout.contains("the secret is "), "{stdout}");
+    assert!(!stdout.contains(API_KEY), "{stdout}");
+    assert_eq!(result(&report)["data"], json!({"shown": "api_key"}));
+
+    // A failing action: Attune's error text from stderr, the module's own exit status (a
+    // component's failure is status 1: WASI p2 has no exit codes).
+    let (report, code) = fleet
+        .execute(
+            "demo.classic",
+            json!({"mode": "fail", "message": "no such target", "code": 4}),
+        )
+        .await;
+    assert_eq!(report["status"], "failed");
+    assert_eq!(code, Some(1));
+    assert_eq!(result(&report)["exit_code"], 4);
+    assert_eq!(result(&report)["error"], "no such target");
+
+    // Every execution: running, then one completion, published.
+    let messages = Fleet::drain(&observer, "observer").await;
+    let count = |kind: &str| {
+        messages
+            .iter()
+            .filter(|m| m["message_type"] == kind)
+            .count()
+    };
+    assert_eq!(count("ExecutionStatusChanged"), 4, "{messages:?}");
+    assert_eq!(count("ExecutionCompleted"), 4, "{messages:?}");
+    for m in &messages {
+        if m["message_type"] == "ExecutionCompleted" {
+            assert!(m["payload"]["action_id"].as_i64().unwrap() > 0);
+            assert!(m["payload"]["result"].is_object());
+        } else {
+            assert_eq!(m["payload"]["new_status"], "running");
+            assert_eq!(m["payload"]["previous_status"], "scheduled");
+        }
+    }
+    let running: i64 =
+        sqlx::query("SELECT count(*) AS n FROM attune.execution WHERE status = 'running'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get("n");
+    assert_eq!(running, 0);
+    // Our own tables are in attune_wasm, none was added to Attune's schema.
+    let ours: Vec<String> = sqlx::query(
+        "SELECT table_schema || '.' || table_name AS t FROM information_schema.tables
+         WHERE table_schema IN ('attune', 'attune_wasm') ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get("t"))
+    .collect();
+    for t in &ours {
+        assert!(
+            t.starts_with("attune_wasm.")
+                || [
+                    "attune.action",
+                    "attune.execution",
+                    "attune.key",
+                    "attune.pack",
+                    "attune.runtime",
+                    "attune.worker"
+                ]
+                .contains(&t.as_str()),
+            "unexpected table {t}"
+        );
+    }
+
+    // The audit trail (schema attune_wasm) names Attune's execution ids, never a value.
+    let audited: Vec<String> = sqlx::query(
+        "SELECT DISTINCT execution_id FROM attune_wasm.audit WHERE secret_ref = 'api_key'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get("execution_id"))
+    .collect();
+    let first: i64 = sqlx::query("SELECT min(id) AS id FROM attune.execution")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("id");
+    assert!(audited.contains(&first.to_string()), "{audited:?}");
+
+    // SIGTERM: exit 0, marked inactive.
+    let status = fleet.stop_worker(w);
+    assert!(status.success(), "{status}: {}", fleet.log(w));
+    let status: String =
+        sqlx::query("SELECT status::text AS s FROM attune.worker WHERE name = 'wasm-worker-a'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get("s");
+    assert_eq!(status, "inactive");
+    fleet.assert_no_plaintext(&messages).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_times_out_per_the_action_and_fails_bad_dispatches_then_keeps_serving() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    let w = fleet.start_worker("wasm-worker-b").await;
+
+    // The action's timeout (1 s) stops a guest that never ends.
+    let started = Instant::now();
+    let (report, code) = fleet.execute("demo.slow", json!({"mode": "spin"})).await;
+    assert_eq!(report["status"], "timeout", "{report}");
+    assert_eq!(code, Some(1));
+    assert_eq!(result(&report)["timed_out"], true);
+    assert!(started.elapsed() < Duration::from_secs(60));
+
+    // The execution's own timeout wins over the action's (none: the default, 600 s).
+    let pool = fleet.pool().await;
+    let worker_id: i64 = sqlx::query("SELECT id FROM attune.worker WHERE name = 'wasm-worker-b'")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("id");
+    let id: i64 = sqlx::query(
+        "INSERT INTO attune.execution (action, action_ref, config, status, worker, timeout_seconds)
+         VALUES (1, 'demo.greet', '{\"mode\": \"spin\"}', 'scheduled', $1, 1) RETURNING id",
+    )
+    .bind(worker_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+    .get("id");
+    let dispatch = json!({"message_type": "ExecutionRequested", "payload": {"execution_id": id}});
+    let key = attune_wasm::worker::protocol::dispatch_key(worker_id);
+    fleet
+        .publish_raw(&key, dispatch.to_string().as_bytes())
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status: String =
+            sqlx::query("SELECT status::text AS s FROM attune.execution WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .get("s");
+        if status == "timeout" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Missing file, non-wasm file, an entrypoint leaving the pack: failed with the reason.
+    for (action, why) in [
+        ("demo.missing", "cannot read action file"),
+        ("demo.notwasm", "is not a WebAssembly binary"),
+        (
+            "demo.escape",
+            "is not a path inside the pack's actions directory",
+        ),
+    ] {
+        let (report, _) = fleet.execute(action, json!({})).await;
+        assert_eq!(report["status"], "failed", "{action}: {report}");
+        let error = result(&report)["error"].as_str().unwrap();
+        assert!(error.contains(why), "{action}: {error}");
+    }
+
+    // Not JSON, another message type, an unknown execution: dead-lettered to attune.dlx.
+    fleet.publish_raw(&key, b"{not json").await;
+    fleet
+        .publish_raw(&key, br#"{"message_type":"RuleCreated","payload":{}}"#)
+        .await;
+    fleet
+        .publish_raw(
+            &key,
+            br#"{"message_type":"ExecutionRequested","payload":{"execution_id":987654}}"#,
+        )
+        .await;
+    let channel = fleet.amqp().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut dead = Vec::new();
+    while dead.len() < 3 {
+        dead.extend(Fleet::drain(&channel, "attune.dlx.queue").await);
+        assert!(Instant::now() < deadline, "dead letters: {dead:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // And the worker still serves.
+    let (report, _) = fleet.execute("demo.greet", json!({"name": "again"})).await;
+    assert_eq!(report["status"], "completed", "{report}");
+    assert_eq!(result(&report)["data"]["greeting"], "hello again");
+    assert!(fleet.workers[w].try_wait().unwrap().is_none());
+    fleet.assert_no_plaintext(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redelivered_dispatches_never_run_an_execution_twice() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    let observer = fleet.observe().await;
+    let w = fleet.start_worker("wasm-worker-c").await;
+    let pool = fleet.pool().await;
+    let (report, _) = fleet.execute("demo.greet", json!({"name": "once"})).await;
+    assert_eq!(report["status"], "completed");
+    let id = report["execution_id"].as_i64().unwrap();
+    let before: String =
+        sqlx::query("SELECT updated::text AS u FROM attune.execution WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get("u");
+    assert_eq!(Fleet::drain(&observer, "observer").await.len(), 2);
+
+    // An execution left `running` by a worker that died: ended failed, not run.
+    let orphan: i64 = sqlx::query(
+        "INSERT INTO attune.execution (action, action_ref, config, status, started_at)
+         VALUES (1, 'demo.greet', '{}', 'running', now()) RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+    .get("id");
+    let worker_id: i64 = sqlx::query("SELECT id FROM attune.worker WHERE name = 'wasm-worker-c'")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("id");
+    let key = attune_wasm::worker::protocol::dispatch_key(worker_id);
+    for execution in [id, orphan] {
+        let dispatch = json!({
+            "message_id": uuid::Uuid::new_v4().to_string(),
+            "message_type": "ExecutionRequested",
+            "version": "1.0",
+            "timestamp": "2026-01-01T00:00:00Z",
+            "headers": {"retry_count": 1},
+            "payload": {"execution_id": execution, "action_ref": "demo.greet", "config": {}},
+        });
+        fleet
+            .publish_raw(&key, dispatch.to_string().as_bytes())
+            .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status: String =
+            sqlx::query("SELECT status::text AS s FROM attune.execution WHERE id = $1")
+                .bind(orphan)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .get("s");
+        if status != "running" {
+            assert_eq!(status, "failed");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the orphan stayed running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let error: String =
+        sqlx::query("SELECT result->>'error' AS e FROM attune.execution WHERE id = $1")
+            .bind(orphan)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get("e");
+    assert!(error.contains("stopped before it ended"), "{error}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The terminal one: acknowledged and skipped, its row untouched, no second completion.
+    let after: String =
+        sqlx::query("SELECT updated::text AS u FROM attune.execution WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get("u");
+    assert_eq!(before, after);
+    let messages = Fleet::drain(&observer, "observer").await;
+    let completed: Vec<i64> = messages
+        .iter()
+        .filter(|m| m["message_type"] == "ExecutionCompleted")
+        .map(|m| m["payload"]["execution_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(completed, vec![orphan], "{messages:?}");
+    assert!(fleet.log(w).contains("already ended"), "{}", fleet.log(w));
+    // Nothing left unacknowledged in the worker's queue.
+    let channel = fleet.amqp().await;
+    let queue = channel
+        .queue_declare(
+            attune_wasm::worker::protocol::executions_queue(worker_id)
+                .as_str()
+                .into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(queue.message_count(), 0);
+    fleet.assert_no_plaintext(&messages).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_share_the_load_and_survive_a_broker_disconnect() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    let a = fleet.start_worker("wasm-worker-a").await;
+    let b = fleet.start_worker("wasm-worker-b").await;
+    let mut served = std::collections::BTreeSet::new();
+    for i in 0..4 {
+        let (report, _) = fleet.execute("demo.greet", json!({"name": i})).await;
+        assert_eq!(report["status"], "completed", "{report}");
+        served.insert(report["worker"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(served.len(), 2, "round robin: {served:?}");
+
+    // The broker drops every connection of the vhost: both workers reconnect and go on.
+    rabbitmqctl(&[
+        "close_all_connections",
+        "-p",
+        &fleet.vhost,
+        "test: broker restart",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for w in [a, b] {
+        while fleet.log(w).matches("consuming dispatches").count() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "no reconnection: {}",
+                fleet.log(w)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for i in 0..4 {
+        let (report, _) = fleet.execute("demo.classic", json!({"name": i})).await;
+        assert_eq!(report["status"], "completed", "{report}");
+    }
+    for w in [a, b] {
+        assert!(fleet.workers[w].try_wait().unwrap().is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_running_execution_end_then_marks_the_worker_inactive() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    let w = fleet.start_worker("wasm-worker-d").await;
+    let pool = fleet.pool().await;
+    let mut c = fleet.cmd();
+    c.args([
+        "execute",
+        "--action",
+        "demo.slow",
+        "--params",
+        r#"{"mode":"spin"}"#,
+    ]);
+    let out = tokio::task::spawn_blocking(move || support::run_cmd(&mut c, None))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running: i64 =
+            sqlx::query("SELECT count(*) AS n FROM attune.execution WHERE status = 'running'")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .get("n");
+        if running == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SIGTERM mid-run: the execution still ends (its 1 s timeout) and is reported.
+    let status = fleet.stop_worker(w);
+    assert!(status.success(), "{status}: {}", fleet.log(w));
+    let row = sqlx::query(
+        "SELECT e.status::text AS e, w.status::text AS w FROM attune.execution e, attune.worker w
+         WHERE w.name = 'wasm-worker-d'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(row.get::<String, _>("e"), "timeout");
+    assert_eq!(row.get::<String, _>("w"), "inactive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_queue_declared_with_other_arguments_is_one_clear_error() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    // The first worker of a fresh database gets id 1; its queue already exists, without TTL.
+    let channel = fleet.amqp().await;
+    channel
+        .queue_declare(
+            "worker.1.executions".into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let log = File::create(fleet.log_path(0)).unwrap();
+    let child = fleet
+        .cmd()
+        .arg("worker")
+        .env("ATTUNE__WORKER__NAME", "wasm-worker-k4")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    fleet.workers.push(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = fleet.workers[0].try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running: {}", fleet.log(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status.code(), Some(1));
+    let log = fleet.log(0);
+    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{log}");
+    assert!(
+        errors[0].contains("cannot declare queue worker.1.executions")
+            && errors[0].contains("x-message-ttl=300000")
+            && errors[0].contains("PRECONDITION_FAILED"),
+        "{log}"
+    );
+    assert!(!log.contains("retrying"), "{log}");
+    // The worker row does not stay active.
+    let pool = fleet.pool().await;
+    let status: String =
+        sqlx::query("SELECT status::text AS s FROM attune.worker WHERE name = 'wasm-worker-k4'")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get("s");
+    assert_eq!(status, "inactive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_go_on_while_cpu_bound_guests_fill_every_slot() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    fleet.start_worker("wasm-worker-e").await;
+    let pool = fleet.pool().await;
+    let worker_id: i64 = sqlx::query("SELECT id FROM attune.worker WHERE name = 'wasm-worker-e'")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("id");
+    // Four spinning guests (every slot, more than this machine's cores) for 8 s each.
+    let key = attune_wasm::worker::protocol::dispatch_key(worker_id);
+    for _ in 0..4 {
+        let id: i64 = sqlx::query(
+            "INSERT INTO attune.execution (action, action_ref, config, status, worker, timeout_seconds)
+             VALUES (1, 'demo.greet', '{\"mode\": \"spin\"}', 'scheduled', $1, 8) RETURNING id",
+        )
+        .bind(worker_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("id");
+        let dispatch =
+            json!({"message_type": "ExecutionRequested", "payload": {"execution_id": id}});
+        fleet
+            .publish_raw(&key, dispatch.to_string().as_bytes())
+            .await;
+    }
+    let count = |status: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("SELECT count(*) AS n FROM attune.execution WHERE status::text = $1")
+                .bind(status)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .get::<i64, _>("n")
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count("running").await < 4 {
+        assert!(Instant::now() < deadline, "the four did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // While all four spin, the heartbeat (every second) stays fresh on the database's clock
+    // (starved, it would age to the guests' 8 s; the margin is for a loaded machine).
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let age: f64 = sqlx::query(
+            "SELECT extract(epoch FROM now() - last_heartbeat)::float8 AS age
+             FROM attune.worker WHERE id = $1",
+        )
+        .bind(worker_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("age");
+        assert!(age < 4.0, "heartbeat {age} s old while the guests run");
+        assert!(
+            count("running").await > 0,
+            "the guests ended too soon for this test"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while count("timeout").await < 4 {
+        assert!(Instant::now() < deadline, "the four did not end");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_connection_closed_under_load_every_execution_still_ends_once() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    fleet.observe().await;
+    fleet.start_worker("wasm-worker-f").await;
+    let pool = fleet.pool().await;
+    let worker_id: i64 = sqlx::query("SELECT id FROM attune.worker WHERE name = 'wasm-worker-f'")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("id");
+    let key = attune_wasm::worker::protocol::dispatch_key(worker_id);
+    let mut ids = Vec::new();
+    // One long run (ends by its 4 s timeout), then quick ones.
+    for (config, timeout) in std::iter::once((r#"{"mode":"spin"}"#, 4))
+        .chain(std::iter::repeat_n((r#"{"name":"load"}"#, 30), 8))
+    {
+        let id: i64 = sqlx::query(
+            "INSERT INTO attune.execution (action, action_ref, config, status, worker, timeout_seconds)
+             VALUES (1, 'demo.greet', $1::text::jsonb, 'scheduled', $2, $3) RETURNING id",
+        )
+        .bind(config)
+        .bind(worker_id)
+        .bind(timeout)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("id");
+        let dispatch =
+            json!({"message_type": "ExecutionRequested", "payload": {"execution_id": id}});
+        fleet
+            .publish_raw(&key, dispatch.to_string().as_bytes())
+            .await;
+        ids.push(id);
+    }
+    let status_of = |id: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("SELECT status::text AS s FROM attune.execution WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .get::<String, _>("s")
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status_of(ids[0]).await != "running" {
+        assert!(Instant::now() < deadline, "the long run did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The broker drops the worker's connection while it runs (and has more queued).
+    rabbitmqctl(&[
+        "close_all_connections",
+        "-p",
+        &fleet.vhost,
+        "test: broker restart",
+    ]);
+    for &id in &ids {
+        loop {
+            let status = status_of(id).await;
+            if !["scheduled", "running"].contains(&status.as_str()) {
+                let expected = if id == ids[0] { "timeout" } else { "completed" };
+                assert_eq!(status, expected, "execution {id}: {}", fleet.log(0));
+                break;
+            }
+            assert!(Instant::now() < deadline, "execution {id} stayed {status}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let channel = fleet.amqp().await;
+    let messages = Fleet::drain(&channel, "observer").await;
+    for &id in &ids {
+        let completions = messages
+            .iter()
+            .filter(|m| {
+                m["message_type"] == "ExecutionCompleted" && m["payload"]["execution_id"] == id
+            })
+            .count();
+        assert_eq!(completions, 1, "execution {id}: {}", fleet.log(0));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_requests_stop_a_running_guest_and_one_not_started_yet() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    fleet.start_worker("wasm-worker-g").await;
+    let pool = fleet.pool().await;
+    let worker_id: i64 = sqlx::query("SELECT id FROM attune.worker WHERE name = 'wasm-worker-g'")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("id");
+    let insert = |config: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "INSERT INTO attune.execution (action, action_ref, config, status, worker, timeout_seconds)
+                 VALUES (1, 'demo.greet', $1::text::jsonb, 'scheduled', $2, 60) RETURNING id",
+            )
+            .bind(config)
+            .bind(worker_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            .get::<i64, _>("id")
+        }
+    };
+    let status_of = |id: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(
+                "SELECT status::text AS s, result::text AS r FROM attune.execution WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let dispatch_key = attune_wasm::worker::protocol::dispatch_key(worker_id);
+    let cancel_key = attune_wasm::worker::protocol::cancel_key(worker_id);
+    let message = |kind: &str, id: i64| {
+        json!({"message_type": kind, "payload": {"execution_id": id, "worker_id": worker_id}})
+            .to_string()
+    };
+
+    // A guest spinning with a 60 s timeout, cancelled while it runs: ends `cancelled` at once.
+    let spinning = insert(r#"{"mode":"spin"}"#).await;
+    fleet
+        .publish_raw(
+            &dispatch_key,
+            message("ExecutionRequested", spinning).as_bytes(),
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status_of(spinning).await.get::<String, _>("s") != "running" {
+        assert!(Instant::now() < deadline, "never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cancelled_at = Instant::now();
+    fleet
+        .publish_raw(
+            &cancel_key,
+            message("ExecutionCancelRequested", spinning).as_bytes(),
+        )
+        .await;
+    loop {
+        let row = status_of(spinning).await;
+        let status: String = row.get("s");
+        if status != "running" {
+            assert_eq!(status, "cancelled", "{}", fleet.log(0));
+            let result: Value = serde_json::from_str(&row.get::<String, _>("r")).unwrap();
+            assert_eq!(result["cancelled"], true);
+            break;
+        }
+        assert!(
+            cancelled_at.elapsed() < Duration::from_secs(5),
+            "the cancel did not stop the guest"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A cancel that comes before the dispatch: the execution ends `cancelled` without running.
+    let early = insert(r#"{"name":"never"}"#).await;
+    fleet
+        .publish_raw(
+            &cancel_key,
+            message("ExecutionCancelRequested", early).as_bytes(),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fleet
+        .publish_raw(
+            &dispatch_key,
+            message("ExecutionRequested", early).as_bytes(),
+        )
+        .await;
+    loop {
+        let status: String = status_of(early).await.get("s");
+        if !["scheduled", "running"].contains(&status.as_str()) {
+            assert_eq!(status, "cancelled", "{}", fleet.log(0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "status {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The worker goes on.
+    let (report, _) = fleet.execute("demo.greet", json!({"name": "after"})).await;
+    assert_eq!(report["status"], "completed", "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_past_the_shutdown_timeout_cancels_and_reports_the_running_execution() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    let log = File::create(fleet.log_path(0)).unwrap();
+    let child = fleet
+        .cmd()
+        .arg("worker")
+        .env("ATTUNE__WORKER__NAME", "wasm-worker-h")
+        .env("ATTUNE__WORKER__SHUTDOWN_TIMEOUT", "1")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    fleet.workers.push(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !fleet.log(0).contains("consuming dispatches") {
+        assert!(Instant::now() < deadline, "{}", fleet.log(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pool = fleet.pool().await;
+    let worker_id: i64 = sqlx::query("SELECT id FROM attune.worker WHERE name = 'wasm-worker-h'")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get("id");
+    let id: i64 = sqlx::query(
+        "INSERT INTO attune.execution (action, action_ref, config, status, worker, timeout_seconds)
+         VALUES (1, 'demo.greet', '{\"mode\": \"spin\"}', 'scheduled', $1, 120) RETURNING id",
+    )
+    .bind(worker_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap()
+    .get("id");
+    let dispatch = json!({"message_type": "ExecutionRequested", "payload": {"execution_id": id}});
+    fleet
+        .publish_raw(
+            &attune_wasm::worker::protocol::dispatch_key(worker_id),
+            dispatch.to_string().as_bytes(),
+        )
+        .await;
+    loop {
+        let status: String =
+            sqlx::query("SELECT status::text AS s FROM attune.execution WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .get("s");
+        if status == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stopping = Instant::now();
+    let status = fleet.stop_worker(0);
+    assert!(status.success(), "{status}: {}", fleet.log(0));
+    assert!(stopping.elapsed() < Duration::from_secs(15));
+    let row = sqlx::query(
+        "SELECT e.status::text AS e, w.status::text AS w FROM attune.execution e, attune.worker w
+         WHERE e.id = $1 AND w.id = $2",
+    )
+    .bind(id)
+    .bind(worker_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(row.get::<String, _>("e"), "cancelled", "{}", fleet.log(0));
+    assert_eq!(row.get::<String, _>("w"), "inactive");
+    // Acknowledged: nothing comes back to the queue.
+    let channel = fleet.amqp().await;
+    let queue = channel
+        .queue_declare(
+            attune_wasm::worker::protocol::executions_queue(worker_id)
+                .as_str()
+                .into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(queue.message_count(), 0);
+}
