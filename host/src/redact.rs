@@ -1001,12 +1001,11 @@ mod tests {
         let mut stream = Stream::new(patterns);
         let mut out = stream.push(b"split:sk-live-SECR");
         out.extend(stream.finish());
-        let out = String::from_utf8(out).unwrap();
-        assert_eq!(out, "split:***");
+        assert_eq!(out, b"split:***");
         // A short tail (under the minimum) that merely could begin a form is shown.
         let mut stream = Stream::new(Patterns::new(["sk-live-SECRETVALUE-0123"]));
         let mut out = stream.push(b"done sk-");
         out.extend(stream.finish());
-        assert_eq!(String::from_utf8(out).unwrap(), "done sk-");
+        assert_eq!(out, b"done sk-");
     }
 }
