@@ -13,6 +13,32 @@ fn pack() -> Owner {
     Owner::Pack(PackRef::new("mypack").unwrap())
 }
 
+/// `key rotate` of `host`'s store to the password `to`.
+pub(crate) fn rotate(host: &Host, to: &str) -> std::process::Output {
+    host.cmd()
+        .env("ATTUNE_NEW_ENCRYPTION_KEY", to)
+        .args(["key", "rotate"])
+        .output()
+        .unwrap()
+}
+
+/// `api_key` is delivered to `mypack.deploy` through neither door (no `SECRET_API_KEY`), and
+/// `--strict-secrets` fails naming `secret_ref` with `reason`; `planted` (part of the value
+/// that must not arrive) is in neither output.
+fn assert_withheld(host: &Host, secret_ref: &str, reason: &str, planted: &str) {
+    let env = host.env(Target::P1, ACTION);
+    assert!(!env.contains_key("SECRET_API_KEY"), "{env:?}");
+    let probe = crate::support::probe(Target::P2);
+    let out = host.run(&probe, ACTION, &["--strict-secrets"], &["get", "api_key"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains(secret_ref) && err.contains(reason), "{err}");
+    assert!(
+        !err.contains(planted) && !text(&out.stdout).contains(planted),
+        "{err}"
+    );
+}
+
 /// The stored text of (`owner`, `name`).
 async fn stored(host: &Host, owner: &Owner, name: &str) -> String {
     let row = host
@@ -53,16 +79,12 @@ async fn a_ciphertext_copied_into_another_row_is_not_delivered_there() {
             value(&got, "db_password").as_deref(),
             Ok("system-db-password-2222")
         );
-        let env = host.env(Target::P1, ACTION);
-        assert!(!env.contains_key("SECRET_API_KEY"), "{env:?}");
-        // Strict mode names the row, never a value.
-        let probe = crate::support::probe(Target::P2);
-        let out = host.run(&probe, ACTION, &["--strict-secrets"], &["get", "api_key"]);
-        assert!(!out.status.success());
-        let err = text(&out.stderr);
-        assert!(err.contains("mypack.deploy.api_key"), "{err}");
-        assert!(err.contains("copied from another row"), "{err}");
-        assert!(!err.contains("system-db-password-2222") && !text(&out.stdout).contains("2222"));
+        assert_withheld(
+            &host,
+            "mypack.deploy.api_key",
+            "copied from another row",
+            "2222",
+        );
         host.drop_schema().await;
     }
 }
@@ -94,12 +116,7 @@ async fn key_rotate_upgrades_unbound_rows_and_then_refuses_a_downgrade() {
         );
         assert!(host.store().await.floor_record().is_none());
 
-        let out = host
-            .cmd()
-            .env("ATTUNE_NEW_ENCRYPTION_KEY", OTHER_KEY)
-            .args(["key", "rotate"])
-            .output()
-            .unwrap();
+        let out = rotate(&host, OTHER_KEY);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let host = Host {
             key: Some(OTHER_KEY.to_owned()),
@@ -139,17 +156,12 @@ async fn key_rotate_upgrades_unbound_rows_and_then_refuses_a_downgrade() {
             value(&got, "token").as_deref(),
             Ok("system-token-value-3333")
         );
-        let env = host.env(Target::P1, ACTION);
-        assert!(!env.contains_key("SECRET_API_KEY"), "{env:?}");
-        let probe = crate::support::probe(Target::P2);
-        let out = host.run(&probe, ACTION, &["--strict-secrets"], &["get", "api_key"]);
-        assert!(!out.status.success());
-        let err = text(&out.stderr);
-        assert!(
-            err.contains("mypack.api_key") && err.contains("older ciphertext"),
-            "{err}"
+        assert_withheld(
+            &host,
+            "mypack.api_key",
+            "older ciphertext",
+            "attacker-chosen",
         );
-        assert!(!err.contains("attacker-chosen"), "{err}");
         let out = host.exec(
             &["secret", "get", "api_key", "--pack", "mypack", "--reveal"],
             None,
@@ -162,12 +174,7 @@ async fn key_rotate_upgrades_unbound_rows_and_then_refuses_a_downgrade() {
         );
         assert!(!text(&out.stdout).contains("attacker-chosen"));
         // Rotating again does not launder the downgraded row into a bound one.
-        let out = host
-            .cmd()
-            .env("ATTUNE_NEW_ENCRYPTION_KEY", KEY)
-            .args(["key", "rotate"])
-            .output()
-            .unwrap();
+        let out = rotate(&host, KEY);
         assert!(!out.status.success());
         assert!(
             text(&out.stderr).contains("mypack.api_key"),
@@ -182,12 +189,7 @@ async fn key_rotate_upgrades_unbound_rows_and_then_refuses_a_downgrade() {
 async fn import_into_a_floored_store_binds_unbound_rows_or_refuses() {
     for host in Host::all_backends() {
         host.set("first", "first-value-6666", &[]);
-        let out = host
-            .cmd()
-            .env("ATTUNE_NEW_ENCRYPTION_KEY", OTHER_KEY)
-            .args(["key", "rotate"])
-            .output()
-            .unwrap();
+        let out = rotate(&host, OTHER_KEY);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let host = Host {
             key: Some(OTHER_KEY.to_owned()),

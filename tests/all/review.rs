@@ -133,12 +133,7 @@ fn an_imported_system_row_that_names_an_owner_is_refused() {
 async fn a_damaged_ciphertext_floor_is_a_warning_and_fails_strict_mode() {
     let host = Host::new();
     host.set("api_key", "sk-live-0123456789abcdef", &[]);
-    let out = host
-        .cmd()
-        .env("ATTUNE_NEW_ENCRYPTION_KEY", crate::support::OTHER_KEY)
-        .args(["key", "rotate"])
-        .output()
-        .unwrap();
+    let out = crate::bound::rotate(&host, crate::support::OTHER_KEY);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let host = Host {
         key: Some(crate::support::OTHER_KEY.to_owned()),
