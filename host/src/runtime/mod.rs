@@ -731,7 +731,8 @@ impl Runtime {
 
     /// Installs the memory limiter, the deadline and the cancellation check (an epoch
     /// callback every [`TICK`]: the guest traps with [`Trap::Interrupt`] past `deadline`, or
-    /// with [`cancel::Cancelled`] once `cancel` is cancelled), and the fuel budget.
+    /// with [`cancel::Cancelled`] once `cancel` is cancelled, and otherwise yields to the
+    /// async executor), and the fuel budget.
     fn prepare<T: 'static>(
         &self,
         store: &mut Store<T>,
@@ -750,7 +751,15 @@ impl Runtime {
             if Instant::now() >= deadline {
                 return Ok(wasmtime::UpdateDeadline::Interrupt);
             }
-            Ok(wasmtime::UpdateDeadline::Continue(1))
+            // Yield to the executor at every tick: a guest that computes without calling
+            // the host would otherwise hold its executor thread until it ends, starving every
+            // other task there (other guests' completions, database and broker I/O). tokio's
+            // `yield_now` lets the scheduler run the other ready tasks first (wasmtime's
+            // recommendation for tokio).
+            Ok(wasmtime::UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
         });
         if self.config.fuel {
             store
