@@ -5,5 +5,5 @@
 pub mod crypto;
 #[path = "../../host/src/names.rs"]
 pub mod names;
-#[path = "../../host/src/redact.rs"]
+#[path = "../../host/src/redact/mod.rs"]
 pub mod redact;
