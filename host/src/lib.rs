@@ -58,19 +58,32 @@
 
 #![deny(missing_docs)]
 
+#[cfg(feature = "host")]
 pub mod audit;
+#[cfg(feature = "host")]
 pub mod cli;
+#[cfg(feature = "host")]
 pub mod config;
 pub mod crypto;
+#[cfg(feature = "host")]
 pub mod executor;
+#[cfg(feature = "host")]
 pub mod import;
+#[cfg(feature = "host")]
 pub mod logging;
+#[cfg(feature = "host")]
 pub mod mounts;
 pub mod names;
+#[cfg(feature = "host")]
 pub mod process;
 pub mod redact;
+#[cfg(feature = "host")]
 pub mod resolve;
+#[cfg(feature = "host")]
 pub mod rotate;
+#[cfg(feature = "host")]
 pub mod runtime;
+#[cfg(feature = "host")]
 pub mod store;
+#[cfg(feature = "host")]
 pub mod worker;
