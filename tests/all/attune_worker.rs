@@ -1953,7 +1953,7 @@ async fn k5_a_dispatch_refused_every_time_is_given_up_and_others_flow() {
 /// time: none fails for lack of a slot (prefetch = slots + 2, a delivery waits
 /// for a free slot; the pool's instances are returned after each run).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn k8_twenty_thousand_executions_none_fails_for_lack_of_slots() {
+async fn k8_thousands_of_executions_none_fails_for_lack_of_slots() {
     if skipped() {
         return;
     }
