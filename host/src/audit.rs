@@ -212,6 +212,19 @@ impl Log {
         *map.entry(key).or_insert(0) += 1;
     }
 
+    /// Requests so far by door and outcome, summed over secrets (for metrics; no names).
+    pub fn totals(&self) -> BTreeMap<(Door, Outcome), u64> {
+        let map = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = BTreeMap::new();
+        for ((_, door, outcome), count) in map.iter() {
+            *out.entry((*door, *outcome)).or_insert(0) += count;
+        }
+        out
+    }
+
     /// The records of this execution, ready to store.
     pub fn records(&self, at: &str, execution_id: &str, action_ref: &str) -> Vec<Record> {
         let map = self

@@ -166,6 +166,9 @@ pub struct Report {
     pub exit: GuestExit,
     /// Refs of the secrets injected through the env door.
     pub env_secrets: Vec<String>,
+    /// Secret requests of the run by (door, outcome), summed over secrets: the audit
+    /// trail's counts without names (for metrics).
+    pub secret_totals: std::collections::BTreeMap<(audit::Door, audit::Outcome), u64>,
 }
 
 /// Runs executions: a runtime, a secret source, the key and the strictness policy.
@@ -519,6 +522,7 @@ impl Executor {
             execution_id,
             exit,
             env_secrets,
+            secret_totals: log.totals(),
         })
     }
 }

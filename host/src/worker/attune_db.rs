@@ -188,7 +188,8 @@ pub async fn action(pool: &PgPool, execution: &ExecutionRow) -> Result<Option<Ac
 /// in another state (someone else moved it).
 ///
 /// # Errors
-/// [`Error::Database`].
+/// [`Error::Refused`] when the database refuses the update (a constraint, a trigger),
+/// [`Error::Database`] when it cannot be reached.
 pub async fn start(pool: &PgPool, id: i64, worker: i64) -> Result<Option<String>, Error> {
     let row = sqlx::query(
         "WITH prev AS (SELECT status FROM execution WHERE id = $1 FOR UPDATE)
@@ -202,7 +203,7 @@ pub async fn start(pool: &PgPool, id: i64, worker: i64) -> Result<Option<String>
     .bind(worker)
     .fetch_optional(pool)
     .await
-    .map_err(Error::db)?;
+    .map_err(Error::statement)?;
     row.map(|r| r.try_get("previous"))
         .transpose()
         .map_err(Error::db)
@@ -212,7 +213,8 @@ pub async fn start(pool: &PgPool, id: i64, worker: i64) -> Result<Option<String>
 /// `expected`; `false` when it was not (another writer ended it first).
 ///
 /// # Errors
-/// [`Error::Database`].
+/// [`Error::Refused`] when the database refuses the update (a constraint, a trigger),
+/// [`Error::Database`] when it cannot be reached.
 pub async fn finish(
     pool: &PgPool,
     id: i64,
@@ -230,7 +232,7 @@ pub async fn finish(
     .bind(result.to_string())
     .execute(pool)
     .await
-    .map_err(Error::db)?;
+    .map_err(Error::statement)?;
     Ok(done.rows_affected() == 1)
 }
 
