@@ -235,7 +235,7 @@ async fn both_backends_keep_times_in_one_format_from_the_database_clock() {
             assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{time}");
         }
         assert!(
-            row.created >= before.get(..19).unwrap().to_owned(),
+            row.created.as_str() >= before.get(..19).unwrap(),
             "{store:?}"
         );
         assert!(row.updated >= row.created, "{store:?}");
