@@ -22,7 +22,7 @@ use crate::executor::{self, Execution, Executor, SecretSource};
 use crate::mounts::{Boundary, Kind};
 use crate::names::{ActionRef, Owner, PackRef, SecretName};
 use crate::runtime::{self, Limits, Output, Runtime, RuntimeConfig, Stdin};
-use crate::store::{self, NewSecret, OpenMode, Replace, Store, Written};
+use crate::store::{self, KeyHash, NewSecret, OpenMode, Replace, Store, StoredValue, Written};
 
 pub use crate::store::MAX_VALUE_BYTES;
 /// Largest `.wasm` file `run` reads, in bytes (256 MiB).
@@ -453,7 +453,7 @@ fn require_key(settings: &Settings) -> anyhow::Result<EncryptionKey> {
 
 /// Which stored rows a write may replace: with `--replace-foreign-key` any, else plain rows
 /// and rows under the written row's key or `writer` (the configured key).
-fn replace(writer: Option<&str>, replace_foreign_key: bool) -> Replace<'_> {
+fn replace(writer: Option<&KeyHash>, replace_foreign_key: bool) -> Replace<'_> {
     if replace_foreign_key {
         Replace::Any
     } else {
@@ -484,31 +484,26 @@ async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                 Some(require_key(settings)?)
             };
             let store = open_store(settings, OpenMode::CreateIfMissing).await?;
-            let (stored, key_hash) = match &key {
-                Some(k) => (
-                    SecretString::from(k.encrypt(&value, &store::binding(&owner, &name))),
-                    Some(k.key_hash().to_owned()),
+            let stored = match &key {
+                Some(k) => StoredValue::encrypted(
+                    k.encrypt(&value, &store::binding(&owner, &name)),
+                    Some(KeyHash::of(k)),
                 ),
-                None => (value, None),
+                None => StoredValue::Plain(value),
             };
             // A plain write by a host with a key may replace rows under that key.
             let writer = match &key {
-                Some(k) => Some(k.key_hash().to_owned()),
-                None => self::key(settings)
-                    .ok()
-                    .flatten()
-                    .map(|k| k.key_hash().to_owned()),
+                Some(k) => Some(KeyHash::of(k)),
+                None => self::key(settings).ok().flatten().map(|k| KeyHash::of(&k)),
             };
             let written = store
                 .put_with(
                     &NewSecret {
                         owner: owner.clone(),
                         name: name.clone(),
-                        encrypted: key.is_some(),
-                        key_hash,
                         value: stored,
                     },
-                    replace(writer.as_deref(), replace_foreign_key),
+                    replace(writer.as_ref(), replace_foreign_key),
                 )
                 .await?;
             let verb = match written {
@@ -534,14 +529,19 @@ async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                 bail!("secret {secret_ref} not found ({owner})");
             };
             if reveal {
-                let value = if row.encrypted {
-                    let key = require_key(settings)?;
-                    let stored = row.value.expose_secret();
-                    crypto::check_floor(stored, key.floor(store.floor_record()))
-                        .and_then(|()| key.decrypt(stored, row.key_hash.as_deref(), &row.binding()))
-                        .with_context(|| format!("secret {secret_ref}"))?
-                } else {
-                    row.value
+                let value = match &row.value {
+                    StoredValue::Encrypted {
+                        ciphertext,
+                        key_hash,
+                    } => {
+                        let key = require_key(settings)?;
+                        let stored = ciphertext.expose_secret();
+                        let hash = key_hash.as_ref().map(KeyHash::as_str);
+                        crypto::check_floor(stored, key.floor(store.floor_record()))
+                            .and_then(|()| key.decrypt(stored, hash, &row.binding()))
+                            .with_context(|| format!("secret {secret_ref}"))?
+                    }
+                    StoredValue::Plain(value) => value.clone(),
                 };
                 let mut out = std::io::stdout().lock();
                 out.write_all(value.expose_secret().as_bytes())?;
@@ -551,8 +551,11 @@ async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                 println!("owner:     {owner}");
                 println!("name:      {name}");
                 println!("env:       {}", name.env_var());
-                println!("encrypted: {}", row.encrypted);
-                println!("key hash:  {}", row.key_hash.as_deref().unwrap_or("-"));
+                println!("encrypted: {}", row.value.is_encrypted());
+                println!(
+                    "key hash:  {}",
+                    row.value.key_hash().map_or("-", KeyHash::as_str)
+                );
                 println!("created:   {}", row.created);
                 println!("updated:   {}", row.updated);
             }
@@ -573,9 +576,15 @@ async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                 "OWNER", "REF", "NAME", "ENCRYPTED", "KEY HASH"
             );
             for row in rows {
-                let hash = row.key_hash.as_deref().map_or_else(
+                let hash = row.value.key_hash().map_or_else(
                     || "-".to_owned(),
-                    |h| h.chars().take(12).flat_map(char::escape_default).collect(),
+                    |h| {
+                        h.as_str()
+                            .chars()
+                            .take(12)
+                            .flat_map(char::escape_default)
+                            .collect()
+                    },
                 );
                 println!(
                     "{:<7} {:<24} {:<32} {:<9} {:<12} {}",
@@ -586,7 +595,7 @@ async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                         row.owner.owner_ref()
                     },
                     row.name,
-                    row.encrypted,
+                    row.value.is_encrypted(),
                     hash,
                     row.updated
                 );
@@ -612,16 +621,13 @@ async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                 eprintln!("skipped line {line} (ref {secret_ref}): owner type {owner_type} is not run by this host");
             }
             let store = open_store(settings, OpenMode::CreateIfMissing).await?;
-            let writer = key(settings)?.map(|k| k.key_hash().to_owned());
+            let writer = key(settings)?.map(|k| KeyHash::of(&k));
             if store.floor_record().is_some() {
                 plan.bind_unbound(key(settings)?.as_ref())
                     .context("import refused, nothing written")?;
             }
             let written = store
-                .put_many_with(
-                    &plan.secrets,
-                    replace(writer.as_deref(), replace_foreign_key),
-                )
+                .put_many_with(&plan.secrets, replace(writer.as_ref(), replace_foreign_key))
                 .await
                 .context("import failed, nothing written")?;
             let created = written.iter().filter(|w| **w == Written::Created).count();
@@ -773,12 +779,17 @@ async fn run(
             )
         })?
         .context("compiler thread failed")??;
-    let strict = args.strict_secrets || settings.security.strict_secrets;
+    let strictness = if args.strict_secrets || settings.security.strict_secrets {
+        executor::Strictness::Strict
+    } else {
+        executor::Strictness::Lenient
+    };
     let source = match open_store(settings, OpenMode::MustExist).await {
         Ok(store) => SecretSource::Store(store),
         Err(e) => SecretSource::Missing(format!("{e:#}")),
     };
-    let executor = Executor::new(runtime, source, key(settings)?, strict).with_boundary(&boundary);
+    let executor =
+        Executor::new(runtime, source, key(settings)?, strictness).with_boundary(&boundary);
     if args.no_redact {
         tracing::warn!("--no-redact: secret values the guest prints are shown as they are");
     }

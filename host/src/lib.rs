@@ -42,7 +42,7 @@
 //! options.cache_ttl = Some(Duration::from_secs(5)); // emptied on change (NOTIFY trigger)
 //! let store = Store::open_with(&options, OpenMode::MustExist).await?;
 //! let key = EncryptionKey::from_password(&"a-password-of-32-bytes-or-more....".into())?;
-//! let executor = Arc::new(Executor::new(runtime, SecretSource::Store(store), Some(key), true));
+//! let executor = Arc::new(Executor::new(runtime, SecretSource::Store(store), Some(key), Strictness::Strict));
 //!
 //! let guest = executor.runtime().load("deploy.wasm", &std::fs::read("deploy.wasm")?)?;
 //! let report = executor

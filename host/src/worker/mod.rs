@@ -10,7 +10,7 @@
 //! scheduler: `attune-wasm execute`, a stand-in for Attune's scheduler (wasm actions only)
 //! ```
 //!
-//! Secrets come from Attune's own `attune.key` (read only, [`attune_db::AttuneKeys`]) and reach
+//! Secrets come from Attune's own `attune.key` (read only, [`crate::store::AttuneKeys`]) and reach
 //! the guest through the library's two doors; our own tables (the audit trail) live in the
 //! schema [`OWN_SCHEMA`], never in Attune's. A dispatch is acknowledged only after its
 //! execution's terminal status is committed.

@@ -34,7 +34,7 @@ use sqlx::postgres::PgPool;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use super::attune_db::{self, ActionRow, AttuneKeys, ExecutionRow, TERMINAL};
+use super::attune_db::{self, ActionRow, ExecutionRow, TERMINAL};
 use super::config::{WorkerConfig, RUNTIME_NAME};
 use super::metrics::{self, Metrics};
 use super::protocol::{self, Envelope, ExecutionRequested};
@@ -42,7 +42,7 @@ use super::{Error, Failure, OWN_SCHEMA};
 use crate::executor::{self, Execution, Executor, SecretSource};
 use crate::names::ActionRef;
 use crate::runtime::{self, Limits, Output, Pooling, Runtime, RuntimeConfig, Stdin};
-use crate::store::{OpenMode, Store, StoreOptions};
+use crate::store::{AttuneKeys, OpenMode, Store, StoreOptions};
 
 /// Longest wait between two attempts to reach the broker.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -103,12 +103,16 @@ pub async fn run(mut cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> 
     };
     let executor = Arc::new(Executor::new(
         runtime,
-        SecretSource::Loader {
-            loader: Arc::new(AttuneKeys::new(pool.clone())),
+        SecretSource::Separate {
+            rows: AttuneKeys::store(pool.clone()),
             audit,
         },
         cfg.key.take(),
-        cfg.strict,
+        if cfg.strict {
+            executor::Strictness::Strict
+        } else {
+            executor::Strictness::Lenient
+        },
     ));
     let (publisher, _) = watch::channel(None);
     let ctx = Arc::new(Ctx {
