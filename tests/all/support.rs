@@ -143,10 +143,21 @@ impl Host {
         ) {
             use sqlx::Connection as _;
             let mut c = sqlx::PgConnection::connect(&url).await.expect("connect");
-            sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-                .execute(&mut c)
-                .await
-                .expect("drop schema");
+            // A background writer of the test (an audit batch still in flight) can deadlock
+            // with the drop (40P01): PostgreSQL aborts one of the two; drop again.
+            for attempt in 1.. {
+                match sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                    .execute(&mut c)
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(e) if attempt < 5 => {
+                        eprintln!("drop schema {schema}: {e}; again");
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    }
+                    Err(e) => panic!("drop schema {schema}: {e}"),
+                }
+            }
         }
     }
 

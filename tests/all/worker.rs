@@ -153,6 +153,7 @@ async fn postgres_cache_follows_every_writer_by_notify() {
         assert_eq!(deleted.rows_affected(), 1);
     }
     worker.until(Err("NotFound"), Duration::from_secs(10)).await;
+    worker.executor.flush().await;
     drop(worker);
     drop(store);
     host.drop_schema().await;
