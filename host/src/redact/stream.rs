@@ -57,10 +57,10 @@ impl Stream {
         if self.state.is_none() {
             // Nothing held back: search the new bytes where they are, without copying them.
             let hold = if from == 0 {
-                direct_hold(&forms, bytes, &mut self.spent)
+                direct_hold(forms, bytes, &mut self.spent)
             } else {
                 extend_zeroizing(&mut self.pending, bytes);
-                direct_hold(&forms, &self.pending, &mut self.spent)
+                direct_hold(forms, &self.pending, &mut self.spent)
             };
             if let Some(hold) = hold {
                 // No form occurs: emit all but what could begin one, unchanged.
