@@ -2244,3 +2244,70 @@ async fn metrics_endpoint_counts_executions_and_carries_no_secret() {
     assert!(missing.starts_with("HTTP/1.1 404"), "{missing}");
     fleet.assert_no_plaintext(&[]).await;
 }
+
+/// A mistyped broker URL (the `//` or one `/` missing after `amqp:`, as N18's typo of the
+/// database URL) is reported without its password, by `execute` and by a worker retrying
+/// the connection, even at `RUST_LOG=trace`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mistyped_broker_url_is_reported_without_its_password() {
+    if skipped() {
+        return;
+    }
+    const PW: &str = "amqp-typo-PW-4f1c9e7d";
+    let mut fleet = Fleet::new().await;
+    for url in [
+        format!("amqp:guest:{PW}@127.0.0.1:5672/{}", fleet.vhost),
+        format!("amqp:/guest:{PW}@127.0.0.1:5672/{}", fleet.vhost),
+    ] {
+        let mut c = fleet.cmd();
+        c.env("ATTUNE__MESSAGE_QUEUE__URL", &url)
+            .env("RUST_LOG", "trace")
+            .args(["execute", "--action", "demo.greet"]);
+        let out = tokio::task::spawn_blocking(move || support::run_cmd(&mut c, None))
+            .await
+            .unwrap();
+        support::assert_no_panic(&out);
+        let shown = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(!out.status.success(), "{url}: {shown}");
+        assert!(
+            !shown.contains(PW),
+            "execute with {url} showed the password: {shown}"
+        );
+        assert!(shown.contains("message_queue.url"), "{url}: {shown}");
+
+        let i = fleet.workers.len();
+        let log = File::create(fleet.log_path(i)).unwrap();
+        let child = fleet
+            .cmd()
+            .arg("worker")
+            .env("ATTUNE__MESSAGE_QUEUE__URL", &url)
+            .env("RUST_LOG", "trace")
+            .env("ATTUNE__WORKER__NAME", format!("typo-{i}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        fleet.workers.push(child);
+        // It refuses to start, or (as it did) logs the failure and retries.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let exited = loop {
+            if let Some(status) = fleet.workers[i].try_wait().unwrap() {
+                break Some(status);
+            }
+            if fleet.log(i).contains("retrying") {
+                break None;
+            }
+            assert!(Instant::now() < deadline, "{url}: {}", fleet.log(i));
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if exited.is_none() {
+            fleet.stop_worker(i);
+        }
+        let log = fleet.log(i);
+        assert!(log.contains("message_queue.url"), "{url}: {log}");
+        assert!(
+            !log.contains(PW),
+            "worker with {url} logged the password: {log}"
+        );
+    }
+}

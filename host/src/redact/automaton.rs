@@ -27,7 +27,7 @@ pub(super) struct Node {
 }
 
 #[derive(Clone, Copy, Zeroize)]
-struct Edge {
+pub(super) struct Edge {
     byte: u8,
     target: u32,
     next: u32,
@@ -38,16 +38,21 @@ pub(super) const ROOT: u32 = 0;
 
 impl Automaton {
     pub(super) fn new(forms: &[Zeroizing<Vec<u8>>]) -> Self {
+        // At most one node and one edge per byte of the forms, allocated once: a vector that
+        // grows frees its old buffer (the edges spell the forms) without zeroizing it.
+        let total: usize = forms.iter().map(|f| f.len()).sum();
+        let mut nodes = Vec::with_capacity(total.saturating_add(1));
+        nodes.push(Node {
+            first_edge: NONE,
+            fail: ROOT,
+            depth: 0,
+            longest_match: 0,
+            hold: 0,
+        });
         let mut a = Self {
             root: Box::new([ROOT; 256]),
-            nodes: vec![Node {
-                first_edge: NONE,
-                fail: ROOT,
-                depth: 0,
-                longest_match: 0,
-                hold: 0,
-            }],
-            edges: Vec::new(),
+            nodes,
+            edges: Vec::with_capacity(total),
         };
         for form in forms {
             let mut s = ROOT;

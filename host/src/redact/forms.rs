@@ -97,7 +97,10 @@ pub(super) fn json_escape(
 ) -> Zeroizing<String> {
     use std::fmt::Write as _;
     let upper = unicode.unwrap_or(false);
-    let mut out = Zeroizing::new(String::with_capacity(value.len() + 8));
+    // Room for the longest escaping (a control byte becomes the six bytes `\u00XX`), so that
+    // the string never grows: a grown `String` frees its old buffer, a copy of the form,
+    // without zeroizing it.
+    let mut out = Zeroizing::new(String::with_capacity(value.len().saturating_mul(6)));
     let u = |out: &mut String, unit: u16| {
         // Writing to a String cannot fail.
         let _ = if upper {

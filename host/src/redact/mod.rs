@@ -518,3 +518,248 @@ mod tests {
         assert_eq!(out, b"done sk-");
     }
 }
+
+#[cfg(test)]
+mod adversary {
+    use super::*;
+
+    /// Naive reference: every byte covered by an occurrence of a form is masked, plus the
+    /// held-back end (the longest end that is a proper prefix of a form) from 4 bytes.
+    fn naive(p: &Patterns, hay: &[u8]) -> Vec<u8> {
+        let Some(forms) = &p.inner else {
+            return hay.to_vec();
+        };
+        let mut cov = vec![false; hay.len()];
+        for i in 0..hay.len() {
+            for f in &forms.forms {
+                if hay[i..].starts_with(f) {
+                    for c in &mut cov[i..i + f.len()] {
+                        *c = true;
+                    }
+                }
+            }
+        }
+        for i in 0..hay.len() {
+            let rest = &hay[i..];
+            if forms
+                .forms
+                .iter()
+                .any(|f| f.len() > rest.len() && f.starts_with(rest))
+            {
+                if rest.len() >= MIN_MASKED_LEN {
+                    for c in &mut cov[i..] {
+                        *c = true;
+                    }
+                }
+                break;
+            }
+        }
+        let mut out = Vec::new();
+        let mut in_mask = false;
+        for (i, &b) in hay.iter().enumerate() {
+            if cov[i] {
+                if !in_mask {
+                    out.extend_from_slice(MASK);
+                }
+                in_mask = true;
+            } else {
+                out.push(b);
+                in_mask = false;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn stream_agrees_with_the_naive_reference() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            usize::try_from(seed % n as u64).unwrap_or(0)
+        };
+        let alphabet: Vec<char> = "ab/+= \n\"\\&<ü%".chars().collect();
+        for case in 0..3000 {
+            fn word(
+                next: &mut impl FnMut(usize) -> usize,
+                alphabet: &[char],
+                len: usize,
+            ) -> String {
+                (0..len).map(|_| alphabet[next(alphabet.len())]).collect()
+            }
+            let secrets = [
+                word(&mut next, &alphabet, 4 + case % 7),
+                word(&mut next, &alphabet, 4 + case % 13),
+            ];
+            let patterns = Patterns::new(secrets.iter().map(String::as_str));
+            let Some(forms) = patterns.inner.clone() else {
+                continue;
+            };
+            let mut out: Vec<u8> = Vec::new();
+            for _ in 0..(1 + next(6)) {
+                let f = &forms.forms[next(forms.forms.len())];
+                let cut = if next(2) == 0 {
+                    f.len()
+                } else {
+                    next(f.len() + 1)
+                };
+                let from = if next(3) == 0 { next(cut + 1) } else { 0 };
+                out.extend_from_slice(&f[from..cut]);
+                let n = next(4);
+                out.extend(word(&mut next, &alphabet, n).bytes());
+            }
+            let want = naive(&patterns, &out);
+            for warm in [false, true] {
+                for step in [0usize, 1, 2, 3, 5] {
+                    let mut s = Stream::new(patterns.clone());
+                    if warm {
+                        s.spent = usize::MAX;
+                    }
+                    let mut got = Vec::new();
+                    if step == 0 {
+                        got.extend(s.push(&out));
+                    } else {
+                        let mut at = 0;
+                        while at < out.len() {
+                            let end = (at + 1 + next(step * 4)).min(out.len());
+                            got.extend(s.push(&out[at..end]));
+                            at = end;
+                        }
+                    }
+                    got.extend(s.finish());
+                    assert_eq!(
+                        String::from_utf8_lossy(&got),
+                        String::from_utf8_lossy(&want),
+                        "case {case} warm {warm} step {step} secrets {secrets:?} out {:?}",
+                        String::from_utf8_lossy(&out)
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A test allocator that looks for a watched value in every block freed on the watching
+/// thread: a copy of a secret's form freed without being zeroized (a `Vec` that grew) is
+/// counted.
+// Test-only: a global allocator is unsafe to implement; it only passes calls on and reads
+// the block being freed.
+#[cfg(test)]
+#[allow(unsafe_code)]
+pub(crate) mod freed {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    struct Watching;
+
+    thread_local! {
+        static NEEDLE: Cell<Option<(&'static [u8], usize)>> = const { Cell::new(None) };
+        static FOUND: Cell<usize> = const { Cell::new(0) };
+    }
+
+    // SAFETY: every call is passed on to the system allocator unchanged; `dealloc` only
+    // reads the block before freeing it.
+    unsafe impl GlobalAlloc for Watching {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: the caller's contract, passed on.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            let _ = NEEDLE.try_with(|n| {
+                if let Some((needle, stride)) = n.get() {
+                    // SAFETY: `ptr` is a live block of `layout.size()` bytes until freed below.
+                    let block = unsafe { std::slice::from_raw_parts(ptr, layout.size()) };
+                    if holds(block, needle, stride) {
+                        let _ = FOUND.try_with(|f| f.set(f.get() + 1));
+                    }
+                }
+            });
+            // SAFETY: the caller's contract, passed on.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Watching = Watching;
+
+    /// `needle`'s bytes at `stride` apart somewhere in `block`.
+    fn holds(block: &[u8], needle: &[u8], stride: usize) -> bool {
+        let span = (needle.len() - 1) * stride + 1;
+        (0..block.len().saturating_sub(span - 1)).any(|at| {
+            needle
+                .iter()
+                .enumerate()
+                .all(|(k, &b)| block[at + k * stride] == b)
+        })
+    }
+
+    /// Runs `f` while counting the blocks freed on this thread that hold `needle` (its bytes
+    /// `stride` apart).
+    pub(crate) fn count(needle: &'static [u8], stride: usize, f: impl FnOnce()) -> usize {
+        FOUND.with(|c| c.set(0));
+        NEEDLE.with(|n| n.set(Some((needle, stride))));
+        f();
+        NEEDLE.with(|n| n.set(None));
+        FOUND.with(Cell::get)
+    }
+}
+
+#[cfg(test)]
+mod no_copy_left {
+    use super::*;
+
+    const NEEDLE: &[u8] = b"needle-0123456789abcdef";
+
+    #[test]
+    fn building_the_forms_and_the_automaton_frees_no_copy_of_a_form() {
+        // Escapes grow the JSON form past its first allocation; many forms grow the
+        // automaton's edges (the edges of the first form inserted spell it, an edge apart).
+        let value = format!(
+            "{}{}",
+            "\u{1}".repeat(40),
+            std::str::from_utf8(NEEDLE).unwrap_or("")
+        );
+        let plain = freed::count(NEEDLE, 1, || {
+            let p = Patterns::new([value.as_str()]);
+            drop(p);
+        });
+        assert_eq!(plain, 0, "copies of a form freed without zeroizing");
+        let sorted_first = freed::count(
+            b"\x01\x01\x01\x01\x01\x01needle-0",
+            std::mem::size_of::<automaton::Edge>(),
+            || {
+                let p = Patterns::new([value.as_str()]);
+                if let Some(forms) = &p.inner {
+                    stream::automaton(forms);
+                }
+                drop(p);
+            },
+        );
+        assert_eq!(sorted_first, 0, "automaton edges freed without zeroizing");
+    }
+
+    #[test]
+    fn a_stream_frees_no_copy_of_the_output_it_held() {
+        let secret = std::str::from_utf8(NEEDLE).unwrap_or("");
+        let patterns = Patterns::new([secret]);
+        let big = vec![b'.'; 4096];
+        for warm in [false, true] {
+            let found = freed::count(NEEDLE, 1, || {
+                let mut s = Stream::new(patterns.clone());
+                if warm {
+                    s.spent = usize::MAX;
+                }
+                // The secret split over writes, then more output than was ever held.
+                let _ = s.push(&NEEDLE[..12]);
+                let _ = s.push(&NEEDLE[12..]);
+                let _ = s.push(b" and ");
+                let _ = s.push(NEEDLE);
+                let _ = s.push(&big);
+                let _ = s.finish();
+            });
+            assert_eq!(found, 0, "warm {warm}: held output freed without zeroizing");
+        }
+    }
+}

@@ -59,7 +59,7 @@ impl Stream {
             let hold = if from == 0 {
                 direct_hold(forms, bytes, &mut self.spent)
             } else {
-                self.pending.extend_from_slice(bytes);
+                extend_zeroizing(&mut self.pending, bytes);
                 direct_hold(forms, &self.pending, &mut self.spent)
             };
             if let Some(hold) = hold {
@@ -69,7 +69,7 @@ impl Stream {
                     if upto > 0 {
                         self.in_mask = false;
                     }
-                    self.pending.extend_from_slice(&bytes[upto..]);
+                    extend_zeroizing(&mut self.pending, &bytes[upto..]);
                     return bytes[..upto].to_vec();
                 }
                 let upto = self.pending.len() - hold;
@@ -81,10 +81,10 @@ impl Stream {
                 return out;
             }
             if from == 0 {
-                self.pending.extend_from_slice(bytes);
+                extend_zeroizing(&mut self.pending, bytes);
             }
         } else {
-            self.pending.extend_from_slice(bytes);
+            extend_zeroizing(&mut self.pending, bytes);
         }
         // The shared forms are cloned (an atomic count) only on this path: the direct search
         // above borrows them.
@@ -254,6 +254,22 @@ fn direct_hold(forms: &Forms, hay: &[u8], spent: &mut usize) -> Option<usize> {
         }
     }
     Some(hold_from.map_or(0, |i| n - i))
+}
+
+/// Appends `bytes` to `pending`. When it must grow, the held bytes move to a new buffer and
+/// the old one is zeroized (all of its capacity, stale bytes of earlier writes included):
+/// `Vec::extend` would free it as it is, a copy of output that may hold a secret.
+fn extend_zeroizing(pending: &mut Zeroizing<Vec<u8>>, bytes: &[u8]) {
+    let need = pending.len().saturating_add(bytes.len());
+    if need > pending.capacity() {
+        let mut grown = Zeroizing::new(Vec::with_capacity(
+            need.max(pending.capacity().saturating_mul(2)),
+        ));
+        grown.extend_from_slice(pending);
+        std::mem::swap(pending, &mut grown);
+        // `grown`, now the old buffer, is zeroized as it drops.
+    }
+    pending.extend_from_slice(bytes);
 }
 
 /// The automaton of `forms`, built on first use.

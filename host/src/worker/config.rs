@@ -138,6 +138,30 @@ impl fmt::Debug for WorkerConfig {
     }
 }
 
+/// `message_queue.url`, or [`DEFAULT_AMQP_URL`], checked before it reaches the AMQP client:
+/// the client's error for a URL it cannot read quotes the URL whole, password included
+/// (`amqp:user:password@host`, the `//` mistyped).
+///
+/// # Errors
+/// [`Error::Config`] when it is not an `amqp://` URL that parses; the message names the
+/// setting, never its value.
+pub(crate) fn amqp_url(settings: &Settings) -> Result<String, Error> {
+    let url = settings
+        .message_queue
+        .url
+        .clone()
+        .unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned());
+    let amqp = url
+        .get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("amqp://"));
+    if !amqp || url.parse::<lapin::uri::AMQPUri>().is_err() {
+        return Err(Error::Config(
+            "message_queue.url must be an AMQP URL (amqp://user:password@host:port/vhost)".into(),
+        ));
+    }
+    Ok(url)
+}
+
 impl WorkerConfig {
     /// Resolves the worker settings of `settings`.
     ///
@@ -190,11 +214,7 @@ impl WorkerConfig {
         };
         Ok(Self {
             database_url,
-            amqp_url: settings
-                .message_queue
-                .url
-                .clone()
-                .unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned()),
+            amqp_url: amqp_url(settings)?,
             name: w.name.clone().unwrap_or_else(default_name),
             max_concurrent: u32::try_from(max_concurrent).unwrap_or(u32::MAX),
             db_max_connections: u32::try_from(db_max_connections).unwrap_or(u32::MAX),

@@ -16,7 +16,7 @@ use sqlx::postgres::PgPool;
 use sqlx::Row;
 
 use super::attune_db::{self, TERMINAL};
-use super::config::{DEFAULT_AMQP_URL, DEFAULT_HEARTBEAT_SECS, RUNTIME_NAME};
+use super::config::{DEFAULT_HEARTBEAT_SECS, RUNTIME_NAME};
 use super::protocol::{self, Envelope, ExecutionRequested};
 use super::Error;
 use crate::config::Settings;
@@ -54,6 +54,8 @@ pub async fn dispatch(
     if !params.is_object() {
         return Err(Error::Params("parameters must be a JSON object".into()));
     }
+    // Checked before any row is written.
+    let url = super::config::amqp_url(settings)?;
     let pool = pool(settings).await?;
     let row = sqlx::query("SELECT id, ref FROM action WHERE ref = $1")
         .bind(action)
@@ -97,11 +99,6 @@ pub async fn dispatch(
     .try_get("id")
     .map_err(Error::db)?;
 
-    let url = settings
-        .message_queue
-        .url
-        .clone()
-        .unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned());
     let conn = Connection::connect(&url, ConnectionProperties::default())
         .await
         .map_err(|e| Error::Broker(format!("cannot connect: {e}")))?;
