@@ -76,6 +76,12 @@ pub fn main() -> ExitCode {
     // First, before a key or a value is in memory: no core file, no ptrace by other processes.
     let hardened = attune_wasm::process::harden();
     install_panic_hook();
+    // Test-only, debug builds only: panics with the variable's value as the payload, so that
+    // the integration tests check the real hook in the real binary (tests/all/hardening.rs).
+    #[cfg(debug_assertions)]
+    if let Some(payload) = std::env::var_os("ATTUNE_TEST_PANIC") {
+        panic!("{}", payload.to_string_lossy());
+    }
     let cli = Cli::parse();
     // The guest-data cap holds whatever RUST_LOG says (see attune_wasm::logging).
     attune_wasm::logging::install();
