@@ -44,7 +44,7 @@ use attune_wasm::names::{ActionRef, Owner, PackRef, SecretName};
 use attune_wasm::runtime::{
     Guest, Output, Pooling, Runtime, RuntimeConfig, SecretError, SECRETS_INTERFACE,
 };
-use attune_wasm::store::{NewSecret, OpenMode, Store, StoreOptions};
+use attune_wasm::store::{KeyHash, NewSecret, OpenMode, Store, StoreOptions, StoredValue};
 use base64::Engine as _;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use secrecy::SecretString;
@@ -117,9 +117,7 @@ fn secret(key: &EncryptionKey, owner: Owner, name: &str, value: &str) -> NewSecr
     NewSecret {
         owner,
         name,
-        encrypted: true,
-        key_hash: Some(key.key_hash().to_owned()),
-        value: SecretString::from(value),
+        value: StoredValue::encrypted(value, Some(KeyHash::of(key))),
     }
 }
 
@@ -344,7 +342,7 @@ fn executions(c: &mut Criterion) {
         Arc::clone(&runtime),
         SecretSource::Store(store),
         Some(key()),
-        false,
+        attune_wasm::executor::Strictness::Lenient,
     );
 
     let mut group = c.benchmark_group("execution");
@@ -423,7 +421,7 @@ fn resolve(c: &mut Criterion) {
             Arc::clone(&runtime),
             SecretSource::Store(store),
             Some(key()),
-            true,
+            attune_wasm::executor::Strictness::Strict,
         );
         assert_eq!(rt.block_on(executor.resolve(&action)).unwrap().len(), 14);
         group.bench_function(id, |b| {
@@ -602,7 +600,7 @@ fn throughput(c: &mut Criterion) {
         runtime,
         SecretSource::Store(store),
         Some(key()),
-        false,
+        attune_wasm::executor::Strictness::Lenient,
     ));
     let mut group = c.benchmark_group("throughput");
     group.throughput(Throughput::Elements(2 * PER_WORKER));

@@ -24,7 +24,7 @@ use attune_wasm::crypto::EncryptionKey;
 use attune_wasm::executor::{Execution, Executor, SecretSource};
 use attune_wasm::names::{ActionRef, Owner, PackRef, SecretName};
 use attune_wasm::runtime::{Output, Pooling, Runtime, RuntimeConfig};
-use attune_wasm::store::{NewSecret, OpenMode, Store, StoreOptions};
+use attune_wasm::store::{KeyHash, NewSecret, OpenMode, Store, StoreOptions, StoredValue};
 use secrecy::SecretString;
 
 const WARM_UP: u64 = 10_000;
@@ -69,9 +69,7 @@ async fn main() {
         NewSecret {
             owner,
             name,
-            encrypted: true,
-            key_hash: Some(key.key_hash().to_owned()),
-            value: SecretString::from(value),
+            value: StoredValue::encrypted(value, Some(KeyHash::of(&key))),
         }
     };
     let action = ActionRef::new("mypack.deploy").unwrap();
@@ -109,7 +107,12 @@ async fn main() {
     } else {
         SecretSource::Store(store)
     };
-    let executor = Arc::new(Executor::new(runtime, source, Some(key), false));
+    let executor = Arc::new(Executor::new(
+        runtime,
+        source,
+        Some(key),
+        attune_wasm::executor::Strictness::Lenient,
+    ));
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let run = |count: u64| {

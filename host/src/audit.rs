@@ -212,6 +212,19 @@ impl Log {
         *map.entry(key).or_insert(0) += 1;
     }
 
+    /// Requests so far by door and outcome, summed over secrets (for metrics; no names).
+    pub fn totals(&self) -> BTreeMap<(Door, Outcome), u64> {
+        let map = self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out = BTreeMap::new();
+        for ((_, door, outcome), count) in map.iter() {
+            *out.entry((*door, *outcome)).or_insert(0) += count;
+        }
+        out
+    }
+
     /// The records of this execution, ready to store.
     pub fn records(&self, at: &str, execution_id: &str, action_ref: &str) -> Vec<Record> {
         let map = self
@@ -292,6 +305,22 @@ impl Gathered {
     }
 }
 
+/// Why a [`Sink`] could not store a batch (shown in logs and in [`Error`]; never a value).
+pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where the audit trail goes: [`crate::store::Store`] writes each batch in one transaction.
+/// The [`Writer`] hands it every batch it gathers.
+pub trait Sink: Send + Sync + 'static {
+    /// Stores `batch` (its executions upserted by id, its records inserted), all or nothing.
+    ///
+    /// # Errors
+    /// Whatever kept the batch from being stored; nothing of it is stored then.
+    fn record<'a>(
+        &'a self,
+        batch: &'a Batch,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>>;
+}
+
 /// Stores the audit trail in the background: a tokio task that writes each gathered batch in
 /// one transaction. Executions entered before their guest starts ([`Writer::begin`]) are
 /// written at once, together with whatever else is queued (group commit: under load, many
@@ -308,7 +337,7 @@ impl Writer {
     ///
     /// # Panics
     /// Outside a tokio runtime (as `tokio::spawn`).
-    pub fn spawn(store: crate::store::Store) -> Self {
+    pub fn spawn(sink: Arc<dyn Sink>) -> Self {
         let (queue, mut inbox) = tokio::sync::mpsc::channel::<Message>(QUEUE_EXECUTIONS);
         tokio::spawn(async move {
             while let Some(first) = inbox.recv().await {
@@ -337,7 +366,7 @@ impl Writer {
                 let outcome = if batch.is_empty() {
                     Ok(())
                 } else {
-                    store.record_audit(&batch).await.map_err(|e| {
+                    sink.record(&batch).await.map_err(|e| {
                         tracing::warn!(
                             "{} audit records of {} executions not written: {e}",
                             batch.records.len(),

@@ -72,7 +72,9 @@ pub struct Database {
     pub url: Option<String>,
     /// PostgreSQL schema of the tables (`database.schema`, default `attune`).
     pub schema: Option<String>,
-    /// PostgreSQL connection pool size (`database.max_connections`, default 5).
+    /// PostgreSQL connection pool size (`database.max_connections`, default 5; for
+    /// `attune-wasm worker`, its pool on Attune's database, default
+    /// `worker.max_concurrent_tasks + 4`).
     pub max_connections: Option<u32>,
 }
 

@@ -64,32 +64,40 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Where secrets come from for the executions of an [`Executor`].
 pub enum SecretSource {
-    /// An open store.
+    /// An open store: its rows, and its audit trail.
     Store(Store),
     /// No store could be opened; the text says why (warned on every execution, or an error
     /// under strict mode).
     Missing(String),
-    /// Rows read by an outside loader (the worker's reader of Attune's own `attune.key`); the
-    /// audit trail goes to `audit` when given.
-    Loader {
-        /// Reads the rows an action may see.
-        loader: Arc<dyn RowLoader>,
+    /// Rows read from one store (the worker's: Attune's own `attune.key`, read only, see
+    /// [`store::AttuneKeys`]), the audit trail written to another when given.
+    Separate {
+        /// Where the rows an action may see are read.
+        rows: Store,
         /// Where the audit trail is written (none: no trail).
         audit: Option<Store>,
     },
 }
 
-/// A source of the rows an action may see, other than [`Store`] (e.g. another system's
-/// tables): the input of [`Resolution::resolve`].
-pub trait RowLoader: Send + Sync {
-    /// Every row `action` may see (system, its pack, itself). The error text names what
-    /// failed, never a value; it is treated as a store that cannot be read.
-    fn visible_to<'a>(
-        &'a self,
-        action: &'a ActionRef,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Vec<store::SecretRow>, String>> + Send + 'a>,
-    >;
+impl SecretSource {
+    /// The store rows are read from, if any.
+    fn rows(&self) -> Option<&Store> {
+        match self {
+            Self::Store(store) | Self::Separate { rows: store, .. } => Some(store),
+            Self::Missing(_) => None,
+        }
+    }
+
+    /// The store the audit trail is written to, if any.
+    fn audit(&self) -> Option<&Store> {
+        match self {
+            Self::Store(store)
+            | Self::Separate {
+                audit: Some(store), ..
+            } => Some(store),
+            Self::Missing(_) | Self::Separate { audit: None, .. } => None,
+        }
+    }
 }
 
 /// One execution's request.
@@ -166,6 +174,21 @@ pub struct Report {
     pub exit: GuestExit,
     /// Refs of the secrets injected through the env door.
     pub env_secrets: Vec<String>,
+    /// Secret requests of the run by (door, outcome), summed over secrets: the audit
+    /// trail's counts without names (for metrics).
+    pub secret_totals: std::collections::BTreeMap<(audit::Door, audit::Outcome), u64>,
+}
+
+/// What an execution does when a visible secret cannot be delivered, or the store cannot be
+/// read, or its ciphertext floor record is not authentic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Strictness {
+    /// Warn and go on without the secret (the seed's behaviour, the default).
+    #[default]
+    Lenient,
+    /// Fail the execution before its guest starts.
+    Strict,
 }
 
 /// Runs executions: a runtime, a secret source, the key and the strictness policy.
@@ -173,17 +196,20 @@ pub struct Executor {
     runtime: Arc<Runtime>,
     source: SecretSource,
     key: Option<EncryptionKey>,
-    strict: bool,
+    strictness: Strictness,
     /// What no mount may reach.
     boundary: Boundary,
+    /// Where the audit trail goes (none: no trail).
+    sink: Option<Arc<dyn audit::Sink>>,
     /// Started by the first execution that has records, on its tokio runtime; started again
     /// on the current one if that runtime has shut down since.
     audit: std::sync::Mutex<Option<Arc<audit::Writer>>>,
 }
 
 impl Executor {
-    /// Builds an executor. `strict` makes an undeliverable secret or a missing store fail the
-    /// execution before its guest starts (default: warn and go on, as the seed says).
+    /// Builds an executor. [`Strictness::Strict`] makes an undeliverable secret or a missing
+    /// store fail the execution before its guest starts ([`Strictness::Lenient`]: warn and go
+    /// on, as the seed says).
     ///
     /// Mounts are refused when they reach `/proc`, `/sys`, `/dev`, the runtime's compilation
     /// cache or the store's database file and directory; add the data directory and the
@@ -192,27 +218,29 @@ impl Executor {
         runtime: Arc<Runtime>,
         source: SecretSource,
         key: Option<EncryptionKey>,
-        strict: bool,
+        strictness: Strictness,
     ) -> Self {
         let mut boundary = Boundary::new();
         if let Some(cache) = runtime.cache_dir() {
             boundary.protect(mounts::Kind::Cache, cache);
         }
-        if let Some(file) = match &source {
-            SecretSource::Store(store)
-            | SecretSource::Loader {
-                audit: Some(store), ..
-            } => store.database_file(),
-            SecretSource::Missing(_) | SecretSource::Loader { audit: None, .. } => None,
-        } {
+        for file in [source.rows(), source.audit()]
+            .into_iter()
+            .flatten()
+            .filter_map(Store::database_file)
+        {
             boundary.protect_database(file);
         }
+        let sink = source
+            .audit()
+            .map(|store| Arc::new(store.clone()) as Arc<dyn audit::Sink>);
         Self {
             runtime,
             source,
             key,
-            strict,
+            strictness,
             boundary,
+            sink,
             audit: std::sync::Mutex::new(None),
         }
     }
@@ -245,7 +273,7 @@ impl Executor {
 
     /// The running audit writer, started on the current tokio runtime when there is none or
     /// the previous one's runtime has shut down.
-    fn audit_writer(&self, store: &Store) -> Arc<audit::Writer> {
+    fn audit_writer(&self, sink: &Arc<dyn audit::Sink>) -> Arc<audit::Writer> {
         // A poisoned lock only means a panic while swapping the handle; the slot is valid.
         let mut slot = self
             .audit
@@ -254,7 +282,7 @@ impl Executor {
         match &*slot {
             Some(writer) if !writer.is_closed() => Arc::clone(writer),
             _ => {
-                let writer = Arc::new(audit::Writer::spawn(store.clone()));
+                let writer = Arc::new(audit::Writer::spawn(Arc::clone(sink)));
                 *slot = Some(Arc::clone(&writer));
                 writer
             }
@@ -273,32 +301,30 @@ impl Executor {
     /// [`Error::Undeliverable`] under strict mode.
     pub async fn resolve(&self, action: &ActionRef) -> Result<Resolution> {
         let (rows, floor) = match &self.source {
-            SecretSource::Store(store) => match store.visible_to(action).await {
-                // The floor is verified only for a store that has one (after `key rotate`).
-                Ok(rows) => {
-                    let floor = match (store.floor_record(), self.key.as_ref()) {
-                        (Some(record), Some(key)) => match key.floor(Some(record)) {
-                            Some(floor) => Some(floor),
-                            None => {
-                                self.floor_not_authentic()?;
-                                None
-                            }
-                        },
-                        _ => None,
-                    };
-                    (rows, floor)
-                }
-                Err(e) => (self.missing(&e.to_string())?, None),
-            },
             SecretSource::Missing(why) => (self.missing(why)?, None),
-            SecretSource::Loader { loader, .. } => match loader.visible_to(action).await {
-                Ok(rows) => (rows, None),
-                Err(e) => (self.missing(&e)?, None),
-            },
+            SecretSource::Store(store) | SecretSource::Separate { rows: store, .. } => {
+                match store.visible_to(action).await {
+                    // The floor is verified only for a store that has one (after `key rotate`).
+                    Ok(rows) => {
+                        let floor = match (store.floor_record(), self.key.as_ref()) {
+                            (Some(record), Some(key)) => match key.floor(Some(record)) {
+                                Some(floor) => Some(floor),
+                                None => {
+                                    self.floor_not_authentic()?;
+                                    None
+                                }
+                            },
+                            _ => None,
+                        };
+                        (rows, floor)
+                    }
+                    Err(e) => (self.missing(&e.to_string())?, None),
+                }
+            }
         };
         let resolution = Resolution::resolve(rows, self.key.as_ref(), floor)?;
         for (secret, why) in resolution.unavailable() {
-            if self.strict {
+            if self.strictness == Strictness::Strict {
                 return Err(Error::Undeliverable {
                     secret_ref: secret.secret_ref(),
                     reason: why.to_string(),
@@ -318,7 +344,7 @@ impl Executor {
     /// failure under strict mode).
     fn floor_not_authentic(&self) -> Result<()> {
         let why = "the store's ciphertext floor record is not authentic under the configured key (tampered with, or written under another key): unbound rows are not refused";
-        if self.strict {
+        if self.strictness == Strictness::Strict {
             return Err(Error::Store(why.to_owned()));
         }
         tracing::warn!("{why}");
@@ -326,7 +352,7 @@ impl Executor {
     }
 
     fn missing(&self, why: &str) -> Result<Vec<store::SecretRow>> {
-        if self.strict {
+        if self.strictness == Strictness::Strict {
             return Err(Error::Store(why.to_owned()));
         }
         tracing::warn!("running without secrets: {why}");
@@ -519,6 +545,7 @@ impl Executor {
             execution_id,
             exit,
             env_secrets,
+            secret_totals: log.totals(),
         })
     }
 }
@@ -526,13 +553,7 @@ impl Executor {
 impl Executor {
     /// The audit writer, when secrets come from a store.
     fn writer(&self) -> Option<Arc<audit::Writer>> {
-        match &self.source {
-            SecretSource::Store(store)
-            | SecretSource::Loader {
-                audit: Some(store), ..
-            } => Some(self.audit_writer(store)),
-            SecretSource::Missing(_) | SecretSource::Loader { audit: None, .. } => None,
-        }
+        self.sink.as_ref().map(|sink| self.audit_writer(sink))
     }
 }
 

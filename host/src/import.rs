@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::crypto;
 use crate::names::{ActionRef, Owner, PackRef, SecretName};
-use crate::store::{NewSecret, MAX_VALUE_BYTES};
+use crate::store::{KeyHash, NewSecret, StoredValue, MAX_VALUE_BYTES};
 
 /// Why an import was refused. Names the row (its `ref`, else its line), never its value.
 #[derive(Debug, thiserror::Error)]
@@ -66,9 +66,14 @@ impl Plan {
         use secrecy::ExposeSecret;
         let mut upgraded = 0;
         for (secret, line) in self.secrets.iter_mut().zip(&self.lines) {
-            if !secret.encrypted
-                || !crypto::Generation::of(secret.value.expose_secret()).is_unbound()
-            {
+            let StoredValue::Encrypted {
+                ciphertext,
+                key_hash,
+            } = &secret.value
+            else {
+                continue;
+            };
+            if !crypto::Generation::of(ciphertext.expose_secret()).is_unbound() {
                 continue;
             }
             let fail = |reason: String| Error {
@@ -82,8 +87,8 @@ impl Plan {
             let binding = crate::store::binding(&secret.owner, &secret.name);
             let plain = key
                 .decrypt(
-                    secret.value.expose_secret(),
-                    secret.key_hash.as_deref(),
+                    ciphertext.expose_secret(),
+                    key_hash.as_ref().map(KeyHash::as_str),
                     &binding,
                 )
                 .map_err(|e| {
@@ -91,8 +96,8 @@ impl Plan {
                         "the store accepts only bound ciphertexts since its last key rotate, and this unbound row cannot be upgraded: {e}"
                     ))
                 })?;
-            secret.value = SecretString::from(key.encrypt(&plain, &binding));
-            secret.key_hash = Some(key.key_hash().to_owned());
+            secret.value =
+                StoredValue::encrypted(key.encrypt(&plain, &binding), Some(KeyHash::of(key)));
             upgraded += 1;
         }
         Ok(upgraded)
@@ -191,12 +196,15 @@ pub fn plan(input: &str) -> Result<Plan, Error> {
             return Err(fail(&secret_ref, "the value contains a NUL byte".into()));
         }
         lines.push(line);
+        let value = SecretString::from(value);
         secrets.push(NewSecret {
             owner,
             name,
-            encrypted: row.encrypted,
-            key_hash,
-            value: SecretString::from(value),
+            value: if row.encrypted {
+                StoredValue::encrypted(value, key_hash.map(KeyHash::new))
+            } else {
+                StoredValue::Plain(value)
+            },
         });
     }
     Ok(Plan {
@@ -315,16 +323,16 @@ mod tests {
             "mypack.api_key"
         );
         assert_eq!(
-            plan.secrets[1].key_hash.as_deref(),
+            plan.secrets[1].value.key_hash().map(KeyHash::as_str),
             Some("ed67d24278bad326343c5eb43f04e97cef84cf1ade13831d99dcfd990847c4af")
         );
         use secrecy::ExposeSecret;
         assert_eq!(
-            plan.secrets[1].value.expose_secret(),
+            plan.secrets[1].value.text().expose_secret(),
             SEED,
             "ciphertext kept as is"
         );
-        assert_eq!(plan.secrets[2].value.expose_secret(), r#"{"k":1}"#);
+        assert_eq!(plan.secrets[2].value.text().expose_secret(), r#"{"k":1}"#);
     }
 
     #[test]

@@ -50,7 +50,7 @@
 //! options.cache_ttl = Some(Duration::from_secs(5)); // emptied on change (NOTIFY trigger)
 //! let store = Store::open_with(&options, OpenMode::MustExist).await?;
 //! let key = EncryptionKey::from_password(&"a-password-of-32-bytes-or-more....".into())?;
-//! let executor = Arc::new(Executor::new(runtime, SecretSource::Store(store), Some(key), true));
+//! let executor = Arc::new(Executor::new(runtime, SecretSource::Store(store), Some(key), Strictness::Strict));
 //!
 //! let guest = executor.runtime().load("deploy.wasm", &std::fs::read("deploy.wasm")?)?;
 //! let report = executor
@@ -66,18 +66,30 @@
 
 #![deny(missing_docs)]
 
+#[cfg(feature = "host")]
 pub mod audit;
+#[cfg(feature = "host")]
 pub mod config;
 pub mod crypto;
+#[cfg(feature = "host")]
 pub mod executor;
+#[cfg(feature = "host")]
 pub mod import;
+#[cfg(feature = "host")]
 pub mod logging;
+#[cfg(feature = "host")]
 pub mod mounts;
 pub mod names;
+#[cfg(feature = "host")]
 pub mod process;
 pub mod redact;
+#[cfg(feature = "host")]
 pub mod resolve;
+#[cfg(feature = "host")]
 pub mod rotate;
+#[cfg(feature = "host")]
 pub mod runtime;
+#[cfg(feature = "host")]
 pub mod store;
+#[cfg(feature = "host")]
 pub mod worker;

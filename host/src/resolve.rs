@@ -16,7 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::crypto::{self, EncryptionKey, Generation};
 use crate::names::{Owner, SecretName};
-use crate::store::SecretRow;
+use crate::store::{KeyHash, SecretRow, StoredValue};
 
 /// Resolution failures that stop an execution before its guest starts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -152,7 +152,7 @@ impl Resolution {
                         owner: row.owner,
                         name: row.name,
                         delivery,
-                        encrypted: row.encrypted,
+                        encrypted: row.value.is_encrypted(),
                     },
                 )
             })
@@ -202,16 +202,22 @@ fn decrypt(row: &SecretRow, key: Option<&EncryptionKey>, floor: Option<Generatio
     if let Some(reason) = &row.corrupt {
         return Delivery::Unavailable(Unavailable::Corrupt(reason.clone()));
     }
-    if !row.encrypted {
-        // Whether to decrypt follows the encrypted flag, never the shape of the value.
-        return Delivery::Value(row.value.clone());
-    }
+    let (ciphertext, key_hash) = match &row.value {
+        // Whether to decrypt follows the stored `encrypted` flag, never the shape of the value.
+        StoredValue::Plain(value) => return Delivery::Value(value.clone()),
+        StoredValue::Encrypted {
+            ciphertext,
+            key_hash,
+        } => (
+            ciphertext.expose_secret(),
+            key_hash.as_ref().map(KeyHash::as_str),
+        ),
+    };
     let Some(key) = key else {
         return Delivery::Unavailable(Unavailable::NoKey);
     };
-    let stored = row.value.expose_secret();
-    let decrypted = crypto::check_floor(stored, floor)
-        .and_then(|()| key.decrypt(stored, row.key_hash.as_deref(), &row.binding()));
+    let decrypted = crypto::check_floor(ciphertext, floor)
+        .and_then(|()| key.decrypt(ciphertext, key_hash, &row.binding()));
     match decrypted {
         Ok(v) => Delivery::Value(v),
         Err(e) => Delivery::Unavailable(e.into()),
@@ -230,9 +236,7 @@ mod tests {
         SecretRow {
             owner,
             name: SecretName::new(name).unwrap(),
-            encrypted: false,
-            key_hash: None,
-            value: SecretString::from(value),
+            value: StoredValue::Plain(SecretString::from(value)),
             created: String::new(),
             updated: String::new(),
             corrupt: None,
@@ -312,9 +316,10 @@ mod tests {
     fn encryption_follows_the_flag() {
         let key = EncryptionKey::from_password(&SecretString::from(PASSWORD)).unwrap();
         let mut enc = row(pack(), "enc", "");
-        enc.encrypted = true;
-        enc.value = SecretString::from(key.encrypt(&SecretString::from("hidden"), &enc.binding()));
-        enc.key_hash = Some(key.key_hash().to_owned());
+        enc.value = StoredValue::encrypted(
+            key.encrypt(&SecretString::from("hidden"), &enc.binding()),
+            Some(KeyHash::of(&key)),
+        );
         let plain_looking_like_ciphertext = row(pack(), "plain", "abc:def");
         let r = Resolution::resolve(vec![enc, plain_looking_like_ciphertext], Some(&key), None)
             .unwrap();
@@ -325,14 +330,14 @@ mod tests {
     #[test]
     fn bad_rows_become_unavailable_and_others_survive() {
         let key = EncryptionKey::from_password(&SecretString::from(PASSWORD)).unwrap();
-        let mut bad = row(pack(), "bad", "a:b:c");
-        bad.encrypted = true;
+        let mut bad = row(pack(), "bad", "");
+        bad.value = StoredValue::encrypted("a:b:c", None);
         let good = row(pack(), "good", "ok");
         let r = Resolution::resolve(vec![bad, good], Some(&key), None).unwrap();
         assert_eq!(value(&r, "good").unwrap(), "ok");
         assert_eq!(r.unavailable().count(), 1);
-        let mut no_key = row(pack(), "enc", "x:y");
-        no_key.encrypted = true;
+        let mut no_key = row(pack(), "enc", "");
+        no_key.value = StoredValue::encrypted("x:y", None);
         let r = Resolution::resolve(vec![no_key], None, None).unwrap();
         assert!(matches!(
             r.unavailable().next().unwrap().1,
@@ -356,10 +361,10 @@ mod tests {
     fn copied_and_downgraded_ciphertexts_are_unavailable() {
         let key = EncryptionKey::from_password(&SecretString::from(PASSWORD)).unwrap();
         let mut source = row(pack(), "other_secret", "");
-        source.encrypted = true;
-        source.key_hash = Some(key.key_hash().to_owned());
-        source.value =
-            SecretString::from(key.encrypt(&SecretString::from("other-value"), &source.binding()));
+        source.value = StoredValue::encrypted(
+            key.encrypt(&SecretString::from("other-value"), &source.binding()),
+            Some(KeyHash::of(&key)),
+        );
         // The same ciphertext copied into the row `api_key`: bound to `other_secret`.
         let mut copied = source.clone();
         copied.name = SecretName::new("api_key").unwrap();
@@ -370,7 +375,10 @@ mod tests {
         ));
         // An unbound (seed) ciphertext: delivered without a floor, refused with one.
         let mut seed = source.clone();
-        seed.value = SecretString::from(key.encrypt_seed(&SecretString::from("old-value")));
+        seed.value = StoredValue::encrypted(
+            key.encrypt_seed(&SecretString::from("old-value")),
+            Some(KeyHash::of(&key)),
+        );
         let r = Resolution::resolve(vec![seed.clone()], Some(&key), None).unwrap();
         assert_eq!(value(&r, "other_secret").unwrap(), "old-value");
         let r = Resolution::resolve(vec![seed], Some(&key), Some(Generation::Bound)).unwrap();

@@ -14,7 +14,7 @@
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::crypto::{self, EncryptionKey, Generation};
-use crate::store::{self, Rotation, Store};
+use crate::store::{self, KeyHash, Rotation, Store, StoredValue};
 
 /// Rotation failures.
 #[derive(Debug, thiserror::Error)]
@@ -67,20 +67,23 @@ pub async fn rotate(
     let mut summary = Summary::default();
     let mut rotations = Vec::new();
     for row in store.list(None).await? {
-        if !row.encrypted {
-            summary.plain += 1;
-            continue;
-        }
-        let stored = row.value.expose_secret();
+        let (stored, key_hash) = match &row.value {
+            StoredValue::Plain(_) => {
+                summary.plain += 1;
+                continue;
+            }
+            StoredValue::Encrypted {
+                ciphertext,
+                key_hash,
+            } => (ciphertext, key_hash.as_ref().map(KeyHash::as_str)),
+        };
+        let stored = stored.expose_secret();
         let secret_ref = row.secret_ref();
         let generation = Generation::of(stored);
         if let Err(cause) = crypto::check_floor(stored, floor) {
             return Err(Error::Undecryptable { secret_ref, cause });
         }
-        let under_new = row.key_hash.is_some()
-            && new
-                .check_key_hash(generation, row.key_hash.as_deref())
-                .is_ok();
+        let under_new = key_hash.is_some() && new.check_key_hash(generation, key_hash).is_ok();
         if under_new && !generation.is_unbound() {
             summary.already_new.push(secret_ref);
             continue;
@@ -89,15 +92,15 @@ pub async fn rotate(
         let plain = if under_new {
             // An unbound row under the new key (imported after an interrupted rotation, say):
             // upgraded to the bound format.
-            new.decrypt(stored, row.key_hash.as_deref(), &binding)
+            new.decrypt(stored, key_hash, &binding)
         } else {
-            old.decrypt(stored, row.key_hash.as_deref(), &binding)
+            old.decrypt(stored, key_hash, &binding)
         };
         let plain = match plain {
             Ok(plain) => plain,
             // A bound row without a key hash that the new key opens was rotated already.
             Err(_)
-                if row.key_hash.is_none()
+                if key_hash.is_none()
                     && !generation.is_unbound()
                     && new.decrypt(stored, None, &binding).is_ok() =>
             {
@@ -110,8 +113,8 @@ pub async fn rotate(
         if !dry_run {
             rotations.push(Rotation {
                 new_value: SecretString::from(new.encrypt(&plain, &binding)),
-                new_key_hash: new.key_hash().to_owned(),
-                old_value: row.value.clone(),
+                new_key_hash: KeyHash::of(new),
+                old_value: row.value.text().clone(),
                 owner: row.owner.clone(),
                 name: row.name.clone(),
             });

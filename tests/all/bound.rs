@@ -48,7 +48,7 @@ async fn stored(host: &Host, owner: &Owner, name: &str) -> String {
         .await
         .unwrap()
         .expect("row exists");
-    row.value.expose_secret().to_owned()
+    row.value.text().expose_secret().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]

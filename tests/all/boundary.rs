@@ -177,7 +177,12 @@ async fn n22_the_library_refuses_mounts_of_its_store_and_cache() {
     let guest = runtime
         .load("probe.wasm", &std::fs::read(probe(Target::P2)).unwrap())
         .unwrap();
-    let executor = Executor::new(runtime, SecretSource::Store(store), None, false);
+    let executor = Executor::new(
+        runtime,
+        SecretSource::Store(store),
+        None,
+        attune_wasm::executor::Strictness::Lenient,
+    );
     for host in [db_dir.clone(), cache.clone(), PathBuf::from("/dev")] {
         let exec = executor::Execution {
             dirs: vec![DirMount {

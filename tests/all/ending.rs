@@ -267,7 +267,15 @@ fn library(target: Target) -> (Executor, Guest) {
         .load("probe.wasm", &std::fs::read(probe(target)).unwrap())
         .unwrap();
     let source = SecretSource::Missing("no store in this test".into());
-    (Executor::new(runtime, source, None, false), guest)
+    (
+        Executor::new(
+            runtime,
+            source,
+            None,
+            attune_wasm::executor::Strictness::Lenient,
+        ),
+        guest,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

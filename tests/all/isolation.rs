@@ -45,7 +45,7 @@ async fn two_hundred_concurrent_executions_see_only_their_own_scope() {
                 .await,
         ),
         None,
-        false,
+        attune_wasm::executor::Strictness::Lenient,
     ));
     let names: Vec<String> = std::iter::once("mine".to_owned())
         .chain((0..PACKS).map(|k| format!("only_p{k}")))
@@ -102,7 +102,7 @@ async fn guest_memory_never_carries_data_from_a_previous_execution() {
         runtime,
         SecretSource::Missing("test".into()),
         None,
-        false,
+        attune_wasm::executor::Strictness::Lenient,
     ));
     for round in 0..3 {
         let tasks: Vec<_> = (0..50)
@@ -160,7 +160,7 @@ async fn captured_results_are_masked_too() {
         runtime,
         SecretSource::Store(host.store().await),
         None,
-        false,
+        attune_wasm::executor::Strictness::Lenient,
     );
     let mut exec = execution("p.a", &["show", "tok"]);
     exec.redact = true;

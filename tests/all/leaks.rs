@@ -152,9 +152,7 @@ fn debug_of_public_types_shows_no_secret() {
     let row = SecretRow {
         owner: Owner::System,
         name: SecretName::new("k").unwrap(),
-        encrypted: false,
-        key_hash: None,
-        value: SecretString::from(PLANTED[0]),
+        value: attune_wasm::store::StoredValue::Plain(SecretString::from(PLANTED[0])),
         created: String::new(),
         updated: String::new(),
         corrupt: None,

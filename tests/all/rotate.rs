@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use attune_wasm::crypto::EncryptionKey;
 use attune_wasm::names::Owner;
-use attune_wasm::store::Store;
+use attune_wasm::store::{KeyHash, Store};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::support::{run_cmd, text, Host, KEY, OTHER_KEY};
@@ -124,12 +124,20 @@ async fn assert_consistent(
 ) -> (usize, usize) {
     let (mut under_old, mut under_new) = (0, 0);
     for row in store.list(None).await.unwrap() {
-        let stored = row.value.expose_secret();
+        let stored = row.value.text().expose_secret();
         let by_old = old
-            .decrypt(stored, row.key_hash.as_deref(), &row.binding())
+            .decrypt(
+                stored,
+                row.value.key_hash().map(KeyHash::as_str),
+                &row.binding(),
+            )
             .is_ok();
         let by_new = new
-            .decrypt(stored, row.key_hash.as_deref(), &row.binding())
+            .decrypt(
+                stored,
+                row.value.key_hash().map(KeyHash::as_str),
+                &row.binding(),
+            )
             .is_ok();
         assert!(
             by_old ^ by_new,
@@ -214,8 +222,8 @@ async fn killed_midway(host: &Host) {
         .unwrap();
     assert_eq!(
         new.decrypt(
-            got.value.expose_secret(),
-            got.key_hash.as_deref(),
+            got.value.text().expose_secret(),
+            got.value.key_hash().map(KeyHash::as_str),
             &got.binding()
         )
         .unwrap()
@@ -261,15 +269,15 @@ async fn reads_during_rotation(host: &Host) {
             let action = attune_wasm::names::ActionRef::new("p.a").unwrap();
             for _ in 0..200 {
                 for row in store.visible_to(&action).await.unwrap() {
-                    let key = if row.key_hash.as_deref() == Some(old.key_hash()) {
+                    let key = if row.value.key_hash().map(KeyHash::as_str) == Some(old.key_hash()) {
                         &old
                     } else {
                         &new
                     };
                     assert!(
                         key.decrypt(
-                            row.value.expose_secret(),
-                            row.key_hash.as_deref(),
+                            row.value.text().expose_secret(),
+                            row.value.key_hash().map(KeyHash::as_str),
                             &row.binding()
                         )
                         .is_ok(),

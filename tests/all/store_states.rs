@@ -7,7 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Output;
 
 use attune_wasm::names::{Owner, PackRef, SecretName};
-use attune_wasm::store::{Error, NewSecret, Replace};
+use attune_wasm::store::{Error, KeyHash, NewSecret, Replace, StoredValue};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::support::{
@@ -178,15 +178,14 @@ async fn n15_the_key_check_is_atomic_with_the_write() {
                         &SecretString::from("v"),
                         &attune_wasm::store::binding(&owner, &name),
                     );
+                    let hash = KeyHash::of(&key);
                     let secret = NewSecret {
                         owner,
                         name,
-                        encrypted: true,
-                        key_hash: Some(key.key_hash().to_owned()),
-                        value: SecretString::from(value),
+                        value: StoredValue::encrypted(value, Some(hash.clone())),
                     };
                     store
-                        .put_with(&secret, Replace::Readable(Some(key.key_hash())))
+                        .put_with(&secret, Replace::Readable(Some(&hash)))
                         .await
                         .map(|_| key.key_hash().to_owned())
                 })
@@ -202,7 +201,7 @@ async fn n15_the_key_check_is_atomic_with_the_write() {
             }
         }
         let stored = store.get(&owner, &name).await.unwrap().unwrap();
-        let winner = stored.key_hash.unwrap();
+        let winner = stored.value.key_hash().unwrap().as_str().to_owned();
         assert!(
             won.iter().all(|h| *h == winner),
             "a write replaced a row under another key"
@@ -333,7 +332,7 @@ async fn n28_no_old_ciphertext_survives_a_rotation_on_disk() {
         .await
         .unwrap()
         .iter()
-        .map(|r| r.value.expose_secret().to_owned())
+        .map(|r| r.value.text().expose_secret().to_owned())
         .collect();
     assert_eq!(old.len(), 5);
     let summary =

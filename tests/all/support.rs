@@ -315,9 +315,14 @@ impl Host {
                 &NewSecret {
                     owner,
                     name: attune_wasm::names::SecretName::new(name).expect("valid name"),
-                    encrypted,
-                    key_hash: key_hash.map(str::to_owned),
-                    value: SecretString::from(value),
+                    value: if encrypted {
+                        attune_wasm::store::StoredValue::encrypted(
+                            value,
+                            key_hash.map(attune_wasm::store::KeyHash::new),
+                        )
+                    } else {
+                        attune_wasm::store::StoredValue::Plain(SecretString::from(value))
+                    },
                 },
                 attune_wasm::store::Replace::Any,
             )

@@ -35,7 +35,12 @@ impl Worker {
             .unwrap();
         let key = crate::support::key(crate::support::KEY);
         Self {
-            executor: Executor::new(runtime, SecretSource::Store(store), Some(key), true),
+            executor: Executor::new(
+                runtime,
+                SecretSource::Store(store),
+                Some(key),
+                attune_wasm::executor::Strictness::Strict,
+            ),
             guest,
         }
     }
@@ -90,12 +95,13 @@ async fn cached_rows_follow_writes_through_the_same_store() {
             .put(&attune_wasm::store::NewSecret {
                 owner: owner.clone(),
                 name: name.clone(),
-                encrypted: true,
-                key_hash: Some(key.key_hash().to_owned()),
-                value: secrecy::SecretString::from(key.encrypt(
-                    &secrecy::SecretString::from("action-override-2222"),
-                    &attune_wasm::store::binding(&owner, &name),
-                )),
+                value: attune_wasm::store::StoredValue::encrypted(
+                    key.encrypt(
+                        &secrecy::SecretString::from("action-override-2222"),
+                        &attune_wasm::store::binding(&owner, &name),
+                    ),
+                    Some(attune_wasm::store::KeyHash::of(&key)),
+                ),
             })
             .await
             .unwrap();
@@ -232,7 +238,7 @@ async fn a_full_pool_is_a_clear_error_and_the_next_execution_runs() {
         runtime,
         SecretSource::Store(host.store().await),
         Some(key),
-        false,
+        attune_wasm::executor::Strictness::Lenient,
     ));
     let tasks: Vec<_> = (0..3)
         .map(|_| {

@@ -9,7 +9,10 @@
 //!   for the secrets named in `secrets` (default `api_key`, `db_password`, `region`): only a
 //!   length and a SHA-256 prefix, never the value.
 //! - `show`: prints the secret `secret` raw (to show output masking), then a JSON line.
-//! - `spin`: loops forever (timeouts).
+//! - `spin`: loops forever (timeouts); with `secret`, reads that secret first (so the audit
+//!   trail records the run).
+//! - `sleep`: sleeps `ms` milliseconds (default 60000) inside a host call (WASI clock poll),
+//!   then prints `{"slept": ms}`: a guest that is not running wasm code when cancelled.
 //! - `fail`: writes `message` to stderr and exits with `code` (default 3).
 
 use std::io::Read;
@@ -47,10 +50,18 @@ fn main() {
             println!("{}", json!({ "shown": name }));
         }
         "spin" => {
+            if let Some(name) = params.get("secret").and_then(Value::as_str) {
+                let _ = std::hint::black_box(describe(name));
+            }
             let mut x: u64 = 0;
             loop {
                 x = std::hint::black_box(x.wrapping_add(1));
             }
+        }
+        "sleep" => {
+            let ms = params.get("ms").and_then(Value::as_u64).unwrap_or(60_000);
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            println!("{}", json!({ "slept": ms }));
         }
         "fail" => {
             eprintln!("{}", text("message", "action failed"));

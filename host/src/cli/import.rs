@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::Args;
 
 use attune_wasm::config::Settings;
-use attune_wasm::store::{OpenMode, Written};
+use attune_wasm::store::{KeyHash, OpenMode, Written};
 
 use super::{key, open_store, replace};
 
@@ -48,16 +48,13 @@ pub async fn import(settings: &Settings, args: ImportArgs) -> anyhow::Result<()>
         eprintln!("skipped line {line} (ref {secret_ref}): owner type {owner_type} is not run by this host");
     }
     let store = open_store(settings, OpenMode::CreateIfMissing).await?;
-    let writer = key(settings)?.map(|k| k.key_hash().to_owned());
+    let writer = key(settings)?.map(|k| KeyHash::of(&k));
     if store.floor_record().is_some() {
         plan.bind_unbound(key(settings)?.as_ref())
             .context("import refused, nothing written")?;
     }
     let written = store
-        .put_many_with(
-            &plan.secrets,
-            replace(writer.as_deref(), replace_foreign_key),
-        )
+        .put_many_with(&plan.secrets, replace(writer.as_ref(), replace_foreign_key))
         .await
         .context("import failed, nothing written")?;
     let created = written.iter().filter(|w| **w == Written::Created).count();

@@ -33,7 +33,7 @@ use clap::{Parser, Subcommand};
 
 use attune_wasm::config::Settings;
 use attune_wasm::crypto::EncryptionKey;
-use attune_wasm::store::{self, OpenMode, Replace, Store};
+use attune_wasm::store::{self, KeyHash, OpenMode, Replace, Store};
 
 /// Run Attune actions compiled to WebAssembly, with the secrets their pack and action may see.
 #[derive(Parser)]
@@ -192,7 +192,7 @@ fn require_key(settings: &Settings) -> anyhow::Result<EncryptionKey> {
 
 /// Which stored rows a write may replace: with `--replace-foreign-key` any, else plain rows
 /// and rows under the written row's key or `writer` (the configured key).
-fn replace(writer: Option<&str>, replace_foreign_key: bool) -> Replace<'_> {
+fn replace(writer: Option<&KeyHash>, replace_foreign_key: bool) -> Replace<'_> {
     if replace_foreign_key {
         Replace::Any
     } else {

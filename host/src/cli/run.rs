@@ -134,12 +134,17 @@ pub async fn run(
             )
         })?
         .context("compiler thread failed")??;
-    let strict = args.strict_secrets || settings.security.strict_secrets;
+    let strictness = if args.strict_secrets || settings.security.strict_secrets {
+        executor::Strictness::Strict
+    } else {
+        executor::Strictness::Lenient
+    };
     let source = match open_store(settings, OpenMode::MustExist).await {
         Ok(store) => SecretSource::Store(store),
         Err(e) => SecretSource::Missing(format!("{e:#}")),
     };
-    let executor = Executor::new(runtime, source, key(settings)?, strict).with_boundary(&boundary);
+    let executor =
+        Executor::new(runtime, source, key(settings)?, strictness).with_boundary(&boundary);
     if args.no_redact {
         tracing::warn!("--no-redact: secret values the guest prints are shown as they are");
     }

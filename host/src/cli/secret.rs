@@ -12,7 +12,9 @@ use zeroize::Zeroizing;
 use attune_wasm::config::Settings;
 use attune_wasm::crypto;
 use attune_wasm::names::{ActionRef, Owner, PackRef, SecretName};
-use attune_wasm::store::{self, NewSecret, OpenMode, Written, MAX_VALUE_BYTES};
+use attune_wasm::store::{
+    self, KeyHash, NewSecret, OpenMode, StoredValue, Written, MAX_VALUE_BYTES,
+};
 
 use super::{import, is_missing, open_store, replace, require_key};
 
@@ -107,31 +109,26 @@ pub async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                 Some(require_key(settings)?)
             };
             let store = open_store(settings, OpenMode::CreateIfMissing).await?;
-            let (stored, key_hash) = match &key {
-                Some(k) => (
-                    SecretString::from(k.encrypt(&value, &store::binding(&owner, &name))),
-                    Some(k.key_hash().to_owned()),
+            let stored = match &key {
+                Some(k) => StoredValue::encrypted(
+                    k.encrypt(&value, &store::binding(&owner, &name)),
+                    Some(KeyHash::of(k)),
                 ),
-                None => (value, None),
+                None => StoredValue::Plain(value),
             };
             // A plain write by a host with a key may replace rows under that key.
             let writer = match &key {
-                Some(k) => Some(k.key_hash().to_owned()),
-                None => super::key(settings)
-                    .ok()
-                    .flatten()
-                    .map(|k| k.key_hash().to_owned()),
+                Some(k) => Some(KeyHash::of(k)),
+                None => super::key(settings).ok().flatten().map(|k| KeyHash::of(&k)),
             };
             let written = store
                 .put_with(
                     &NewSecret {
                         owner: owner.clone(),
                         name: name.clone(),
-                        encrypted: key.is_some(),
-                        key_hash,
                         value: stored,
                     },
-                    replace(writer.as_deref(), replace_foreign_key),
+                    replace(writer.as_ref(), replace_foreign_key),
                 )
                 .await?;
             let verb = match written {
@@ -157,14 +154,19 @@ pub async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                 bail!("secret {secret_ref} not found ({owner})");
             };
             if reveal {
-                let value = if row.encrypted {
-                    let key = require_key(settings)?;
-                    let stored = row.value.expose_secret();
-                    crypto::check_floor(stored, key.floor(store.floor_record()))
-                        .and_then(|()| key.decrypt(stored, row.key_hash.as_deref(), &row.binding()))
-                        .with_context(|| format!("secret {secret_ref}"))?
-                } else {
-                    row.value
+                let value = match &row.value {
+                    StoredValue::Encrypted {
+                        ciphertext,
+                        key_hash,
+                    } => {
+                        let key = require_key(settings)?;
+                        let stored = ciphertext.expose_secret();
+                        let hash = key_hash.as_ref().map(KeyHash::as_str);
+                        crypto::check_floor(stored, key.floor(store.floor_record()))
+                            .and_then(|()| key.decrypt(stored, hash, &row.binding()))
+                            .with_context(|| format!("secret {secret_ref}"))?
+                    }
+                    StoredValue::Plain(value) => value.clone(),
                 };
                 let mut out = std::io::stdout().lock();
                 out.write_all(value.expose_secret().as_bytes())?;
@@ -174,8 +176,11 @@ pub async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                 println!("owner:     {owner}");
                 println!("name:      {name}");
                 println!("env:       {}", name.env_var());
-                println!("encrypted: {}", row.encrypted);
-                println!("key hash:  {}", row.key_hash.as_deref().unwrap_or("-"));
+                println!("encrypted: {}", row.value.is_encrypted());
+                println!(
+                    "key hash:  {}",
+                    row.value.key_hash().map_or("-", KeyHash::as_str)
+                );
                 println!("created:   {}", row.created);
                 println!("updated:   {}", row.updated);
             }
@@ -196,9 +201,15 @@ pub async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                 "OWNER", "REF", "NAME", "ENCRYPTED", "KEY HASH"
             );
             for row in rows {
-                let hash = row.key_hash.as_deref().map_or_else(
+                let hash = row.value.key_hash().map_or_else(
                     || "-".to_owned(),
-                    |h| h.chars().take(12).flat_map(char::escape_default).collect(),
+                    |h| {
+                        h.as_str()
+                            .chars()
+                            .take(12)
+                            .flat_map(char::escape_default)
+                            .collect()
+                    },
                 );
                 println!(
                     "{:<7} {:<24} {:<32} {:<9} {:<12} {}",
@@ -209,7 +220,7 @@ pub async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                         row.owner.owner_ref()
                     },
                     row.name,
-                    row.encrypted,
+                    row.value.is_encrypted(),
                     hash,
                     row.updated
                 );

@@ -189,7 +189,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::names::{Owner, PackRef};
-    use crate::store::SecretRow;
+    use crate::store::{SecretRow, StoredValue};
 
     impl SecretDoor {
         /// A request for `name` as the guest asked for it.
@@ -199,12 +199,15 @@ mod tests {
     }
 
     fn row(owner: Owner, name: &str, value: &str, encrypted: bool) -> SecretRow {
+        let value = SecretString::from(value);
         SecretRow {
             owner,
             name: SecretName::new(name).unwrap(),
-            encrypted,
-            key_hash: None,
-            value: SecretString::from(value),
+            value: if encrypted {
+                StoredValue::encrypted(value, None)
+            } else {
+                StoredValue::Plain(value)
+            },
             created: String::new(),
             updated: String::new(),
             corrupt: None,

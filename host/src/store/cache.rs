@@ -22,7 +22,7 @@ pub const MAX_CACHED_ACTIONS: usize = 10_000;
 /// The rows of one action, shared by the lookups that hit them.
 pub(super) type Rows = Arc<[SecretRow]>;
 
-pub(super) struct RowCache {
+pub(crate) struct RowCache {
     ttl: Duration,
     generation: AtomicU64,
     /// Whether invalidations from other writers are being received (PostgreSQL listener

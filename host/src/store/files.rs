@@ -158,9 +158,9 @@ impl CreateLock {
     /// [`Error::UnsafePath`] when the lock file is not ours, [`Error::Lock`].
     pub(super) async fn acquire(db: &Path) -> Result<Self> {
         let path = side_file(db, ".lock");
-        let lock_err = |source| Error::Lock {
+        let lock_err = |cause| Error::Lock {
             path: path.display().to_string(),
-            source,
+            cause,
         };
         let file = OpenOptions::new()
             .read(true)

@@ -1,20 +1,16 @@
 //! Attune's own tables (schema `attune`), as a worker reads and writes them: its registration
-//! in `attune.worker`, the `attune.execution` and `attune.action` rows of a dispatch, and the
-//! secrets of `attune.key` (read only). Nothing here creates or alters a table. Times are the
+//! in `attune.worker` and the `attune.execution` and `attune.action` rows of a dispatch (its
+//! secrets, read only from `attune.key`, are [`crate::store::AttuneKeys`]). Nothing here creates
+//! or alters a table. Times are the
 //! database's `now()`, never this host's clock.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::str::FromStr;
 use std::time::Duration;
 
-use secrecy::SecretString;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::Row;
 
 use super::Error;
-use crate::names::{ActionRef, Owner, PackRef, SecretName};
-use crate::store::SecretRow;
 
 /// Attune's schema.
 pub const SCHEMA: &str = "attune";
@@ -188,7 +184,8 @@ pub async fn action(pool: &PgPool, execution: &ExecutionRow) -> Result<Option<Ac
 /// in another state (someone else moved it).
 ///
 /// # Errors
-/// [`Error::Database`].
+/// [`Error::Refused`] when the database refuses the update (a constraint, a trigger),
+/// [`Error::Database`] when it cannot be reached.
 pub async fn start(pool: &PgPool, id: i64, worker: i64) -> Result<Option<String>, Error> {
     let row = sqlx::query(
         "WITH prev AS (SELECT status FROM execution WHERE id = $1 FOR UPDATE)
@@ -202,7 +199,7 @@ pub async fn start(pool: &PgPool, id: i64, worker: i64) -> Result<Option<String>
     .bind(worker)
     .fetch_optional(pool)
     .await
-    .map_err(Error::db)?;
+    .map_err(Error::statement)?;
     row.map(|r| r.try_get("previous"))
         .transpose()
         .map_err(Error::db)
@@ -212,7 +209,8 @@ pub async fn start(pool: &PgPool, id: i64, worker: i64) -> Result<Option<String>
 /// `expected`; `false` when it was not (another writer ended it first).
 ///
 /// # Errors
-/// [`Error::Database`].
+/// [`Error::Refused`] when the database refuses the update (a constraint, a trigger),
+/// [`Error::Database`] when it cannot be reached.
 pub async fn finish(
     pool: &PgPool,
     id: i64,
@@ -230,102 +228,6 @@ pub async fn finish(
     .bind(result.to_string())
     .execute(pool)
     .await
-    .map_err(Error::db)?;
+    .map_err(Error::statement)?;
     Ok(done.rows_affected() == 1)
-}
-
-/// Reads the `attune.key` rows an action may see, as [`SecretRow`]s for the library's resolver:
-/// `system` keys, `pack` keys of the action's pack (`owner_pack`), `action` keys of the action
-/// (`owner_action`), as Attune's worker selects them (by id). `identity` and `sensor` keys
-/// never reach an action. Read only.
-#[derive(Clone)]
-pub struct AttuneKeys {
-    pool: PgPool,
-}
-
-impl AttuneKeys {
-    /// Reads keys through `pool` (on Attune's database).
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
-    }
-
-    async fn rows(&self, action: &ActionRef) -> Result<Vec<SecretRow>, String> {
-        let rows = sqlx::query(
-            "SELECT k.owner_type::text AS owner_type, k.name, k.encrypted,
-                    k.encryption_key_hash, to_jsonb(k.value)::text AS value
-               FROM key k JOIN action a ON a.ref = $1
-              WHERE k.owner_type = 'system'
-                 OR (k.owner_type = 'pack' AND k.owner_pack = a.pack)
-                 OR (k.owner_type = 'action' AND k.owner_action = a.id)",
-        )
-        .bind(action.as_str())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| format!("cannot read attune.key: {e}"))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            match key_row(row, action) {
-                Ok(secret) => out.push(secret),
-                Err(why) => tracing::warn!(action = %action, "attune.key row skipped: {why}"),
-            }
-        }
-        Ok(out)
-    }
-}
-
-impl crate::executor::RowLoader for AttuneKeys {
-    fn visible_to<'a>(
-        &'a self,
-        action: &'a ActionRef,
-    ) -> Pin<Box<dyn Future<Output = Result<Vec<SecretRow>, String>> + Send + 'a>> {
-        Box::pin(self.rows(action))
-    }
-}
-
-/// One `attune.key` row as a [`SecretRow`]: the name must be a valid secret name; an encrypted
-/// value must be a JSON string (the ciphertext, either generation); a plain string is the
-/// value as is, any other plain JSON its compact text. Errors name the key, never its value.
-fn key_row(row: &sqlx::postgres::PgRow, action: &ActionRef) -> Result<SecretRow, String> {
-    let get_err = |e: sqlx::Error| e.to_string();
-    let owner_type: String = row.try_get("owner_type").map_err(get_err)?;
-    let name: String = row.try_get("name").map_err(get_err)?;
-    let encrypted: bool = row.try_get("encrypted").map_err(get_err)?;
-    let key_hash: Option<String> = row.try_get("encryption_key_hash").map_err(get_err)?;
-    let value: String = row.try_get("value").map_err(get_err)?;
-    let shown = name.escape_default().to_string();
-    let name = SecretName::new(&name).map_err(|e| format!("key {shown:?}: {e}"))?;
-    let owner = match owner_type.as_str() {
-        "system" => Owner::System,
-        "pack" => Owner::Pack(PackRef::new(action.pack().as_str()).map_err(|e| e.to_string())?),
-        "action" => Owner::Action(action.clone()),
-        other => {
-            return Err(format!(
-                "key {shown:?}: owner type {other} is not given to actions"
-            ))
-        }
-    };
-    // A value of the wrong shape keeps its row (it still overrides less specific rows of its
-    // name, which then resolve as unavailable: bad-inputs N30), marked corrupt, without value.
-    let (value, corrupt) = match (encrypted, serde_json::from_str(&value)) {
-        (_, Ok(serde_json::Value::String(text))) => (text, None),
-        (false, Ok(other)) => (other.to_string(), None),
-        (true, Ok(_)) => (
-            String::new(),
-            Some("an encrypted value must be a JSON string"),
-        ),
-        (_, Err(_)) => (String::new(), Some("the value column is not JSON")),
-    };
-    if let Some(why) = corrupt {
-        tracing::warn!(action = %action, "attune.key row not delivered: key {shown:?}: {why}");
-    }
-    Ok(SecretRow {
-        owner,
-        name,
-        encrypted,
-        key_hash: key_hash.filter(|h| !h.is_empty()),
-        value: SecretString::from(value),
-        created: String::new(),
-        updated: String::new(),
-        corrupt: corrupt.map(str::to_owned),
-    })
 }

@@ -18,9 +18,11 @@
 //!   heartbeat_interval: 30                   # seconds
 //!   max_stdout_bytes: 10485760
 //!   max_stderr_bytes: 10485760
+//!   metrics_address: 127.0.0.1:9464          # opt-in Prometheus /metrics (off by default)
 //! ```
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -78,6 +80,9 @@ pub struct WorkerSection {
     pub max_stdout_bytes: Option<u64>,
     /// Bytes of stderr kept per execution (`worker.max_stderr_bytes`, default 10 MiB).
     pub max_stderr_bytes: Option<u64>,
+    /// `host:port` to serve Prometheus metrics on, at `GET /metrics`
+    /// (`worker.metrics_address`, `ATTUNE__WORKER__METRICS_ADDRESS`); none by default (off).
+    pub metrics_address: Option<String>,
 }
 
 /// Everything a worker process needs, resolved with defaults. `Debug` never prints the
@@ -91,6 +96,11 @@ pub struct WorkerConfig {
     pub name: String,
     /// Executions run at once (also the instance pool's size).
     pub max_concurrent: u32,
+    /// Connections of the worker's pool on Attune's database (`database.max_connections`,
+    /// default `max_concurrent + 4`); the heartbeat has one connection of its own.
+    pub db_max_connections: u32,
+    /// Where `/metrics` is served (`worker.metrics_address`); `None`: not served.
+    pub metrics_address: Option<SocketAddr>,
     /// Heartbeat period.
     pub heartbeat: Duration,
     /// Grace period for running executions on SIGTERM.
@@ -119,6 +129,8 @@ impl fmt::Debug for WorkerConfig {
             .field("amqp_url", &crate::store::redact_url(&self.amqp_url))
             .field("name", &self.name)
             .field("max_concurrent", &self.max_concurrent)
+            .field("db_max_connections", &self.db_max_connections)
+            .field("metrics_address", &self.metrics_address)
             .field("heartbeat", &self.heartbeat)
             .field("packs_base_dir", &self.packs_base_dir)
             .field("key", &self.key.as_ref().map(|_| "<set>"))
@@ -130,8 +142,8 @@ impl WorkerConfig {
     /// Resolves the worker settings of `settings`.
     ///
     /// # Errors
-    /// [`Error::Config`] when `database.url` is not a PostgreSQL URL, a number is zero, or the
-    /// encryption key is too short.
+    /// [`Error::Config`] when `database.url` is not a PostgreSQL URL, a number is zero,
+    /// `worker.metrics_address` is not an `ip:port` address, or the encryption key is too short.
     pub fn from_settings(settings: &Settings) -> Result<Self, Error> {
         let database_url = settings
             .database
@@ -155,6 +167,20 @@ impl WorkerConfig {
             DEFAULT_MAX_CONCURRENT_TASKS.into(),
             "worker.max_concurrent_tasks",
         )?;
+        let db_max_connections = positive(
+            settings.database.max_connections.map(u64::from),
+            max_concurrent.saturating_add(4),
+            "database.max_connections",
+        )?;
+        let metrics_address = match &w.metrics_address {
+            Some(text) => Some(text.trim().parse::<SocketAddr>().map_err(|_| {
+                Error::Config(
+                    "worker.metrics_address must be an ip:port address (e.g. 127.0.0.1:9464)"
+                        .into(),
+                )
+            })?),
+            None => None,
+        };
         let key = match &settings.security.encryption_key {
             Some(password) => Some(
                 EncryptionKey::from_password(password)
@@ -171,6 +197,8 @@ impl WorkerConfig {
                 .unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned()),
             name: w.name.clone().unwrap_or_else(default_name),
             max_concurrent: u32::try_from(max_concurrent).unwrap_or(u32::MAX),
+            db_max_connections: u32::try_from(db_max_connections).unwrap_or(u32::MAX),
+            metrics_address,
             heartbeat: Duration::from_secs(positive(
                 w.heartbeat_interval,
                 DEFAULT_HEARTBEAT_SECS,

@@ -10,13 +10,16 @@
 //! scheduler: `attune-wasm execute`, a stand-in for Attune's scheduler (wasm actions only)
 //! ```
 //!
-//! Secrets come from Attune's own `attune.key` (read only, [`attune_db::AttuneKeys`]) and reach
+//! Secrets come from Attune's own `attune.key` (read only, [`crate::store::AttuneKeys`]) and reach
 //! the guest through the library's two doors; our own tables (the audit trail) live in the
 //! schema [`OWN_SCHEMA`], never in Attune's. A dispatch is acknowledged only after its
 //! execution's terminal status is committed.
 
 pub mod attune_db;
 pub mod config;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
+pub mod metrics;
 pub mod protocol;
 pub mod scheduler;
 pub mod service;
@@ -75,6 +78,11 @@ pub enum Error {
         /// Its status then.
         status: String,
     },
+    /// Attune's database refused a statement about one execution (a constraint, a trigger, a
+    /// permission): retrying the same statement will not help. Connection losses and
+    /// transaction conflicts are [`Error::Database`].
+    #[error("Attune database refused the statement: {0}")]
+    Refused(String),
     /// The runtime could not be built.
     #[error(transparent)]
     Runtime(#[from] crate::runtime::Error),
@@ -84,6 +92,21 @@ impl Error {
     /// [`Error::Database`] from a sqlx error (whose text carries no password).
     pub fn db(e: sqlx::Error) -> Self {
         Self::Database(e.to_string())
+    }
+
+    /// [`Error::Refused`] when the database answered with an error that will come again
+    /// (SQLSTATE classes other than 08 connection, 40 transaction rollback, 53 insufficient
+    /// resources, 57 operator intervention, 58 system error), else [`Error::Database`].
+    pub fn statement(e: sqlx::Error) -> Self {
+        let transient = |code: &str| {
+            ["08", "40", "53", "57", "58"]
+                .iter()
+                .any(|c| code.starts_with(c))
+        };
+        match e.as_database_error().and_then(|d| d.code()) {
+            Some(code) if !transient(&code) => Self::Refused(e.to_string()),
+            _ => Self::db(e),
+        }
     }
 }
 
@@ -116,6 +139,21 @@ pub enum Failure {
     /// before it ended. It is not run twice.
     #[error("the worker running this execution stopped before it ended; it was not run again")]
     Orphaned,
+    /// The database refused this execution's updates [`service::MAX_REFUSALS`] times: the
+    /// worker gave it up (the error of the last refusal).
+    #[error("the worker gave this execution up after Attune's database refused it {attempts} times: {reason}")]
+    GivenUp {
+        /// Refusals.
+        attempts: u32,
+        /// The last refusal.
+        reason: String,
+    },
+    /// The database refused the result document of a run (a constraint on `result` or the
+    /// status); the execution ends `failed` with this instead.
+    #[error(
+        "the result of this execution could not be stored (Attune's database refused it): {0}"
+    )]
+    ResultRefused(String),
     /// The execution was being cancelled before it started.
     #[error("cancelled before it started")]
     CancelledBeforeStart,

@@ -8,6 +8,13 @@
 //! secrets of `attune.key`, its terminal status and result are committed, `ExecutionCompleted`
 //! is published, and only then is the dispatch acknowledged. A message that is not a dispatch
 //! (not JSON, another type, an unknown execution) is dead-lettered to `attune.dlx`.
+//!
+//! A dispatch whose execution the database refuses to update (a constraint, a trigger: an
+//! error that comes back every time) is requeued at most [`MAX_REFUSALS`] times by this
+//! process (classic queues keep no delivery count, so the count is the worker's), then given
+//! up: the execution is ended `failed` with the reason, or, when even that is refused, the
+//! dispatch is dead-lettered. A database that cannot be reached is not a refusal: that
+//! dispatch is requeued until it comes back.
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -27,17 +34,22 @@ use sqlx::postgres::PgPool;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use super::attune_db::{self, ActionRow, AttuneKeys, ExecutionRow, TERMINAL};
+use super::attune_db::{self, ActionRow, ExecutionRow, TERMINAL};
 use super::config::{WorkerConfig, RUNTIME_NAME};
+use super::metrics::{self, Metrics};
 use super::protocol::{self, Envelope, ExecutionRequested};
 use super::{Error, Failure, OWN_SCHEMA};
 use crate::executor::{self, Execution, Executor, SecretSource};
 use crate::names::ActionRef;
 use crate::runtime::{self, Limits, Output, Pooling, Runtime, RuntimeConfig, Stdin};
-use crate::store::{OpenMode, Store, StoreOptions};
+use crate::store::{AttuneKeys, OpenMode, Store, StoreOptions};
 
 /// Longest wait between two attempts to reach the broker.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// How many times this process handles a dispatch whose execution the database refuses to
+/// update before it gives the dispatch up (fault K5).
+pub const MAX_REFUSALS: u32 = 5;
 
 /// Runs the worker until `shutdown` turns `true`: registers, heartbeats, consumes dispatches;
 /// then stops consuming, lets running executions finish (up to `worker.shutdown_timeout`),
@@ -45,10 +57,24 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 ///
 /// # Errors
 /// [`Error::Database`] when Attune's database cannot be reached at start,
-/// [`Error::Declare`] when the worker's queues exist with other arguments, [`Error::Runtime`].
+/// [`Error::Declare`] when the worker's queues exist with other arguments, [`Error::Config`]
+/// when `worker.metrics_address` cannot be bound, [`Error::Runtime`].
 /// A lost broker connection is retried with backoff, not an error.
 pub async fn run(mut cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
-    let pool = attune_db::connect(&cfg.database_url, cfg.max_concurrent.saturating_add(4)).await?;
+    let metrics = Arc::new(Metrics::new());
+    let _metrics_endpoint = match cfg.metrics_address {
+        Some(address) => {
+            let listener = metrics::bind(address).await?;
+            let bound = listener.local_addr().unwrap_or(address);
+            tracing::info!(address = %bound, "metrics served at http://{bound}/metrics");
+            Some(AbortOnDrop(tokio::spawn(metrics::serve(
+                listener,
+                Arc::clone(&metrics),
+            ))))
+        }
+        None => None,
+    };
+    let pool = attune_db::connect(&cfg.database_url, cfg.db_max_connections).await?;
     let capabilities = json!({
         "runtimes": [RUNTIME_NAME],
         "max_concurrent_executions": cfg.max_concurrent,
@@ -77,12 +103,16 @@ pub async fn run(mut cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> 
     };
     let executor = Arc::new(Executor::new(
         runtime,
-        SecretSource::Loader {
-            loader: Arc::new(AttuneKeys::new(pool.clone())),
+        SecretSource::Separate {
+            rows: AttuneKeys::store(pool.clone()),
             audit,
         },
         cfg.key.take(),
-        cfg.strict,
+        if cfg.strict {
+            executor::Strictness::Strict
+        } else {
+            executor::Strictness::Lenient
+        },
     ));
     let (publisher, _) = watch::channel(None);
     let ctx = Arc::new(Ctx {
@@ -96,6 +126,8 @@ pub async fn run(mut cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> 
         default_timeout: cfg.default_timeout,
         in_flight: std::sync::Mutex::default(),
         cancels: std::sync::Mutex::default(),
+        refusals: std::sync::Mutex::default(),
+        metrics,
     });
     let heartbeat = Heartbeat::start(&cfg.database_url, worker_id, cfg.heartbeat)?;
 
@@ -126,6 +158,11 @@ struct Ctx {
     /// Cancel handles by execution id: of running executions, and of executions cancelled
     /// before their dispatch came (already cancelled: they end at once when it does).
     cancels: std::sync::Mutex<std::collections::HashMap<i64, runtime::Cancel>>,
+    /// Refusals so far by execution id (see [`MAX_REFUSALS`]); an entry lives until its
+    /// dispatch is acknowledged or dead-lettered.
+    refusals: std::sync::Mutex<std::collections::HashMap<i64, u32>>,
+    /// Counters served at `/metrics`.
+    metrics: Arc<Metrics>,
 }
 
 /// Marks an execution as handled by this process until dropped; waiters on its receiver are
@@ -404,9 +441,19 @@ async fn cancel_loop(ctx: Arc<Ctx>, mut consumer: lapin::Consumer) {
                     .await
             }
         };
-        if let Err(e) = answered {
-            tracing::warn!("cannot answer a delivery ({e}); the broker will redeliver it");
+        if let Some(reason) = answer_failure(answered) {
+            tracing::warn!("cannot answer a delivery ({reason}); the broker will redeliver it");
         }
+    }
+}
+
+/// Why an ack or nack did not reach the broker, if it did not: lapin answers `Ok(false)`
+/// (not an error) for a delivery whose channel was closed meanwhile.
+fn answer_failure(answered: Result<bool, lapin::Error>) -> Option<String> {
+    match answered {
+        Ok(true) => None,
+        Ok(false) => Some("its channel is closed".to_owned()),
+        Err(e) => Some(e.to_string()),
     }
 }
 
@@ -461,6 +508,9 @@ enum Disposition {
     DeadLetter,
     /// A transient failure (database unreachable): back to the queue, later.
     Requeue,
+    /// The database refused an update of the execution (the error): requeued, counted, and
+    /// given up after [`MAX_REFUSALS`].
+    Refused(String),
 }
 
 impl Ctx {
@@ -508,7 +558,17 @@ impl Ctx {
     }
 
     async fn handle(&self, delivery: Delivery) {
-        let disposition = self.process(&delivery).await;
+        let (id, disposition) = match parse(&delivery) {
+            Some((id, correlation)) => {
+                let disposition = self.dispatch(id, correlation.clone()).await;
+                (Some(id), self.settle(id, disposition, correlation).await)
+            }
+            None => (None, Disposition::DeadLetter),
+        };
+        #[cfg(feature = "fault-injection")]
+        if let (Some(id), Disposition::Ack, false) = (id, &disposition, delivery.redelivered) {
+            super::fault::pause_before_ack(id).await;
+        }
         let answered = match disposition {
             Disposition::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
             Disposition::DeadLetter => {
@@ -520,7 +580,7 @@ impl Ctx {
                     })
                     .await
             }
-            Disposition::Requeue => {
+            Disposition::Requeue | Disposition::Refused(_) => {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 delivery
                     .acker
@@ -531,45 +591,108 @@ impl Ctx {
                     .await
             }
         };
-        if let Err(e) = answered {
-            // The channel is gone: the broker redelivers, and the redelivery finds the
-            // execution ended (acknowledged and skipped then).
-            tracing::warn!("cannot answer a delivery ({e}); the broker will redeliver it");
+        // The channel is gone (lapin answers `Ok(false)` for a delivery of a closed channel):
+        // the broker redelivers, and the redelivery finds the execution ended (acknowledged
+        // and skipped then). An old delivery's tag is never answered on a newer channel (each
+        // acker belongs to its own channel).
+        match answer_failure(answered) {
+            Some(reason) => tracing::warn!(
+                execution = id,
+                "cannot answer a delivery ({reason}); the broker will redeliver it"
+            ),
+            None => tracing::debug!(execution = id, "delivery answered"),
         }
     }
 
-    async fn process(&self, delivery: &Delivery) -> Disposition {
-        let envelope: Envelope<Value> = match serde_json::from_slice(&delivery.data) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(
-                    "dispatch dead-lettered: not an Attune message envelope ({:?} error at line {} column {})",
-                    e.classify(),
-                    e.line(),
-                    e.column()
-                );
-                return Disposition::DeadLetter;
-            }
+    /// Counts a refusal; past [`MAX_REFUSALS`] gives the execution up. Forgets the count once
+    /// the dispatch is acknowledged or dead-lettered.
+    async fn settle(
+        &self,
+        id: i64,
+        disposition: Disposition,
+        correlation: Option<String>,
+    ) -> Disposition {
+        let refusals = || {
+            self.refusals
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
         };
-        if envelope.message_type != protocol::EXECUTION_REQUESTED {
-            tracing::error!(
-                message_type = %envelope.message_type.escape_default(),
-                "dispatch dead-lettered: not an ExecutionRequested message"
-            );
-            return Disposition::DeadLetter;
+        match disposition {
+            Disposition::Refused(why) => {
+                let attempts = {
+                    let mut map = refusals();
+                    let n = map.entry(id).or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                if attempts < MAX_REFUSALS {
+                    tracing::warn!(
+                        execution = id,
+                        attempts,
+                        "Attune's database refused an update of this execution, dispatch requeued: {why}"
+                    );
+                    return Disposition::Refused(why);
+                }
+                refusals().remove(&id);
+                self.metrics.given_up();
+                self.give_up(id, attempts, why, correlation).await
+            }
+            Disposition::Requeue => Disposition::Requeue,
+            done => {
+                if !refusals().is_empty() {
+                    refusals().remove(&id);
+                }
+                done
+            }
         }
-        let correlation = envelope.correlation_id.clone();
-        let request: ExecutionRequested = match serde_json::from_value(envelope.payload) {
-            Ok(r) => r,
-            Err(e) => {
+    }
+
+    /// Ends an execution the database refused [`MAX_REFUSALS`] times `failed`, or, when that
+    /// is refused too, dead-letters its dispatch.
+    async fn give_up(
+        &self,
+        id: i64,
+        attempts: u32,
+        why: String,
+        correlation: Option<String>,
+    ) -> Disposition {
+        let execution = match attune_db::execution(&self.pool, id).await {
+            Ok(Some(e)) => e,
+            Ok(None) | Err(_) => {
                 tracing::error!(
-                    "dispatch dead-lettered: ExecutionRequested payload without a numeric execution_id ({:?} error)",
-                    e.classify()
+                    execution = id,
+                    attempts,
+                    "dispatch dead-lettered: Attune's database refused this execution {attempts} times"
                 );
                 return Disposition::DeadLetter;
             }
         };
-        let id = request.execution_id;
+        if TERMINAL.contains(&execution.status.as_str()) {
+            return Disposition::Ack;
+        }
+        let failure = Failure::GivenUp {
+            attempts,
+            reason: why,
+        };
+        let expected = execution.status.clone();
+        match self
+            .end_unstarted(&execution, &expected, "failed", &failure, correlation)
+            .await
+        {
+            Disposition::Ack => Disposition::Ack,
+            _ => {
+                tracing::error!(
+                    execution = id,
+                    attempts,
+                    "dispatch dead-lettered: Attune's database refused this execution {attempts} times, and refused ending it failed"
+                );
+                Disposition::DeadLetter
+            }
+        }
+    }
+
+    /// One dispatch of execution `id`: what to answer the broker.
+    async fn dispatch(&self, id: i64, correlation: Option<String>) -> Disposition {
         let _claim = match self.claim(id) {
             Ok(claim) => claim,
             Err(mut done) => {
@@ -648,18 +771,7 @@ impl Ctx {
             .await
             .ok()
             .flatten();
-        let result = json!({
-            "succeeded": false,
-            "exit_code": null,
-            "duration_ms": 0,
-            "stdout": "",
-            "data": null,
-            "error": why.to_string(),
-            "stdout_truncated": false,
-            "stderr_truncated": false,
-            "timed_out": false,
-            "cancelled": status == "cancelled",
-        });
+        let result = failure_result(why, status == "cancelled", 0);
         tracing::warn!(execution = execution.id, action = %execution.action_ref, status, "execution ended without running: {why}");
         self.complete(
             execution,
@@ -687,6 +799,7 @@ impl Ctx {
                 );
                 return Disposition::Ack;
             }
+            Err(Error::Refused(why)) => return Disposition::Refused(why),
             Err(e) => {
                 tracing::error!(
                     execution = id,
@@ -719,11 +832,22 @@ impl Ctx {
         };
         let started = Instant::now();
         let outcome = match &action {
-            Some(action) => self.run_guest(&execution, action).await,
+            Some(action) => {
+                let _running = self.metrics.running();
+                self.run_guest(&execution, action).await
+            }
             None => Err(Failure::ActionMissing(execution.action_ref.clone())),
         };
         self.forget_cancel(id);
         let elapsed = started.elapsed();
+        if action.is_some() {
+            self.metrics.observe_duration(elapsed);
+        }
+        if let Ok(report) = &outcome {
+            for ((door, outcome), count) in &report.secret_totals {
+                self.metrics.secrets(*door, *outcome, *count);
+            }
+        }
         let (status, result) = outcome_result(outcome, self.max_stdout, self.max_stderr, elapsed);
         tracing::info!(
             execution = id,
@@ -744,7 +868,9 @@ impl Ctx {
     }
 
     /// Commits the terminal status (retrying while the database is unreachable), publishes
-    /// `ExecutionCompleted`, and tells the caller to acknowledge.
+    /// `ExecutionCompleted`, and tells the caller to acknowledge. A result the database
+    /// refuses is replaced by status `failed` with the refusal as its error; when that is
+    /// refused too, [`Disposition::Refused`].
     async fn complete(
         &self,
         execution: &ExecutionRow,
@@ -755,24 +881,34 @@ impl Ctx {
         correlation: Option<String>,
     ) -> Disposition {
         let id = execution.id;
-        let mut delay = Duration::from_millis(100);
-        let mut attempts = 0;
-        let written = loop {
-            match attune_db::finish(&self.pool, id, expected, status, &result).await {
-                Ok(written) => break written,
-                Err(e) if attempts < 10 => {
-                    attempts += 1;
-                    tracing::error!(execution = id, "cannot write the result, retrying: {e}");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(MAX_BACKOFF);
+        let written = match self.write_terminal(id, expected, status, &result).await {
+            Ok(written) => Ok((status, result, written)),
+            Err(Error::Refused(why)) => {
+                tracing::error!(
+                    execution = id,
+                    "Attune's database refused the result; ending the execution failed instead: {why}"
+                );
+                let duration = result
+                    .get("duration_ms")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                let fallback = failure_result(&Failure::ResultRefused(why), false, duration);
+                match self.write_terminal(id, expected, "failed", &fallback).await {
+                    Ok(written) => Ok(("failed", fallback, written)),
+                    Err(e) => Err(e),
                 }
-                Err(e) => {
-                    tracing::error!(
-                        execution = id,
-                        "cannot write the result, dispatch requeued: {e}"
-                    );
-                    return Disposition::Requeue;
-                }
+            }
+            Err(e) => Err(e),
+        };
+        let (status, result, written) = match written {
+            Ok(w) => w,
+            Err(Error::Refused(why)) => return Disposition::Refused(why),
+            Err(e) => {
+                tracing::error!(
+                    execution = id,
+                    "cannot write the result, dispatch requeued: {e}"
+                );
+                return Disposition::Requeue;
             }
         };
         if !written {
@@ -794,10 +930,35 @@ impl Ctx {
             },
             correlation,
         );
+        self.metrics.ended(status);
         if let Err(e) = self.publish(protocol::COMPLETED_KEY, &completed).await {
             tracing::error!(execution = id, "ExecutionCompleted not published: {e}");
         }
         Disposition::Ack
+    }
+
+    /// `attune_db::finish`, retried with backoff (10 times) while the database cannot be
+    /// reached; a refusal is answered at once.
+    async fn write_terminal(
+        &self,
+        id: i64,
+        expected: &str,
+        status: &str,
+        result: &Value,
+    ) -> Result<bool, Error> {
+        let mut delay = Duration::from_millis(100);
+        let mut attempts = 0;
+        loop {
+            match attune_db::finish(&self.pool, id, expected, status, result).await {
+                Err(e @ Error::Database(_)) if attempts < 10 => {
+                    attempts += 1;
+                    tracing::error!(execution = id, "cannot write the result, retrying: {e}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_BACKOFF);
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Publishes on the current channel, waiting (up to ~60 s) for a reconnection.
@@ -860,6 +1021,42 @@ impl Ctx {
     }
 }
 
+/// The execution id and correlation id of a dispatch; `None` (logged) for a message to
+/// dead-letter: not an Attune envelope, not an `ExecutionRequested`, no numeric
+/// `execution_id`.
+fn parse(delivery: &Delivery) -> Option<(i64, Option<String>)> {
+    let envelope: Envelope<Value> = match serde_json::from_slice(&delivery.data) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!(
+                "dispatch dead-lettered: not an Attune message envelope ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            );
+            return None;
+        }
+    };
+    if envelope.message_type != protocol::EXECUTION_REQUESTED {
+        tracing::error!(
+            message_type = %envelope.message_type.escape_default(),
+            "dispatch dead-lettered: not an ExecutionRequested message"
+        );
+        return None;
+    }
+    let correlation = envelope.correlation_id.clone();
+    match serde_json::from_value::<ExecutionRequested>(envelope.payload) {
+        Ok(request) => Some((request.execution_id, correlation)),
+        Err(e) => {
+            tracing::error!(
+                "dispatch dead-lettered: ExecutionRequested payload without a numeric execution_id ({:?} error)",
+                e.classify()
+            );
+            None
+        }
+    }
+}
+
 /// `{packs_base_dir}/{pack_ref}/actions/{entrypoint}`, refusing a pack ref or entrypoint that
 /// would leave that directory (absolute, `..`, empty).
 fn action_file(base: &Path, pack: &str, entrypoint: &str) -> Result<PathBuf, Failure> {
@@ -875,6 +1072,22 @@ fn action_file(base: &Path, pack: &str, entrypoint: &str) -> Result<PathBuf, Fai
         return Err(bad());
     }
     Ok(base.join(pack_path).join("actions").join(entry_path))
+}
+
+/// Attune's `result` document of an execution that ended without output (`why` its error).
+fn failure_result(why: &Failure, cancelled: bool, duration_ms: u64) -> Value {
+    json!({
+        "succeeded": false,
+        "exit_code": null,
+        "duration_ms": duration_ms,
+        "stdout": "",
+        "data": null,
+        "error": why.to_string(),
+        "stdout_truncated": false,
+        "stderr_truncated": false,
+        "timed_out": false,
+        "cancelled": cancelled,
+    })
 }
 
 /// The terminal status and Attune's `result` document of an execution's outcome.

@@ -1,0 +1,117 @@
+//! Attune's own `attune.key` table as a read-only backend: the worker's source of secrets.
+//! Rows are read as Attune's worker selects them; nothing is written, so there is no audit
+//! trail here (the worker writes its own, see [`crate::executor::SecretSource`]).
+
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use sqlx::postgres::PgPool;
+use sqlx::Row;
+
+use super::backend::{Backend, BoxFuture};
+use super::{KeyHash, Result, SecretRow, Store, StoredValue};
+use crate::names::{ActionRef, Owner, PackRef, SecretName};
+
+/// Reads the `attune.key` rows an action may see, as [`SecretRow`]s for the library's resolver:
+/// `system` keys, `pack` keys of the action's pack (`owner_pack`), `action` keys of the action
+/// (`owner_action`), as Attune's worker selects them (by id). `identity` and `sensor` keys
+/// never reach an action. Read only: every write answers [`super::Error::ReadOnly`].
+pub struct AttuneKeys {
+    pool: PgPool,
+}
+
+impl AttuneKeys {
+    /// A store reading keys through `pool` (on Attune's database, `search_path` including
+    /// `attune`), without a row cache or floor record.
+    pub fn store(pool: PgPool) -> Store {
+        Store::read_only(Arc::new(Self { pool }))
+    }
+
+    async fn rows(&self, action: &ActionRef) -> Result<Vec<SecretRow>> {
+        let rows = sqlx::query(
+            "SELECT k.owner_type::text AS owner_type, k.name, k.encrypted,
+                    k.encryption_key_hash, to_jsonb(k.value)::text AS value
+               FROM key k JOIN action a ON a.ref = $1
+              WHERE k.owner_type = 'system'
+                 OR (k.owner_type = 'pack' AND k.owner_pack = a.pack)
+                 OR (k.owner_type = 'action' AND k.owner_action = a.id)",
+        )
+        .bind(action.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            match key_row(row, action) {
+                Ok(secret) => out.push(secret),
+                Err(why) => tracing::warn!(action = %action, "attune.key row skipped: {why}"),
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Backend for AttuneKeys {
+    fn kind(&self) -> &'static str {
+        "attune.key"
+    }
+
+    fn location(&self) -> String {
+        "attune.key".to_owned()
+    }
+
+    fn visible_to<'a>(&'a self, action: &'a ActionRef) -> BoxFuture<'a, Result<Vec<SecretRow>>> {
+        Box::pin(self.rows(action))
+    }
+}
+
+/// One `attune.key` row as a [`SecretRow`]: the name must be a valid secret name; an encrypted
+/// value must be a JSON string (the ciphertext, either generation); a plain string is the
+/// value as is, any other plain JSON its compact text. Errors name the key, never its value.
+fn key_row(row: &sqlx::postgres::PgRow, action: &ActionRef) -> Result<SecretRow, String> {
+    let get_err = |e: sqlx::Error| e.to_string();
+    let owner_type: String = row.try_get("owner_type").map_err(get_err)?;
+    let name: String = row.try_get("name").map_err(get_err)?;
+    let encrypted: bool = row.try_get("encrypted").map_err(get_err)?;
+    let key_hash: Option<String> = row.try_get("encryption_key_hash").map_err(get_err)?;
+    let value: String = row.try_get("value").map_err(get_err)?;
+    let shown = name.escape_default().to_string();
+    let name = SecretName::new(&name).map_err(|e| format!("key {shown:?}: {e}"))?;
+    let owner = match owner_type.as_str() {
+        "system" => Owner::System,
+        "pack" => Owner::Pack(PackRef::new(action.pack().as_str()).map_err(|e| e.to_string())?),
+        "action" => Owner::Action(action.clone()),
+        other => {
+            return Err(format!(
+                "key {shown:?}: owner type {other} is not given to actions"
+            ))
+        }
+    };
+    // A value of the wrong shape keeps its row (it still overrides less specific rows of its
+    // name, which then resolve as unavailable: bad-inputs N30), marked corrupt, without value.
+    let (value, corrupt) = match (encrypted, serde_json::from_str(&value)) {
+        (_, Ok(serde_json::Value::String(text))) => (text, None),
+        (false, Ok(other)) => (other.to_string(), None),
+        (true, Ok(_)) => (
+            String::new(),
+            Some("an encrypted value must be a JSON string"),
+        ),
+        (_, Err(_)) => (String::new(), Some("the value column is not JSON")),
+    };
+    if let Some(why) = corrupt {
+        tracing::warn!(action = %action, "attune.key row not delivered: key {shown:?}: {why}");
+        return Ok(SecretRow::malformed(owner, name, why.to_owned()));
+    }
+    let value = SecretString::from(value);
+    Ok(SecretRow {
+        owner,
+        name,
+        value: if encrypted {
+            StoredValue::encrypted(value, key_hash.filter(|h| !h.is_empty()).map(KeyHash::new))
+        } else {
+            StoredValue::Plain(value)
+        },
+        created: String::new(),
+        updated: String::new(),
+        corrupt: None,
+    })
+}

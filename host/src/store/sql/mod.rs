@@ -1,0 +1,407 @@
+//! The SQL backends' one implementation: every statement is written once, with `$N`
+//! placeholders (which both SQLite and PostgreSQL accept), and the few places where the two
+//! dialects differ (the database clock, how an upsert tells an insert, time columns as text,
+//! what follows a write, change notifications) come from a [`Dialect`]. Opening (files and
+//! locks, schemas and migrations) stays with each dialect ([`super::sqlite`],
+//! [`super::postgres`]).
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Weak;
+
+use secrecy::ExposeSecret;
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
+
+use self::statements::Statements;
+use super::cache::RowCache;
+use super::decode::{self, Identity, RawAudit, RawRow};
+use super::error::foreign_key;
+use super::{Error, KeyHash, NewSecret, Replace, Result, Rotation, SecretRow, Written};
+use crate::audit::{Batch, Filter, Listed};
+use crate::names::{ActionRef, Owner, SecretName};
+
+mod forward;
+mod statements;
+
+pub(super) use forward::sql_backend;
+
+/// Audit records per `INSERT` statement (7 bound values each: 3,500 per statement, below
+/// SQLite's 32,766 and PostgreSQL's 65,535).
+const AUDIT_ROWS_PER_INSERT: usize = 500;
+
+/// Name of the ciphertext floor record in `store_meta`.
+const FLOOR_RECORD: &str = "ciphertext_floor";
+
+/// Where one SQL database differs from the other.
+pub(super) trait Dialect: Send + Sync + 'static {
+    /// The sqlx driver.
+    type Db: Database + sqlx::database::HasStatementCache;
+    /// Short name (`sqlite`, `postgres`).
+    const KIND: &'static str;
+    /// The database clock in the format of the `created` and `updated` columns.
+    const NOW: &'static str;
+    /// A `RETURNING` expression of the secrets upsert: true when it inserted.
+    const INSERTED: &'static str;
+    /// What follows a bound RFC 3339 text where a time column takes or compares it.
+    const TIME_PARAM: &'static str;
+
+    /// A time `column` as RFC 3339 UTC text with milliseconds (`2026-11-29T08:22:01.407Z`).
+    fn time_text(column: &str) -> String;
+
+    /// Rows a statement changed.
+    fn rows_affected(result: &<Self::Db as Database>::QueryResult) -> u64;
+
+    /// Where the database is, for `Debug` (a path or a schema, never credentials).
+    fn location(&self) -> String;
+
+    /// The database file, if the database is one.
+    fn database_file(&self) -> Option<&Path> {
+        None
+    }
+
+    /// Runs after every write of secrets (set, delete, import, rotate).
+    fn after_write<'a>(&'a self, pool: &'a Pool<Self::Db>) -> impl Future<Output = ()> + Send + 'a;
+
+    /// See [`super::Backend::watch_changes`].
+    fn watch_changes(
+        &self,
+        pool: &Pool<Self::Db>,
+        cache: Weak<RowCache>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let _ = (pool, cache);
+        None
+    }
+}
+
+/// A store backend on an SQL database of dialect `D`.
+pub(super) struct SqlBackend<D: Dialect> {
+    pool: Pool<D::Db>,
+    dialect: D,
+    sql: Statements,
+}
+
+impl<D: Dialect> SqlBackend<D>
+where
+    for<'c> &'c mut <D::Db as Database>::Connection: Executor<'c, Database = D::Db>,
+    for<'q> <D::Db as Database>::Arguments<'q>: IntoArguments<'q, D::Db>,
+    for<'q> &'q str: Encode<'q, D::Db> + Type<D::Db>,
+    for<'q> Option<&'q str>: Encode<'q, D::Db>,
+    for<'q> bool: Encode<'q, D::Db> + Decode<'q, D::Db> + Type<D::Db>,
+    for<'q> i64: Encode<'q, D::Db> + Decode<'q, D::Db> + Type<D::Db>,
+    for<'r> String: Decode<'r, D::Db> + Type<D::Db>,
+    for<'a> &'a str: ColumnIndex<<D::Db as Database>::Row>,
+{
+    /// A backend on `pool` (opened and migrated by the dialect).
+    pub(super) fn new(pool: Pool<D::Db>, dialect: D) -> Self {
+        Self {
+            pool,
+            dialect,
+            sql: Statements::new::<D>(),
+        }
+    }
+
+    pub(super) fn kind(&self) -> &'static str {
+        D::KIND
+    }
+
+    pub(super) fn location(&self) -> String {
+        self.dialect.location()
+    }
+
+    pub(super) fn database_file(&self) -> Option<&Path> {
+        self.dialect.database_file()
+    }
+
+    pub(super) fn watch_changes(
+        &self,
+        cache: Weak<RowCache>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        self.dialect.watch_changes(&self.pool, cache)
+    }
+
+    pub(super) async fn put(&self, secret: &NewSecret, replace: Replace<'_>) -> Result<Written> {
+        let mut conn = self.pool.acquire().await?;
+        let written = self.put_on(&mut conn, secret, replace).await;
+        drop(conn);
+        self.dialect.after_write(&self.pool).await;
+        written
+    }
+
+    pub(super) async fn put_many(
+        &self,
+        secrets: &[NewSecret],
+        replace: Replace<'_>,
+    ) -> Result<Vec<Written>> {
+        let mut tx = self.pool.begin().await?;
+        let mut written = Vec::with_capacity(secrets.len());
+        for secret in secrets {
+            written.push(self.put_on(&mut tx, secret, replace).await?);
+        }
+        tx.commit().await?;
+        self.dialect.after_write(&self.pool).await;
+        Ok(written)
+    }
+
+    /// Writes one secret. An existing row is replaced only as `replace` allows, in the same
+    /// statement (bad-inputs N15); a refused write reads the stored row's key hash for the
+    /// error.
+    async fn put_on(
+        &self,
+        conn: &mut <D::Db as Database>::Connection,
+        s: &NewSecret,
+        replace: Replace<'_>,
+    ) -> Result<Written> {
+        let (writer_hash, any) = replace.binds();
+        let secret_ref = s.owner.secret_ref(&s.name);
+        let owner_pack = decode::owner_pack(&s.owner);
+        let row = sqlx::query(&self.sql.upsert)
+            .bind(secret_ref.as_str())
+            .bind(s.owner.owner_type().as_str())
+            .bind(s.owner.owner_ref())
+            .bind(owner_pack.as_str())
+            .bind(s.name.as_str())
+            .bind(s.value.is_encrypted())
+            .bind(s.value.key_hash().map(KeyHash::as_str))
+            .bind(s.value.text().expose_secret())
+            .bind(writer_hash.as_deref())
+            .bind(any)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(row) = row {
+            return Ok(if row.try_get::<bool, _>("fresh")? {
+                Written::Created
+            } else {
+                Written::Updated
+            });
+        }
+        let stored = sqlx::query(&self.sql.stored)
+            .bind(s.owner.owner_type().as_str())
+            .bind(s.owner.owner_ref())
+            .bind(s.name.as_str())
+            .fetch_optional(&mut *conn)
+            .await?
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get("encryption_key_hash")?, r.try_get("value")?)))
+            .transpose()?;
+        Err(foreign_key(
+            secret_ref,
+            s.value.key_hash(),
+            replace.writer(),
+            stored,
+        ))
+    }
+
+    pub(super) async fn replace_values(&self, rotations: &[Rotation], floor: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for r in rotations {
+            let done = sqlx::query(&self.sql.rotate)
+                .bind(r.owner.owner_type().as_str())
+                .bind(r.owner.owner_ref())
+                .bind(r.name.as_str())
+                .bind(r.new_value.expose_secret())
+                .bind(r.new_key_hash.as_str())
+                .bind(r.old_value.expose_secret())
+                .execute(&mut *tx)
+                .await?;
+            if D::rows_affected(&done) != 1 {
+                return Err(Error::Changed {
+                    secret_ref: r.owner.secret_ref(&r.name),
+                });
+            }
+        }
+        sqlx::query(&self.sql.floor_set)
+            .bind(FLOOR_RECORD)
+            .bind(floor)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        // The ciphertexts under the retired key must not outlive the rotation.
+        self.dialect.after_write(&self.pool).await;
+        Ok(())
+    }
+
+    pub(super) async fn delete(&self, owner: &Owner, name: &SecretName) -> Result<bool> {
+        let done = sqlx::query(&self.sql.delete)
+            .bind(owner.owner_type().as_str())
+            .bind(owner.owner_ref())
+            .bind(name.as_str())
+            .execute(&self.pool)
+            .await?;
+        self.dialect.after_write(&self.pool).await;
+        Ok(D::rows_affected(&done) > 0)
+    }
+
+    pub(super) async fn floor_record(&self) -> Result<Option<String>> {
+        let row = sqlx::query(&self.sql.floor_get)
+            .bind(FLOOR_RECORD)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("value")).transpose()?)
+    }
+
+    pub(super) async fn get(&self, owner: &Owner, name: &SecretName) -> Result<Option<SecretRow>> {
+        let row = sqlx::query(&self.sql.get)
+            .bind(owner.owner_type().as_str())
+            .bind(owner.owner_ref())
+            .bind(name.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| raw_row(&r).and_then(RawRow::parse)).transpose()
+    }
+
+    pub(super) async fn list(&self, owner: Option<&Owner>) -> Result<Vec<SecretRow>> {
+        let rows = match owner {
+            None => {
+                sqlx::query(&self.sql.list_all)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Some(o) => {
+                sqlx::query(&self.sql.list_owner)
+                    .bind(o.owner_type().as_str())
+                    .bind(o.owner_ref())
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        Ok(rows
+            .iter()
+            .filter_map(|r| decode::listed(raw_row(r)))
+            .collect())
+    }
+
+    pub(super) async fn visible_to(&self, action: &ActionRef) -> Result<Vec<SecretRow>> {
+        let pack = action.pack();
+        let rows = sqlx::query(&self.sql.visible)
+            .bind(pack.as_str())
+            .bind(action.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| decode::visible(raw_row(r), || identity(r)))
+            .collect())
+    }
+
+    /// Writes one batch of the audit trail (of one or many executions) in one transaction:
+    /// executions upserted by id, records inserted.
+    pub(super) async fn record_audit(&self, batch: &Batch) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        // Multi-row statements of up to {AUDIT_ROWS_PER_INSERT} rows, not one per row; not
+        // kept as prepared statements: the row count, and so the SQL, varies per batch.
+        let time = D::TIME_PARAM;
+        for chunk in batch.executions.chunks(AUDIT_ROWS_PER_INSERT) {
+            let sql = multi_row(
+                "INSERT INTO audit_execution (execution_id, action_ref, started, ended, state)",
+                chunk.len(),
+                &["", "", time, time, ""],
+            ) + " ON CONFLICT (execution_id) DO UPDATE SET ended = excluded.ended, \
+                 state = excluded.state";
+            let mut upsert = sqlx::query(&sql);
+            for e in chunk {
+                upsert = upsert
+                    .bind(e.execution_id.as_str())
+                    .bind(e.action_ref.as_str())
+                    .bind(e.started.as_str())
+                    .bind(e.ended.as_deref())
+                    .bind(e.state.as_str());
+            }
+            upsert.persistent(false).execute(&mut *tx).await?;
+        }
+        for chunk in batch.records.chunks(AUDIT_ROWS_PER_INSERT) {
+            let sql = multi_row(
+                "INSERT INTO audit (at, execution_id, action_ref, secret_ref, door, outcome, count)",
+                chunk.len(),
+                &[time, "", "", "", "", "", ""],
+            );
+            let mut insert = sqlx::query(&sql);
+            for r in chunk {
+                insert = insert
+                    .bind(r.at.as_str())
+                    .bind(r.execution_id.as_str())
+                    .bind(r.action_ref.as_str())
+                    .bind(r.secret_ref.as_str())
+                    .bind(r.door.as_str())
+                    .bind(r.outcome.as_str())
+                    .bind(i64::try_from(r.count).unwrap_or(i64::MAX));
+            }
+            insert.persistent(false).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Audit records matching `filter`, newest first, with their execution's run state.
+    pub(super) async fn list_audit(&self, filter: &Filter) -> Result<Vec<Listed>> {
+        let rows = sqlx::query(&self.sql.audit_list)
+            .bind(filter.action_ref.as_deref())
+            .bind(filter.since.as_deref())
+            .bind(i64::from(filter.limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                RawAudit {
+                    at: r.try_get("at")?,
+                    execution_id: r.try_get("execution_id")?,
+                    action_ref: r.try_get("action_ref")?,
+                    secret_ref: r.try_get("secret_ref")?,
+                    door: r.try_get("door")?,
+                    outcome: r.try_get("outcome")?,
+                    count: r.try_get("count")?,
+                    run: r.try_get("state")?,
+                }
+                .parse()
+            })
+            .collect()
+    }
+}
+
+/// `head` and `VALUES` for `rows` rows of `casts.len()` values each, numbered `$1`, `$2`, …
+/// (each followed by its entry in `casts`: a dialect's cast, or nothing).
+fn multi_row(head: &str, rows: usize, casts: &[&str]) -> String {
+    use std::fmt::Write as _;
+    let mut sql = format!("{head} VALUES ");
+    let mut n = 0;
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for (i, cast) in casts.iter().enumerate() {
+            n += 1;
+            // Writing to a String cannot fail.
+            let _ = write!(sql, "{}${n}{cast}", if i == 0 { "" } else { ", " });
+        }
+        sql.push(')');
+    }
+    sql
+}
+
+/// The columns of a `secrets` row.
+fn raw_row<R: Row>(r: &R) -> Result<RawRow>
+where
+    for<'q> bool: Decode<'q, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'a> &'a str: ColumnIndex<R>,
+{
+    Ok(RawRow {
+        owner_type: r.try_get("owner_type")?,
+        owner: r.try_get("owner")?,
+        name: r.try_get("name")?,
+        encrypted: r.try_get("encrypted")?,
+        key_hash: r.try_get("encryption_key_hash")?,
+        value: r.try_get("value")?,
+        created: r.try_get("created")?,
+        updated: r.try_get("updated")?,
+    })
+}
+
+/// The owner and name columns of a `secrets` row.
+fn identity<R: Row>(r: &R) -> Result<Identity>
+where
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'a> &'a str: ColumnIndex<R>,
+{
+    Ok((
+        r.try_get("owner_type")?,
+        r.try_get("owner")?,
+        r.try_get("name")?,
+    ))
+}
