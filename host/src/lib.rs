@@ -7,9 +7,17 @@
 //! Data flow, one module per step:
 //!
 //! ```text
-//! config ─► crypto ─► store (SQLite) ─► resolve (system → pack → action, env names)
-//!        ─► runtime (engine, linker, per-execution store, limits) ─► executor ─► cli
+//! config ─► crypto ─► store (SQLite, PostgreSQL; import, rotate: bulk writes)
+//!        ─► resolve (names; system → pack → action, env names)
+//!        ─► runtime (engine, linker, guest loading, WASI context, secrets door, limits, run;
+//!                    redact: output masking)
+//!        ─► executor (mounts: what no mount may reach; audit: who received which secret)
+//!        ─► worker (Attune's queues and tables)
+//! process (hardening) and logging (the guest-data cap): before anything else
 //! ```
+//!
+//! The command line (`attune-wasm`, `host/src/cli/`) belongs to the binary: it is built on the
+//! API of this library, not part of it.
 //!
 //! Secrets are decrypted on the host only and reach a guest through two doors: the WIT import
 //! `attune:action/secrets.get-secret` (components, `wit/action.wit`) and `SECRET_*` variables
@@ -60,8 +68,6 @@
 
 #[cfg(feature = "host")]
 pub mod audit;
-#[cfg(feature = "host")]
-pub mod cli;
 #[cfg(feature = "host")]
 pub mod config;
 pub mod crypto;

@@ -29,14 +29,14 @@ const DOC: &str = "docs/secrets-management.md";
 
 /// Messages the source scan cannot find (built by code that is not a message literal).
 const UNSCANNED: &[&str] = &[
-    // cli.rs `panic_line`.
+    // cli/mod.rs `panic_line`.
     "error: internal error at {}:{} (details withheld: they could contain secret data); please report it",
     "error: internal error (details withheld); please report it",
 ];
 
 /// Scanned literals that are not messages of their own (they wrap one that is documented).
 const NOT_MESSAGES: &[&str] = &[
-    // cli.rs: the line every error is printed as.
+    // cli/mod.rs: the line every error is printed as.
     "error: {}",
 ];
 

@@ -285,3 +285,39 @@ fn database_urls_never_show_passwords() {
     let err = text(&out.stderr);
     assert!(!err.contains("PW_pa") && !err.contains("ss@"), "{err}");
 }
+
+/// The real panic hook in the real binary: a panic prints where, never what (its payload
+/// could hold a secret), and the process exits 101. `ATTUNE_TEST_PANIC` (debug builds only)
+/// makes the binary panic with the given payload right after it installs the hook.
+#[test]
+fn a_panic_prints_where_never_what() {
+    if !cfg!(debug_assertions) {
+        eprintln!("skipped: ATTUNE_TEST_PANIC exists in debug builds only");
+        return;
+    }
+    let planted = "planted-panic-secret-7c3e";
+    let host = Host::new();
+    let out = run_cmd(
+        host.cmd()
+            .args(["key", "hash"])
+            .env("ATTUNE_TEST_PANIC", planted),
+        None,
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(101), "{stderr}");
+    assert!(
+        stderr.starts_with("error: internal error at ")
+            && stderr.contains("cli/mod.rs:")
+            && stderr.contains("(details withheld: they could contain secret data)"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(planted) && !stderr.contains("panicked at"),
+        "the default hook's message or the payload: {stderr}"
+    );
+    assert!(!text(&out.stdout).contains(planted));
+    // The same command without the trigger does not panic.
+    let out = host.exec(&["key", "hash"], None);
+    assert_no_panic(&out);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

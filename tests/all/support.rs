@@ -93,6 +93,12 @@ pub struct Host {
     pub settings: Vec<(String, String)>,
 }
 
+/// Whether the PostgreSQL tests are skipped (`ATTUNE_TEST_POSTGRES=skip`); the caller says so
+/// on stderr, as the external-tool tests do.
+fn postgres_skipped() -> bool {
+    std::env::var("ATTUNE_TEST_POSTGRES").as_deref() == Ok("skip")
+}
+
 impl Host {
     pub fn new() -> Self {
         Self {
@@ -106,7 +112,8 @@ impl Host {
     /// `postgres://postgres@127.0.0.1:5432/test`) in a fresh schema, dropped by `drop_schema`.
     /// `None` when `ATTUNE_TEST_POSTGRES=skip`.
     pub fn postgres() -> Option<Self> {
-        if std::env::var("ATTUNE_TEST_POSTGRES").as_deref() == Ok("skip") {
+        if postgres_skipped() {
+            eprintln!("skipped: ATTUNE_TEST_POSTGRES=skip (needs PostgreSQL)");
             return None;
         }
         let url = std::env::var("ATTUNE_TEST_POSTGRES_URL")
@@ -296,9 +303,11 @@ impl Host {
 
     /// Every backend: the embedded SQLite, and PostgreSQL unless skipped.
     pub fn all_backends() -> Vec<Self> {
-        std::iter::once(Self::new())
-            .chain(Self::postgres())
-            .collect()
+        if postgres_skipped() {
+            eprintln!("PostgreSQL skipped: ATTUNE_TEST_POSTGRES=skip (SQLite only)");
+            return vec![Self::new()];
+        }
+        vec![Self::new(), Self::postgres().expect("not skipped")]
     }
 
     /// Writes a raw row, bypassing CLI validation of the value; replaces any stored row of

@@ -24,8 +24,10 @@ use crate::support::{assert_no_panic, run_cmd, text, wasm, Host, Target};
 /// Execution id given to wasmtime when the guest does not print attune-wasm's.
 const EXECUTION_ID: &str = "00000000-0000-4000-8000-000000000000";
 
-/// One action run under both runtimes.
+/// One action run under both runtimes, and what both must give.
 struct Case<'a> {
+    /// What the case shows (named when it fails).
+    what: &'a str,
     /// `pack.action`.
     action: &'a str,
     /// Secrets stored in attune-wasm: (name, value, owner arguments of `secret set`).
@@ -36,7 +38,15 @@ struct Case<'a> {
     args: &'a [&'a str],
     /// Parameters on stdin.
     stdin: &'a [u8],
+    /// The exit status both runtimes must give.
+    status: i32,
+    /// What the guest must have received, checked on attune-wasm's output (wasmtime's stdout
+    /// is the same): so that two runtimes failing the same way do not pass.
+    check: &'a dyn Fn(&Output),
 }
+
+/// Checks nothing beyond the status and the comparison.
+fn no_check(_: &Output) {}
 
 /// The wasmtime CLI and wac, with a private CLI cache; `None` when skipped.
 struct Cli {
@@ -98,6 +108,36 @@ impl Cli {
     /// (`wasmtime_file`), asserts the same stdout and exit status, and returns attune-wasm's
     /// output. The execution id wasmtime gets is the one attune-wasm's guest printed (as
     /// `ATTUNE_EXECUTION_ID` in a JSON object), else a fixed one.
+    /// Runs every case (each in a fresh host, or all in `shared`): same stdout and status
+    /// under both runtimes, the case's status and check.
+    fn check_all(
+        &self,
+        attune_file: &Path,
+        wasmtime_file: &Path,
+        shared: Option<&Host>,
+        cases: &[Case<'_>],
+    ) {
+        for case in cases {
+            let fresh;
+            let host = match shared {
+                Some(host) => host,
+                None => {
+                    fresh = Host::new();
+                    &fresh
+                }
+            };
+            let out = self.compare(host, attune_file, wasmtime_file, case);
+            assert_eq!(
+                out.status.code(),
+                Some(case.status),
+                "{}: {}",
+                case.what,
+                text(&out.stderr)
+            );
+            (case.check)(&out);
+        }
+    }
+
     fn compare(
         &self,
         host: &Host,
@@ -135,15 +175,17 @@ impl Cli {
         assert_eq!(
             text(&attune.stdout),
             text(&wasmtime.stdout),
-            "stdout differs (left: attune-wasm, right: wasmtime run); stderr:\n\
+            "{}: stdout differs (left: attune-wasm, right: wasmtime run); stderr:\n\
              attune-wasm: {}\nwasmtime: {}",
+            case.what,
             text(&attune.stderr),
             text(&wasmtime.stderr)
         );
         assert_eq!(
             attune.status.code(),
             wasmtime.status.code(),
-            "exit status differs; stderr:\nattune-wasm: {}\nwasmtime: {}",
+            "{}: exit status differs; stderr:\nattune-wasm: {}\nwasmtime: {}",
+            case.what,
             text(&attune.stderr),
             text(&wasmtime.stderr)
         );
@@ -190,126 +232,117 @@ const ALL_ENV: &[(&str, &str)] = &[
 fn classic_deploy_matches_wasmtime_run() {
     let Some(cli) = Cli::new() else { return };
     let classic = wasm("deploy-classic", Target::P1);
-
-    // Both secrets, parameters on stdin.
-    let out = cli.compare(
-        &Host::new(),
+    cli.check_all(
         &classic,
         &classic,
-        &Case {
-            action: "mypack.deploy",
-            stored: ALL_STORED,
-            env: ALL_ENV,
-            args: &[],
-            stdin: br#"{"target": "production"}"#,
-        },
+        None,
+        &[
+            Case {
+                what: "both secrets, parameters on stdin",
+                action: "mypack.deploy",
+                stored: ALL_STORED,
+                env: ALL_ENV,
+                args: &[],
+                stdin: br#"{"target": "production"}"#,
+                status: 0,
+                check: &|out| {
+                    assert_eq!(
+                        stdout_json(out),
+                        json!({
+                            "action": "mypack.deploy",
+                            "door": "env",
+                            "target": "production",
+                            "deployed": true,
+                            "secret_vars": ["SECRET_API_KEY", "SECRET_DB_PASSWORD", "SECRET_DEPLOY_TOKEN"],
+                            "api_key": described(PACK_KEY),
+                            "db_password": described(DB_PASSWORD),
+                        })
+                    );
+                },
+            },
+            Case {
+                what: "api_key missing: the action fails",
+                action: "mypack.deploy",
+                stored: &[("db-password", DB_PASSWORD, &["--action", "mypack.deploy"])],
+                env: &[("SECRET_DB_PASSWORD", DB_PASSWORD)],
+                args: &[],
+                stdin: b"",
+                status: 1,
+                check: &|out| {
+                    let report = stdout_json(out);
+                    assert_eq!(report["deployed"], false);
+                    assert_eq!(report["target"], "staging");
+                    assert_eq!(report["secret_vars"], json!(["SECRET_DB_PASSWORD"]));
+                    assert_eq!(report["api_key"], json!({ "error": "secret not found" }));
+                },
+            },
+        ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(
-        stdout_json(&out),
-        json!({
-            "action": "mypack.deploy",
-            "door": "env",
-            "target": "production",
-            "deployed": true,
-            "secret_vars": ["SECRET_API_KEY", "SECRET_DB_PASSWORD", "SECRET_DEPLOY_TOKEN"],
-            "api_key": described(PACK_KEY),
-            "db_password": described(DB_PASSWORD),
-        })
-    );
-
-    // api_key missing: the action fails, exit 1 under both.
-    let out = cli.compare(
-        &Host::new(),
-        &classic,
-        &classic,
-        &Case {
-            action: "mypack.deploy",
-            stored: &[("db-password", DB_PASSWORD, &["--action", "mypack.deploy"])],
-            env: &[("SECRET_DB_PASSWORD", DB_PASSWORD)],
-            args: &[],
-            stdin: b"",
-        },
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    let report = stdout_json(&out);
-    assert_eq!(report["deployed"], false);
-    assert_eq!(report["target"], "staging");
-    assert_eq!(report["secret_vars"], json!(["SECRET_DB_PASSWORD"]));
-    assert_eq!(report["api_key"], json!({ "error": "secret not found" }));
 }
 
 #[test]
 fn classic_probe_env_and_exit_status_match_wasmtime_run() {
     let Some(cli) = Cli::new() else { return };
     let probe = wasm("secret-probe", Target::P1);
-
-    // The whole guest environment: exactly the injected variables under both runtimes.
-    let out = cli.compare(
-        &Host::new(),
-        &probe,
-        &probe,
-        &Case {
-            action: "mypack.deploy",
-            stored: ALL_STORED,
-            env: ALL_ENV,
-            args: &["env"],
-            stdin: b"",
-        },
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let env = stdout_json(&out);
-    let mut names: Vec<&str> = env
-        .as_object()
-        .expect("an object")
-        .keys()
-        .map(String::as_str)
-        .collect();
-    names.sort_unstable();
-    assert_eq!(
-        names,
-        [
-            "ATTUNE_ACTION_REF",
-            "ATTUNE_EXECUTION_ID",
-            "ATTUNE_PACK_REF",
-            "SECRET_API_KEY",
-            "SECRET_DB_PASSWORD",
-            "SECRET_DEPLOY_TOKEN"
-        ]
-    );
-    assert_eq!(env["SECRET_API_KEY"], PACK_KEY);
-
-    // p1 modules keep their exit status.
-    let out = cli.compare(
-        &Host::new(),
-        &probe,
-        &probe,
-        &Case {
-            action: "mypack.deploy",
-            stored: &[],
-            env: &[],
-            args: &["exit", "3"],
-            stdin: b"",
-        },
-    );
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
-
-    // Parameters on stdin reach the guest unchanged.
     let params = br#"{"target": "production", "n": [1, 2, 3]}"#;
-    let out = cli.compare(
-        &Host::new(),
+    cli.check_all(
         &probe,
         &probe,
-        &Case {
-            action: "mypack.deploy",
-            stored: &[],
-            env: &[],
-            args: &["stdin"],
-            stdin: params,
-        },
+        None,
+        &[
+            Case {
+                what: "the whole guest environment: exactly the injected variables",
+                action: "mypack.deploy",
+                stored: ALL_STORED,
+                env: ALL_ENV,
+                args: &["env"],
+                stdin: b"",
+                status: 0,
+                check: &|out| {
+                    let env = stdout_json(out);
+                    let mut names: Vec<&str> = env
+                        .as_object()
+                        .expect("an object")
+                        .keys()
+                        .map(String::as_str)
+                        .collect();
+                    names.sort_unstable();
+                    assert_eq!(
+                        names,
+                        [
+                            "ATTUNE_ACTION_REF",
+                            "ATTUNE_EXECUTION_ID",
+                            "ATTUNE_PACK_REF",
+                            "SECRET_API_KEY",
+                            "SECRET_DB_PASSWORD",
+                            "SECRET_DEPLOY_TOKEN"
+                        ]
+                    );
+                    assert_eq!(env["SECRET_API_KEY"], PACK_KEY);
+                },
+            },
+            Case {
+                what: "p1 modules keep their exit status",
+                action: "mypack.deploy",
+                stored: &[],
+                env: &[],
+                args: &["exit", "3"],
+                stdin: b"",
+                status: 3,
+                check: &no_check,
+            },
+            Case {
+                what: "parameters on stdin reach the guest unchanged",
+                action: "mypack.deploy",
+                stored: &[],
+                env: &[],
+                args: &["stdin"],
+                stdin: params,
+                status: 0,
+                check: &|out| assert_eq!(out.stdout, params),
+            },
+        ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(out.stdout, params);
 }
 
 #[test]
@@ -317,50 +350,50 @@ fn composed_deploy_component_matches_wasmtime_run() {
     let Some(cli) = Cli::new() else { return };
     let component = wasm("deploy-component", Target::P2);
     let composed = cli.compose(&component);
-
-    let out = cli.compare(
-        &Host::new(),
+    cli.check_all(
         &component,
         &composed,
-        &Case {
-            action: "mypack.deploy",
-            stored: ALL_STORED,
-            env: ALL_ENV,
-            args: &[],
-            stdin: br#"{"target": "production"}"#,
-        },
+        None,
+        &[
+            Case {
+                what: "both secrets through get-secret",
+                action: "mypack.deploy",
+                stored: ALL_STORED,
+                env: ALL_ENV,
+                args: &[],
+                stdin: br#"{"target": "production"}"#,
+                status: 0,
+                check: &|out| {
+                    assert_eq!(
+                        stdout_json(out),
+                        json!({
+                            "action": "mypack.deploy",
+                            "door": "get-secret",
+                            "target": "production",
+                            "deployed": true,
+                            "api_key": described(PACK_KEY),
+                            "db_password": described(DB_PASSWORD),
+                        })
+                    );
+                },
+            },
+            Case {
+                what: "api_key missing: exit 1 (Rust wasip2 reports every failure as 1)",
+                action: "mypack.deploy",
+                stored: &[("db_password", DB_PASSWORD, &["--action", "mypack.deploy"])],
+                env: &[("SECRET_DB_PASSWORD", DB_PASSWORD)],
+                args: &[],
+                stdin: b"",
+                status: 1,
+                check: &|out| {
+                    let report = stdout_json(out);
+                    assert_eq!(report["deployed"], false);
+                    assert_eq!(report["api_key"], json!({ "error": "secret not found" }));
+                    assert_eq!(report["db_password"], described(DB_PASSWORD));
+                },
+            },
+        ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(
-        stdout_json(&out),
-        json!({
-            "action": "mypack.deploy",
-            "door": "get-secret",
-            "target": "production",
-            "deployed": true,
-            "api_key": described(PACK_KEY),
-            "db_password": described(DB_PASSWORD),
-        })
-    );
-
-    // api_key missing: exit 1 under both (Rust wasip2 reports every failure as 1).
-    let out = cli.compare(
-        &Host::new(),
-        &component,
-        &composed,
-        &Case {
-            action: "mypack.deploy",
-            stored: &[("db_password", DB_PASSWORD, &["--action", "mypack.deploy"])],
-            env: &[("SECRET_DB_PASSWORD", DB_PASSWORD)],
-            args: &[],
-            stdin: b"",
-        },
-    );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    let report = stdout_json(&out);
-    assert_eq!(report["deployed"], false);
-    assert_eq!(report["api_key"], json!({ "error": "secret not found" }));
-    assert_eq!(report["db_password"], described(DB_PASSWORD));
 }
 
 #[test]
@@ -382,43 +415,42 @@ fn composed_probe_get_secret_answers_match_the_host() {
         "",
         long.as_str(),
     ];
-    let out = cli.compare(
-        &Host::new(),
+    cli.check_all(
         &probe,
         &composed,
-        &Case {
-            action: "mypack.deploy",
-            stored: ALL_STORED,
-            env: ALL_ENV,
-            args: &args,
-            stdin: b"",
-        },
+        None,
+        &[
+            Case {
+                what: "get-secret answers",
+                action: "mypack.deploy",
+                stored: ALL_STORED,
+                env: ALL_ENV,
+                args: &args,
+                stdin: b"",
+                status: 0,
+                check: &|out| {
+                    let report = stdout_json(out);
+                    assert_eq!(report["api_key"], json!({ "value": PACK_KEY }));
+                    assert_eq!(report["deploy-token"], json!({ "value": DEPLOY_TOKEN }));
+                    assert_eq!(report["missing"], json!({ "error": "NotFound" }));
+                    assert_eq!(report["token"], json!({ "error": "NotFound" }));
+                    for bad in ["bad name", "_x", "", long.as_str()] {
+                        assert_eq!(report[bad], json!({ "error": "InvalidName" }), "{bad:?}");
+                    }
+                },
+            },
+            Case {
+                what: "the composed component's environment is the injected one (shared WASI context)",
+                action: "mypack.deploy",
+                stored: ALL_STORED,
+                env: ALL_ENV,
+                args: &["env"],
+                stdin: b"",
+                status: 0,
+                check: &|out| assert_eq!(stdout_json(out)["SECRET_DB_PASSWORD"], DB_PASSWORD),
+            },
+        ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let report = stdout_json(&out);
-    assert_eq!(report["api_key"], json!({ "value": PACK_KEY }));
-    assert_eq!(report["deploy-token"], json!({ "value": DEPLOY_TOKEN }));
-    assert_eq!(report["missing"], json!({ "error": "NotFound" }));
-    assert_eq!(report["token"], json!({ "error": "NotFound" }));
-    for bad in ["bad name", "_x", "", long.as_str()] {
-        assert_eq!(report[bad], json!({ "error": "InvalidName" }), "{bad:?}");
-    }
-
-    // The composed component's environment is the injected one (shared WASI context).
-    let out = cli.compare(
-        &Host::new(),
-        &probe,
-        &composed,
-        &Case {
-            action: "mypack.deploy",
-            stored: ALL_STORED,
-            env: ALL_ENV,
-            args: &["env"],
-            stdin: b"",
-        },
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(stdout_json(&out)["SECRET_DB_PASSWORD"], DB_PASSWORD);
 }
 
 #[test]
@@ -430,65 +462,61 @@ fn composed_python_action_matches_wasmtime_run() {
     let composed = cli.compose(python);
     // One host for every case: the 18 MB component is compiled once, into its cache.
     let host = Host::new();
-
-    // Nothing stored yet: the error path, exit 1 under both.
-    let out = cli.compare(
-        &host,
+    cli.check_all(
         python,
         &composed,
-        &Case {
-            action: "mypack.deploy",
-            stored: &[],
-            env: &[],
-            args: &[],
-            stdin: b"",
-        },
+        Some(&host),
+        &[
+            Case {
+                what: "nothing stored yet: the error path",
+                action: "mypack.deploy",
+                stored: &[],
+                env: &[],
+                args: &[],
+                stdin: b"",
+                status: 1,
+                check: &|out| {
+                    let report = stdout_json(out);
+                    assert_eq!(report["deployed"], false);
+                    assert_eq!(report["api_key"], json!({ "error": "not-found" }));
+                    assert_eq!(report["db_password"], json!({ "error": "not-found" }));
+                },
+            },
+            Case {
+                what: "both secrets",
+                action: "mypack.deploy",
+                stored: ALL_STORED,
+                env: ALL_ENV,
+                args: &[],
+                stdin: br#"{"target": "production"}"#,
+                status: 0,
+                check: &|out| {
+                    let report = stdout_json(out);
+                    assert_eq!(report["target"], "production");
+                    assert_eq!(report["api_key"], described(PACK_KEY));
+                    assert_eq!(report["db_password"], described(DB_PASSWORD));
+                },
+            },
+            Case {
+                what: "otherpack.deploy sees the system api_key and its own pack's token, not mypack's secrets",
+                action: "otherpack.deploy",
+                stored: &[],
+                env: &[
+                    ("SECRET_API_KEY", SYSTEM_KEY),
+                    ("SECRET_TOKEN", "otherpack-token-value"),
+                ],
+                args: &[],
+                stdin: b"{}",
+                status: 0,
+                check: &|out| {
+                    let report = stdout_json(out);
+                    assert_eq!(report["action"], "otherpack.deploy");
+                    assert_eq!(report["api_key"], described(SYSTEM_KEY));
+                    assert_eq!(report["db_password"], json!({ "error": "not-found" }));
+                },
+            },
+        ],
     );
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    let report = stdout_json(&out);
-    assert_eq!(report["deployed"], false);
-    assert_eq!(report["api_key"], json!({ "error": "not-found" }));
-    assert_eq!(report["db_password"], json!({ "error": "not-found" }));
-
-    let out = cli.compare(
-        &host,
-        python,
-        &composed,
-        &Case {
-            action: "mypack.deploy",
-            stored: ALL_STORED,
-            env: ALL_ENV,
-            args: &[],
-            stdin: br#"{"target": "production"}"#,
-        },
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let report = stdout_json(&out);
-    assert_eq!(report["target"], "production");
-    assert_eq!(report["api_key"], described(PACK_KEY));
-    assert_eq!(report["db_password"], described(DB_PASSWORD));
-
-    // otherpack.deploy sees the system api_key and its own pack's token, not mypack's secrets.
-    let out = cli.compare(
-        &host,
-        python,
-        &composed,
-        &Case {
-            action: "otherpack.deploy",
-            stored: &[],
-            env: &[
-                ("SECRET_API_KEY", SYSTEM_KEY),
-                ("SECRET_TOKEN", "otherpack-token-value"),
-            ],
-            args: &[],
-            stdin: b"{}",
-        },
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let report = stdout_json(&out);
-    assert_eq!(report["action"], "otherpack.deploy");
-    assert_eq!(report["api_key"], described(SYSTEM_KEY));
-    assert_eq!(report["db_password"], json!({ "error": "not-found" }));
 }
 
 /// The documented difference: `get-secret` under attune-wasm matches the stored name exactly;

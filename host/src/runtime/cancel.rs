@@ -76,7 +76,7 @@ impl std::fmt::Debug for Cancel {
     }
 }
 
-/// The error an epoch callback raises in a cancelled guest; [`super::classify`] turns it into
+/// The error an epoch callback raises in a cancelled guest; [`super::error::classify`] turns it into
 /// [`super::Error::Cancelled`].
 #[derive(Debug)]
 pub(super) struct Cancelled;

@@ -16,7 +16,6 @@
 //! execution's terminal status is committed.
 
 pub mod attune_db;
-pub mod cli;
 pub mod config;
 #[cfg(feature = "fault-injection")]
 pub mod fault;

@@ -1,13 +1,16 @@
-//! The `worker` and `execute` subcommands (their arguments and what they print).
+//! `attune-wasm worker` and `attune-wasm execute` (their arguments and what they print), over
+//! [`attune_wasm::worker`].
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::config::WorkerConfig;
-use super::{scheduler, service};
-use crate::config::Settings;
+use attune_wasm::config::Settings;
+use attune_wasm::worker::config::WorkerConfig;
+use attune_wasm::worker::{scheduler, service, Error};
+
+use super::exit;
 
 /// `attune-wasm worker`: everything comes from the configuration.
 #[derive(clap::Args, Debug)]
@@ -58,16 +61,16 @@ pub async fn worker(settings: &Settings, _args: WorkerArgs) -> anyhow::Result<Ex
     let outcome = service::run(cfg, shutdown).await;
     handle.close();
     outcome?;
-    Ok(ExitCode::SUCCESS)
+    Ok(ExitCode::from(exit::SUCCESS))
 }
 
 /// Dispatches one execution; with `--wait`, prints how it ended.
 ///
 /// # Errors
-/// [`super::Error`]s of [`scheduler::dispatch`] and [`scheduler::wait`].
+/// [`Error`]s of [`scheduler::dispatch`] and [`scheduler::wait`].
 pub async fn execute(settings: &Settings, args: ExecuteArgs) -> anyhow::Result<ExitCode> {
     let params: serde_json::Value = serde_json::from_str(&args.params).map_err(|e| {
-        super::Error::Params(format!(
+        Error::Params(format!(
             "not JSON ({:?} error at column {})",
             e.classify(),
             e.column()
@@ -79,7 +82,7 @@ pub async fn execute(settings: &Settings, args: ExecuteArgs) -> anyhow::Result<E
             "execution {} dispatched to worker {} (id {})",
             dispatched.execution_id, dispatched.worker_name, dispatched.worker_id
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(ExitCode::from(exit::SUCCESS));
     }
     let ended = scheduler::wait(
         settings,
@@ -96,9 +99,9 @@ pub async fn execute(settings: &Settings, args: ExecuteArgs) -> anyhow::Result<E
             "result": ended.result,
         })
     );
-    Ok(if ended.status == "completed" {
-        ExitCode::SUCCESS
+    Ok(ExitCode::from(if ended.status == "completed" {
+        exit::SUCCESS
     } else {
-        ExitCode::FAILURE
-    })
+        exit::FAILURE
+    }))
 }

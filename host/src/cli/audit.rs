@@ -1,0 +1,82 @@
+//! `attune-wasm audit list`: who received which secret, when and through which door (never
+//! values), newest first.
+
+use clap::Subcommand;
+
+use attune_wasm::audit::{Filter, RunState};
+use attune_wasm::config::Settings;
+use attune_wasm::names::ActionRef;
+use attune_wasm::store::OpenMode;
+
+use super::open_store;
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// List audit records, newest first.
+    List {
+        /// Only this action (`pack.action`).
+        #[arg(long, value_name = "P.A")]
+        action: Option<String>,
+        /// Only records since this long ago (`1h`, `30m`) or this RFC 3339 time.
+        #[arg(long, value_parser = parse_since)]
+        since: Option<String>,
+        /// At most this many records.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+}
+
+/// `1h`-style durations ago, or an RFC 3339 time; returned as RFC 3339 UTC with milliseconds
+/// (the stored format, so that it compares as text on SQLite).
+fn parse_since(s: &str) -> Result<String, String> {
+    let at = match humantime::parse_duration(s) {
+        Ok(ago) => chrono::Duration::from_std(ago)
+            .ok()
+            .and_then(|ago| chrono::Utc::now().checked_sub_signed(ago))
+            .ok_or_else(|| format!("{s:?} is too long ago"))?,
+        Err(_) => chrono::DateTime::parse_from_rfc3339(s)
+            .map_err(|_| format!("expected a duration like 1h or an RFC 3339 time, got {s:?}"))?
+            .with_timezone(&chrono::Utc),
+    };
+    Ok(attune_wasm::store::timestamp(at))
+}
+
+/// Runs one `audit` subcommand.
+///
+/// # Errors
+/// A bad action ref, a missing store, or the store's error.
+pub async fn audit(settings: &Settings, cmd: AuditCmd) -> anyhow::Result<()> {
+    let AuditCmd::List {
+        action,
+        since,
+        limit,
+    } = cmd;
+    let action_ref = action.map(|a| ActionRef::new(&a)).transpose()?;
+    let store = open_store(settings, OpenMode::MustExist).await?;
+    let records = store
+        .list_audit(&Filter {
+            action_ref: action_ref.map(|a| a.to_string()),
+            since,
+            limit,
+        })
+        .await?;
+    println!(
+        "{:<24} {:<36} {:<24} {:<32} {:<10} {:<13} {:<5} RUN",
+        "TIME", "EXECUTION", "ACTION", "SECRET", "DOOR", "OUTCOME", "COUNT"
+    );
+    for listed in records {
+        let r = &listed.record;
+        println!(
+            "{:<24} {:<36} {:<24} {:<32} {:<10} {:<13} {:<5} {}",
+            r.at,
+            r.execution_id,
+            r.action_ref,
+            r.secret_ref,
+            r.door.as_str(),
+            r.outcome.as_str(),
+            r.count,
+            listed.run.map_or("-", RunState::as_str)
+        );
+    }
+    Ok(())
+}

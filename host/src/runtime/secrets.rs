@@ -1,0 +1,375 @@
+//! The secrets capability: the host side of `attune:action/secrets` (`wit/action.wit`), the
+//! `get-secret` door of component guests.
+//!
+//! One request goes through three steps, each in one place:
+//!
+//! 1. [`SecretDoor::decide`]: the decisions, in this order: the name's rule, the call budget
+//!    ([`Limits::secret_calls`](super::Limits::secret_calls)), visibility to the action
+//!    ([`Resolution`]), the allow-list (`--allow-secret`), whether the winner could be
+//!    decrypted;
+//! 2. [`answer`]: the one mapping from that decision to what the guest sees (a
+//!    [`SecretError`] variant of the WIT) and to the audit [`Outcome`];
+//! 3. [`add_to_linker`]: the linker glue, where the value is exposed once to be lowered into
+//!    guest memory.
+//!
+//! What the guest caused or may know (`invalid-name`, `not-found`, `access-denied`) reaches it
+//! as a WIT variant; a value the host could not decrypt is `unavailable`, without detail (the
+//! reason is a warning on the host). No answer, record or log line carries a value.
+
+use std::collections::BTreeSet;
+
+use secrecy::{ExposeSecret, SecretString};
+use wasmtime::component::{Linker, WasmStr};
+use wasmtime::StoreContextMut;
+
+pub use super::bindings::attune::action::secrets::SecretError;
+use crate::audit::{Door, Log, Outcome, UNRECORDED};
+use crate::names::{SecretName, MAX_NAME_BYTES};
+use crate::resolve::{Delivery, Resolution};
+
+/// The WIT interface of the `get-secret` door (`wit/action.wit`).
+pub const SECRETS_INTERFACE: &str = "attune:action/secrets@0.1.0";
+
+/// The `get-secret` door: the execution's resolved secrets, an optional allow-list and a
+/// call budget. Dropping it zeroizes every plaintext it holds. No `Debug`: it holds them.
+pub struct SecretDoor {
+    resolution: Resolution,
+    allowed: Option<BTreeSet<SecretName>>,
+    calls: u64,
+    budget: u64,
+    log: Log,
+}
+
+/// Why the door refuses a request (each of its decisions but delivery). [`answer`] turns it
+/// into the guest's [`SecretError`] and the audit [`Outcome`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// The name breaks the naming rule (an oversized one is refused before it is copied out
+    /// of guest memory).
+    InvalidName,
+    /// More calls than the budget of the execution.
+    OverBudget,
+    /// No secret of that name is visible to the action.
+    NotFound,
+    /// Visible, but not on the allow-list.
+    NotAllowed,
+    /// Visible and allowed, but the host could not decrypt it (no key, wrong key, damaged).
+    Unavailable,
+}
+
+impl SecretDoor {
+    /// Builds the door over `resolution`. `allowed`, when set, is the only names the guest may
+    /// read (others visible answer `access-denied`); `budget` caps the number of calls per
+    /// execution (calls past it answer `access-denied`). Every call is counted in `log`.
+    pub fn new(
+        resolution: Resolution,
+        allowed: Option<BTreeSet<SecretName>>,
+        budget: u64,
+        log: Log,
+    ) -> Self {
+        Self {
+            resolution,
+            allowed,
+            calls: 0,
+            budget,
+            log,
+        }
+    }
+
+    /// Number of `get-secret` calls so far.
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+
+    /// Looks `name` up as the guest asked for it (`None`: a name longer than the naming rule
+    /// allows), and counts the request in the audit log. Returns the answer (the value stays
+    /// a [`SecretString`]: it is exposed once, where the linker glue hands it to wasmtime to
+    /// lower into guest memory), its outcome and what was recorded (the resolved ref, or
+    /// [`UNRECORDED`]).
+    fn request(
+        &mut self,
+        name: Option<&str>,
+    ) -> (Result<SecretString, SecretError>, Outcome, String) {
+        let (decision, recorded) = self.decide(name);
+        let (result, outcome) = answer(decision);
+        self.log.note(&recorded, Door::GetSecret, outcome);
+        (result, outcome, recorded)
+    }
+
+    /// Answers one `get-secret` call of the guest (see [`SecretDoor::request`]) and logs it
+    /// at debug level, by ref and outcome only.
+    fn get(&mut self, name: Option<&str>) -> Result<SecretString, SecretError> {
+        let (result, outcome, recorded) = self.request(name);
+        tracing::debug!(secret = %recorded, %outcome, "get-secret");
+        result
+    }
+
+    /// The door's decision for one request, and what to record: the resolved ref, or
+    /// [`UNRECORDED`] when the name resolves to nothing, so that a guest cannot write a
+    /// secret into the audit table or the host log.
+    fn decide(&mut self, name: Option<&str>) -> (Result<SecretString, Refusal>, String) {
+        self.calls = self.calls.saturating_add(1);
+        let Some(Ok(name)) = name.map(SecretName::new) else {
+            return (Err(Refusal::InvalidName), UNRECORDED.to_owned());
+        };
+        let resolved = self.resolution.get(&name);
+        // A requested name that resolves to nothing is guest-chosen text: it could carry a
+        // secret (encoded any way), so it is neither recorded nor logged.
+        let recorded = match resolved {
+            Some(r) => r.secret_ref(),
+            None => UNRECORDED.to_owned(),
+        };
+        if self.calls > self.budget {
+            return (Err(Refusal::OverBudget), recorded);
+        }
+        let Some(resolved) = resolved else {
+            return (Err(Refusal::NotFound), recorded);
+        };
+        if self.allowed.as_ref().is_some_and(|a| !a.contains(&name)) {
+            return (Err(Refusal::NotAllowed), recorded);
+        }
+        match &resolved.delivery {
+            Delivery::Value(v) => (Ok(v.clone()), recorded),
+            Delivery::Unavailable(_) => (Err(Refusal::Unavailable), recorded),
+        }
+    }
+}
+
+/// The one mapping from a decision of the door to the guest's answer (a [`SecretError`]
+/// variant of `wit/action.wit`) and the audit [`Outcome`]. The budget and the allow-list both
+/// answer `access-denied`, so the guest cannot tell them apart.
+fn answer(decision: Result<SecretString, Refusal>) -> (Result<SecretString, SecretError>, Outcome) {
+    let refusal = match decision {
+        Ok(value) => return (Ok(value), Outcome::Delivered),
+        Err(refusal) => refusal,
+    };
+    let (error, outcome) = match refusal {
+        Refusal::InvalidName => (SecretError::InvalidName, Outcome::InvalidName),
+        Refusal::OverBudget | Refusal::NotAllowed => {
+            (SecretError::AccessDenied, Outcome::AccessDenied)
+        }
+        Refusal::NotFound => (SecretError::NotFound, Outcome::NotFound),
+        Refusal::Unavailable => (SecretError::Unavailable, Outcome::Unavailable),
+    };
+    (Err(error), outcome)
+}
+
+/// Adds `attune:action/secrets` to `linker`: `get-secret` answered by the [`SecretDoor`]
+/// that `door` finds in the store's data (as wasmtime-wasi's `add_to_linker` per capability).
+///
+/// `get-secret` is wrapped by hand rather than through the bindgen `Host` trait: the name
+/// arrives as a [`WasmStr`] (a view of guest memory), so an oversized name is refused before
+/// it is copied into the host.
+///
+/// # Errors
+/// wasmtime's, when the interface is already defined in `linker`.
+pub(crate) fn add_to_linker<T: 'static>(
+    linker: &mut Linker<T>,
+    door: fn(&mut T) -> &mut SecretDoor,
+) -> wasmtime::Result<()> {
+    linker.instance(SECRETS_INTERFACE)?.func_wrap(
+        "get-secret",
+        move |mut store: StoreContextMut<'_, T>, (name,): (WasmStr,)| {
+            let name = {
+                let text = name.to_str(&store)?;
+                (text.len() <= MAX_NAME_BYTES).then(|| text.into_owned())
+            };
+            let answer = door(store.data_mut()).get(name.as_deref());
+            // The one place a plaintext leaves the host through this door: copied for
+            // wasmtime to lower into guest memory (that copy is freed, not zeroized:
+            // docs/secrets-management.md, "Limits").
+            Ok((answer.map(|v| v.expose_secret().to_owned()),))
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each decision of the `get-secret` door, and what it records.
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::names::{Owner, PackRef};
+    use crate::store::{SecretRow, StoredValue};
+
+    impl SecretDoor {
+        /// A request for `name` as the guest asked for it.
+        fn lookup(&mut self, name: &str) -> (Result<SecretString, SecretError>, Outcome, String) {
+            self.request(Some(name))
+        }
+    }
+
+    fn row(owner: Owner, name: &str, value: &str, encrypted: bool) -> SecretRow {
+        let value = SecretString::from(value);
+        SecretRow {
+            owner,
+            name: SecretName::new(name).unwrap(),
+            value: if encrypted {
+                StoredValue::encrypted(value, None)
+            } else {
+                StoredValue::Plain(value)
+            },
+            created: String::new(),
+            updated: String::new(),
+            corrupt: None,
+        }
+    }
+
+    /// A door over system `token`, pack `api_key` and an encrypted `sealed` with no key.
+    fn door(allowed: Option<&[&str]>, budget: u64) -> (SecretDoor, Log) {
+        let pack = Owner::Pack(PackRef::new("mypack").unwrap());
+        let rows = vec![
+            row(Owner::System, "token", "system-token-value", false),
+            row(pack, "api_key", "pack-api-key-value", false),
+            row(Owner::System, "sealed", "AAAA:AAAA", true),
+        ];
+        let resolution = Resolution::resolve(rows, None, None).unwrap();
+        let allowed = allowed.map(|names| {
+            names
+                .iter()
+                .map(|n| SecretName::new(n).unwrap())
+                .collect::<BTreeSet<_>>()
+        });
+        let log = Log::default();
+        (
+            SecretDoor::new(resolution, allowed, budget, log.clone()),
+            log,
+        )
+    }
+
+    fn recorded(log: &Log) -> Vec<(String, Outcome, u64)> {
+        log.records("t", "e", "mypack.a")
+            .into_iter()
+            .map(|r| {
+                assert_eq!(r.door, Door::GetSecret);
+                (r.secret_ref, r.outcome, r.count)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_visible_name_is_delivered_as_a_secret_string_and_recorded_by_ref() {
+        let (mut door, log) = door(None, 10);
+        let (answer, outcome, what) = door.lookup("api_key");
+        assert_eq!(answer.unwrap().expose_secret(), "pack-api-key-value");
+        assert_eq!(
+            (outcome, what.as_str()),
+            (Outcome::Delivered, "mypack.api_key")
+        );
+        assert_eq!(
+            recorded(&log),
+            [("mypack.api_key".to_owned(), Outcome::Delivered, 1)]
+        );
+    }
+
+    #[test]
+    fn unknown_and_invalid_names_are_not_recorded_as_given() {
+        let (mut door, log) = door(None, 10);
+        assert!(matches!(door.lookup("nope").0, Err(SecretError::NotFound)));
+        assert!(matches!(
+            door.lookup("not valid!").0,
+            Err(SecretError::InvalidName)
+        ));
+        for (what, _, _) in recorded(&log) {
+            assert_eq!(what, UNRECORDED, "guest-chosen text must not be recorded");
+        }
+    }
+
+    #[test]
+    fn an_oversized_name_is_invalid_counted_and_not_recorded() {
+        let (mut door, log) = door(None, 10);
+        let (answer, outcome, what) = door.request(None);
+        assert!(matches!(answer, Err(SecretError::InvalidName)));
+        assert_eq!((outcome, what.as_str()), (Outcome::InvalidName, UNRECORDED));
+        assert_eq!(door.calls(), 1, "it counts against the budget");
+        assert_eq!(
+            recorded(&log),
+            [(UNRECORDED.to_owned(), Outcome::InvalidName, 1)]
+        );
+    }
+
+    #[test]
+    fn the_allow_list_denies_other_visible_names() {
+        let (mut door, _) = door(Some(&["token"]), 10);
+        assert!(door.lookup("token").0.is_ok());
+        assert!(matches!(
+            door.lookup("api_key").0,
+            Err(SecretError::AccessDenied)
+        ));
+        // Not visible at all stays not-found: the allow-list is no enumeration oracle.
+        assert!(matches!(door.lookup("nope").0, Err(SecretError::NotFound)));
+    }
+
+    #[test]
+    fn calls_past_the_budget_are_denied_even_for_delivered_names() {
+        let (mut door, log) = door(None, 2);
+        assert!(door.lookup("token").0.is_ok());
+        assert!(door.lookup("token").0.is_ok());
+        assert!(matches!(
+            door.lookup("token").0,
+            Err(SecretError::AccessDenied)
+        ));
+        assert_eq!(door.calls(), 3);
+        assert!(recorded(&log).contains(&("token".to_owned(), Outcome::AccessDenied, 1)));
+    }
+
+    #[test]
+    fn past_the_budget_every_name_is_denied_whatever_else_it_would_be() {
+        let (mut door, _) = door(Some(&["token"]), 0);
+        // The budget is decided before visibility and the allow-list (but after the name's
+        // rule): not-found, not allowed and unavailable all answer access-denied.
+        for name in ["nope", "api_key", "sealed", "token"] {
+            let (_, outcome, _) = door.lookup(name);
+            assert_eq!(outcome, Outcome::AccessDenied, "{name}");
+        }
+        assert_eq!(door.lookup("not valid!").1, Outcome::InvalidName);
+    }
+
+    #[test]
+    fn an_undecryptable_winner_is_unavailable() {
+        let (mut door, _) = door(None, 10);
+        let (answer, outcome, what) = door.lookup("sealed");
+        assert!(matches!(answer, Err(SecretError::Unavailable)));
+        assert_eq!((outcome, what.as_str()), (Outcome::Unavailable, "sealed"));
+    }
+
+    #[test]
+    fn each_refusal_maps_to_one_wit_error_and_one_outcome() {
+        let cases = [
+            (
+                Refusal::InvalidName,
+                SecretError::InvalidName,
+                Outcome::InvalidName,
+            ),
+            (
+                Refusal::OverBudget,
+                SecretError::AccessDenied,
+                Outcome::AccessDenied,
+            ),
+            (Refusal::NotFound, SecretError::NotFound, Outcome::NotFound),
+            (
+                Refusal::NotAllowed,
+                SecretError::AccessDenied,
+                Outcome::AccessDenied,
+            ),
+            (
+                Refusal::Unavailable,
+                SecretError::Unavailable,
+                Outcome::Unavailable,
+            ),
+        ];
+        for (refusal, error, outcome) in cases {
+            let (reply, got) = answer(Err(refusal));
+            let Err(got_error) = reply else {
+                panic!("{refusal:?} delivered")
+            };
+            assert_eq!(
+                (std::mem::discriminant(&got_error), got),
+                (std::mem::discriminant(&error), outcome),
+                "{refusal:?}"
+            );
+        }
+        let (delivered, outcome) = answer(Ok(SecretString::from("v")));
+        assert_eq!(delivered.unwrap().expose_secret(), "v");
+        assert_eq!(outcome, Outcome::Delivered);
+    }
+}
