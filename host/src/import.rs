@@ -251,11 +251,14 @@ fn owner(row: &KeyRow) -> Result<Option<Owner>, String> {
         }
     }
     let given = |v: Option<&String>| v.is_some_and(|s| !s.is_empty());
+    // Attune's `validate_key_owner` trigger sets `owner` to `system` on system rows (Attune's
+    // migrations; tests/data/attune/schema.sql): that names no other owner.
+    let system_owner = |v: Option<&String>| given(v) && v.is_some_and(|s| s != "system");
     match row.owner_type.as_str() {
         // A system row names no owner: one that does was meant for that owner, and importing
         // it as system would give it to every action.
         "system"
-            if given(text(&row.owner).as_ref())
+            if system_owner(text(&row.owner).as_ref())
                 || given(row.owner_pack_ref.as_ref())
                 || given(row.owner_action_ref.as_ref()) =>
         {

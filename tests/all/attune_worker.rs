@@ -2311,3 +2311,88 @@ async fn a_mistyped_broker_url_is_reported_without_its_password() {
         );
     }
 }
+
+/// The CLI pointed at Attune's database never creates its tables in Attune's schema (the
+/// default `database.schema` is `attune`): refused, naming the schema; with a schema of its
+/// own it reads the worker's audit trail. Attune's rows exported as the README shows (system
+/// rows carry `owner = 'system'`, set by Attune's trigger) import into a store of its own.
+/// Both found by the newcomer review.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_on_attunes_database_stays_out_of_attunes_schema_and_imports_its_rows() {
+    if skipped() {
+        return;
+    }
+    let fleet = Fleet::new().await;
+    let pool = fleet.pool().await;
+    let ours = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'attune'
+              AND table_name IN ('secrets', 'audit', 'audit_execution', 'store_meta', '_sqlx_migrations')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    for args in [
+        &["secret", "list"][..],
+        &["audit", "list"],
+        &["db", "migrate"],
+    ] {
+        let out = fleet.cmd().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(
+            err.contains("database schema \"attune\" holds Attune's own tables"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(
+            ours().await,
+            0,
+            "{args:?} created tables in Attune's schema"
+        );
+    }
+    let out = fleet
+        .cmd()
+        .env("ATTUNE__DATABASE__SCHEMA", attune_wasm::worker::OWN_SCHEMA)
+        .args(["audit", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT row_to_json(k)::text FROM attune.key k ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert!(
+        rows.iter().any(|r| r.contains("\"owner\":\"system\"")),
+        "Attune's trigger names system rows' owner: {rows:?}"
+    );
+    let file = fleet.dir.path().join("keys.jsonl");
+    std::fs::write(&file, rows.join("\n") + "\n").unwrap();
+    let import = |args: &[&str]| {
+        fleet
+            .cmd()
+            .env_remove("ATTUNE__DATABASE__URL")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = import(&["secret", "import", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = import(&["secret", "get", "api_key", "--reveal"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), API_KEY);
+}

@@ -129,6 +129,23 @@ fn an_imported_system_row_that_names_an_owner_is_refused() {
     assert!(!env.contains_key("SECRET_DBPASS"), "{env:?}");
 }
 
+/// Attune's trigger sets `owner = 'system'` on every system row: such a row names no other
+/// owner and imports as a system secret (found by the newcomer review: `secret import` of a
+/// real export refused every system row).
+#[test]
+fn an_attune_system_row_whose_owner_is_system_imports() {
+    let host = Host::new();
+    let row = r#"{"ref":"system.api_key","owner_type":"system","owner":"system","owner_pack_ref":null,"owner_action_ref":null,"name":"api_key","encrypted":false,"value":"system-wide-api-key-0123"}"#;
+    let out = host.exec(&["secret", "import", "-"], Some(row.as_bytes()));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let env = host.env(Target::P1, "otherpack.anything");
+    assert_eq!(
+        env.get("SECRET_API_KEY").and_then(|v| v.as_str()),
+        Some("system-wide-api-key-0123"),
+        "{env:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_damaged_ciphertext_floor_is_a_warning_and_fails_strict_mode() {
     let host = Host::new();

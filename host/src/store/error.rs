@@ -36,6 +36,12 @@ pub enum Error {
     /// The PostgreSQL schema name is not `[a-z_][a-z0-9_]*` (at most 63 bytes).
     #[error("invalid database schema name \"{0}\": use [a-z_][a-z0-9_]*, at most 63 bytes")]
     BadSchema(String),
+    /// The PostgreSQL schema holds Attune's own tables (`key`, `action`, `execution`): the
+    /// store never creates its tables among Attune's (issue 12: Attune's schema is read only).
+    #[error(
+        "database schema \"{0}\" holds Attune's own tables (key, action, execution): attune-wasm keeps its tables in a schema of its own; set database.schema (the worker uses attune_wasm)"
+    )]
+    AttuneSchema(String),
     /// Applying migrations failed.
     #[error("migrating secret store failed: {0}")]
     Migrate(sqlx::migrate::MigrateError),

@@ -97,6 +97,18 @@ pub(super) async fn open(
         .bind(lock_key(schema))
         .execute(&mut *lock)
         .await?;
+    // Attune's own schema is never ours: refuse before creating a table in it (the CLI
+    // pointed at Attune's database with the default schema `attune`).
+    let attune_tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.tables
+          WHERE table_schema = $1 AND table_name IN ('key', 'action', 'execution')",
+    )
+    .bind(schema)
+    .fetch_one(&mut *lock)
+    .await?;
+    if attune_tables == 3 {
+        return Err(Error::AttuneSchema(schema.to_owned()));
+    }
     // The schema name is checked above ([a-z_][a-z0-9_]*), so it can be spliced in.
     pool.execute(format!("CREATE SCHEMA IF NOT EXISTS {schema}").as_str())
         .await?;
