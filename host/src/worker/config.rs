@@ -138,6 +138,24 @@ impl fmt::Debug for WorkerConfig {
     }
 }
 
+/// `database.url`, which must be the PostgreSQL URL of Attune's database.
+///
+/// # Errors
+/// [`Error::Config`] when it is missing or not a `postgres://`/`postgresql://` URL.
+pub(crate) fn database_url(settings: &Settings) -> Result<&str, Error> {
+    settings
+        .database
+        .url
+        .as_deref()
+        .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+        .ok_or_else(|| {
+            Error::Config(
+                "database.url must be the PostgreSQL URL of Attune's database (postgres://…)"
+                    .into(),
+            )
+        })
+}
+
 /// `message_queue.url`, or [`DEFAULT_AMQP_URL`], checked before it reaches the AMQP client:
 /// the client's error for a URL it cannot read quotes the URL whole, password included
 /// (`amqp:user:password@host`, the `//` mistyped).
@@ -169,17 +187,7 @@ impl WorkerConfig {
     /// [`Error::Config`] when `database.url` is not a PostgreSQL URL, a number is zero,
     /// `worker.metrics_address` is not an `ip:port` address, or the encryption key is too short.
     pub fn from_settings(settings: &Settings) -> Result<Self, Error> {
-        let database_url = settings
-            .database
-            .url
-            .clone()
-            .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
-            .ok_or_else(|| {
-                Error::Config(
-                    "database.url must be the PostgreSQL URL of Attune's database (postgres://…)"
-                        .into(),
-                )
-            })?;
+        let database_url = database_url(settings)?.to_owned();
         let w = &settings.worker;
         let positive = |v: Option<u64>, default: u64, key: &str| match v {
             Some(0) => Err(Error::Config(format!("{key} must be at least 1"))),

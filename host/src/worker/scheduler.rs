@@ -182,16 +182,5 @@ pub async fn wait(settings: &Settings, id: i64, limit: Duration) -> Result<Ended
 }
 
 async fn pool(settings: &Settings) -> Result<PgPool, Error> {
-    let url = settings
-        .database
-        .url
-        .as_deref()
-        .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
-        .ok_or_else(|| {
-            Error::Config(
-                "database.url must be the PostgreSQL URL of Attune's database (postgres://…)"
-                    .into(),
-            )
-        })?;
-    attune_db::connect(url, 2).await
+    attune_db::connect(super::config::database_url(settings)?, 2).await
 }
