@@ -670,25 +670,11 @@ async fn worker_times_out_per_the_action_and_fails_bad_dispatches_then_keeps_ser
 
     // The execution's own timeout wins over the action's (none: the default, 600 s).
     let pool = fleet.pool().await;
-    let worker_id: i64 = sqlx::query("SELECT id FROM attune.worker WHERE name = 'wasm-worker-b'")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get("id");
-    let id: i64 = sqlx::query(
-        "INSERT INTO attune.execution (action, action_ref, config, status, worker, timeout_seconds)
-         VALUES (1, 'demo.greet', '{\"mode\": \"spin\"}', 'scheduled', $1, 1) RETURNING id",
-    )
-    .bind(worker_id)
-    .fetch_one(&pool)
-    .await
-    .unwrap()
-    .get("id");
-    let dispatch = json!({"message_type": "ExecutionRequested", "payload": {"execution_id": id}});
-    let key = attune_wasm::worker::protocol::dispatch_key(worker_id);
-    fleet
-        .publish_raw(&key, dispatch.to_string().as_bytes())
+    let worker_id = fleet.worker_id(&pool, "wasm-worker-b").await;
+    let id = fleet
+        .dispatch_new(&pool, worker_id, "demo.greet", &json!({"mode": "spin"}), 1)
         .await;
+    let key = attune_wasm::worker::protocol::dispatch_key(worker_id);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let status: String =
@@ -778,11 +764,7 @@ async fn redelivered_dispatches_never_run_an_execution_twice() {
     .await
     .unwrap()
     .get("id");
-    let worker_id: i64 = sqlx::query("SELECT id FROM attune.worker WHERE name = 'wasm-worker-c'")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get("id");
+    let worker_id = fleet.worker_id(&pool, "wasm-worker-c").await;
     let key = attune_wasm::worker::protocol::dispatch_key(worker_id);
     for execution in [id, orphan] {
         let dispatch = json!({
@@ -1016,27 +998,11 @@ async fn heartbeats_go_on_while_cpu_bound_guests_fill_every_slot() {
     let mut fleet = Fleet::new().await;
     fleet.start_worker("wasm-worker-e").await;
     let pool = fleet.pool().await;
-    let worker_id: i64 = sqlx::query("SELECT id FROM attune.worker WHERE name = 'wasm-worker-e'")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get("id");
+    let worker_id = fleet.worker_id(&pool, "wasm-worker-e").await;
     // Four spinning guests (every slot, more than this machine's cores) for 8 s each.
-    let key = attune_wasm::worker::protocol::dispatch_key(worker_id);
     for _ in 0..4 {
-        let id: i64 = sqlx::query(
-            "INSERT INTO attune.execution (action, action_ref, config, status, worker, timeout_seconds)
-             VALUES (1, 'demo.greet', '{\"mode\": \"spin\"}', 'scheduled', $1, 8) RETURNING id",
-        )
-        .bind(worker_id)
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get("id");
-        let dispatch =
-            json!({"message_type": "ExecutionRequested", "payload": {"execution_id": id}});
         fleet
-            .publish_raw(&key, dispatch.to_string().as_bytes())
+            .dispatch_new(&pool, worker_id, "demo.greet", &json!({"mode": "spin"}), 8)
             .await;
     }
     let count = |status: &'static str| {
@@ -1098,11 +1064,7 @@ async fn broker_connection_closed_under_load_every_execution_still_ends_once() {
     fleet.observe().await;
     fleet.start_worker("wasm-worker-f").await;
     let pool = fleet.pool().await;
-    let worker_id: i64 = sqlx::query("SELECT id FROM attune.worker WHERE name = 'wasm-worker-f'")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get("id");
+    let worker_id = fleet.worker_id(&pool, "wasm-worker-f").await;
     let key = attune_wasm::worker::protocol::dispatch_key(worker_id);
     let mut ids = Vec::new();
     // One long run (ends by its 4 s timeout), then quick ones.
@@ -1184,11 +1146,7 @@ async fn cancel_requests_stop_a_running_guest_and_one_not_started_yet() {
     let mut fleet = Fleet::new().await;
     fleet.start_worker("wasm-worker-g").await;
     let pool = fleet.pool().await;
-    let worker_id: i64 = sqlx::query("SELECT id FROM attune.worker WHERE name = 'wasm-worker-g'")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get("id");
+    let worker_id = fleet.worker_id(&pool, "wasm-worker-g").await;
     let insert = |config: &'static str| {
         let pool = pool.clone();
         async move {
@@ -1312,25 +1270,14 @@ async fn sigterm_past_the_shutdown_timeout_cancels_and_reports_the_running_execu
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let pool = fleet.pool().await;
-    let worker_id: i64 = sqlx::query("SELECT id FROM attune.worker WHERE name = 'wasm-worker-h'")
-        .fetch_one(&pool)
-        .await
-        .unwrap()
-        .get("id");
-    let id: i64 = sqlx::query(
-        "INSERT INTO attune.execution (action, action_ref, config, status, worker, timeout_seconds)
-         VALUES (1, 'demo.greet', '{\"mode\": \"spin\"}', 'scheduled', $1, 120) RETURNING id",
-    )
-    .bind(worker_id)
-    .fetch_one(&pool)
-    .await
-    .unwrap()
-    .get("id");
-    let dispatch = json!({"message_type": "ExecutionRequested", "payload": {"execution_id": id}});
-    fleet
-        .publish_raw(
-            &attune_wasm::worker::protocol::dispatch_key(worker_id),
-            dispatch.to_string().as_bytes(),
+    let worker_id = fleet.worker_id(&pool, "wasm-worker-h").await;
+    let id = fleet
+        .dispatch_new(
+            &pool,
+            worker_id,
+            "demo.greet",
+            &json!({"mode": "spin"}),
+            120,
         )
         .await;
     loop {
