@@ -38,6 +38,7 @@ pub const TAG_BYTES: usize = 16;
 
 /// Why a stored value could not be turned back into plaintext.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The password is shorter than [`MIN_PASSWORD_BYTES`].
     #[error(
@@ -581,7 +582,7 @@ mod tests {
     #[test]
     fn env_name_transformation_lives_in_names() {
         // The seed's fourth test: see `names::tests` for the full table.
-        let n = crate::names::SecretName::new("db-password").unwrap();
+        let n = crate::secrets::names::SecretName::new("db-password").unwrap();
         assert_eq!(n.env_var(), "SECRET_DB_PASSWORD");
     }
 
