@@ -18,7 +18,7 @@ pub struct Execution {
     pub program: String,
     /// Extra environment (`--env K=V`); `SECRET_*` and `ATTUNE_*` are reserved.
     pub env: Vec<(String, String)>,
-    /// Directory mounts, checked against the executor's [`Boundary`] before anything else.
+    /// Directory mounts, checked against the executor's [`Boundary`](super::Boundary) before anything else.
     pub dirs: Vec<DirMount>,
     /// Guest stdin.
     pub stdin: Stdin,
@@ -39,7 +39,7 @@ pub struct Execution {
     /// This execution's id in the audit trail and the guest's `ATTUNE_EXECUTION_ID` (the
     /// worker gives Attune's `execution.id`); `None`: a fresh UUID v4.
     pub execution_id: Option<String>,
-    /// Cancelling it ends the execution at once with [`runtime::Error::Cancelled`].
+    /// Cancelling it ends the execution at once with [`crate::runtime::Error::Cancelled`].
     pub cancel: Cancel,
 }
 

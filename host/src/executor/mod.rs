@@ -74,7 +74,7 @@ pub enum SecretSource {
     /// under strict mode).
     Missing(String),
     /// Rows read from one store (the worker's: Attune's own `attune.key`, read only, see
-    /// [`store::AttuneKeys`]), the audit trail written to another when given.
+    /// [`crate::store::AttuneKeys`]), the audit trail written to another when given.
     Separate {
         /// Where the rows an action may see are read.
         rows: Store,

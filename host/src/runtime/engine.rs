@@ -18,7 +18,7 @@ pub(super) const TICK: Duration = Duration::from_millis(10);
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
 pub struct RuntimeConfig {
-    /// Enable fuel metering (needed for [`Limits::fuel`]; costs some speed).
+    /// Enable fuel metering (needed for [`super::Limits::fuel`]; costs some speed).
     pub fuel: bool,
     /// Directory of the host's compilation cache (compiled code keyed by the SHA-256 of the
     /// wasm and the engine settings, each entry authenticated with a key kept beside it:
@@ -42,7 +42,7 @@ pub struct Pooling {
     /// defaults): a guest needing more is refused at [`Runtime::load`] under pooling only.
     pub executions: u32,
     /// Largest size of one linear memory in bytes (default 256 MiB, the default
-    /// [`Limits::max_memory`]). A guest whose initial memory is larger cannot run; a
+    /// [`super::Limits::max_memory`]). A guest whose initial memory is larger cannot run; a
     /// `memory.grow` past it fails inside the guest.
     pub max_memory_size: usize,
     /// Bytes of each linear memory kept mapped and zeroed with `memset` when a slot is

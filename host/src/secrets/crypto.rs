@@ -13,7 +13,7 @@
 //! - Blob format (later Attune releases, read only): `base64(nonce||ciphertext||tag)`, whose
 //!   plaintext is the JSON encoding of the value. Attune stores `hex(SHA-256(password))` as its
 //!   key hash, which **is the key itself**: this host never stores, compares in the open or
-//!   prints such a value. [`normalize_key_hash`] turns it into the seed key hash
+//!   prints such a value. [`stored_key_hash`] turns it into the seed key hash
 //!   (`SHA-256(key)`) on import.
 //!
 //! Plaintext leaves this module only as [`SecretString`]; errors never carry key material,
