@@ -263,7 +263,7 @@ pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(5
 pub const BATCH_RECORDS: usize = 4_096;
 
 /// Executions whose records may wait for the [`Writer`]; a further execution's
-/// [`Writer::send`] waits (the worker slows down rather than losing audit records).
+/// [`Writer::begin`] or [`Writer::end`] waits (the worker slows down rather than losing audit records).
 pub const QUEUE_EXECUTIONS: usize = 4_096;
 
 enum Message {
