@@ -1,4 +1,4 @@
-use attune_wasm::redact::{Patterns, Stream};
+use attune_wasm::secrets::redact::{Patterns, Stream};
 fn main() {
     let secret = std::env::args().nth(1).unwrap_or_else(|| "x".repeat(60 * 1024) + "!");
     let t = std::time::Instant::now();

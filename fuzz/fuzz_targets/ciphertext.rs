@@ -3,7 +3,7 @@
 //! there), and the floor check never panics.
 #![no_main]
 
-use attune_wasm::crypto::{check_floor, check_format, Binding, EncryptionKey, Generation};
+use attune_wasm::secrets::crypto::{check_floor, check_format, Binding, EncryptionKey, Generation};
 use libfuzzer_sys::fuzz_target;
 use secrecy::{ExposeSecret, SecretString};
 

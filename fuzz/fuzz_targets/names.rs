@@ -2,7 +2,7 @@
 //! an error that carries no control characters; action refs split into a valid pack.
 #![no_main]
 
-use attune_wasm::names::{ActionRef, PackRef, SecretName};
+use attune_wasm::secrets::names::{ActionRef, PackRef, SecretName};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -2,7 +2,7 @@
 //! gives, and a masked value of 4+ bytes without `*` never survives.
 #![no_main]
 
-use attune_wasm::redact::{Patterns, Stream};
+use attune_wasm::secrets::redact::{Patterns, Stream};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

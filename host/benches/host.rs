@@ -38,12 +38,12 @@ use std::time::{Duration, Instant};
 
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
-use attune_wasm::crypto::EncryptionKey;
 use attune_wasm::executor::{Execution, Executor, SecretSource};
-use attune_wasm::names::{ActionRef, Owner, PackRef, SecretName};
 use attune_wasm::runtime::{
     Guest, Output, Pooling, Runtime, RuntimeConfig, SecretError, SECRETS_INTERFACE,
 };
+use attune_wasm::secrets::crypto::EncryptionKey;
+use attune_wasm::secrets::names::{ActionRef, Owner, PackRef, SecretName};
 use attune_wasm::store::{KeyHash, NewSecret, OpenMode, Store, StoreOptions, StoredValue};
 use base64::Engine as _;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -94,14 +94,11 @@ fn bench_action() -> (PathBuf, PathBuf) {
 }
 
 fn engine_config() -> RuntimeConfig {
-    RuntimeConfig {
-        fuel: false,
-        cache_dir: None,
-        pooling: Some(Pooling {
-            executions: 32,
-            ..Pooling::default()
-        }),
-    }
+    let mut pooling = Pooling::default();
+    pooling.executions = 32;
+    let mut config = RuntimeConfig::default();
+    config.pooling = Some(pooling);
+    config
 }
 
 fn key() -> EncryptionKey {
@@ -200,11 +197,10 @@ async fn store_with_20(options: &StoreOptions) -> Store {
 }
 
 fn execution(stdout: usize) -> Execution {
-    Execution {
-        stdout: Output::Capture(stdout),
-        stderr: Output::Capture(stdout),
-        ..Execution::new(ActionRef::new(ACTION).unwrap(), "bench-action.wasm")
-    }
+    let mut execution = Execution::new(ActionRef::new(ACTION).unwrap(), "bench-action.wasm");
+    execution.stdout = Output::Capture(stdout);
+    execution.stderr = Output::Capture(stdout);
+    execution
 }
 
 /// State of the plain-wasmtime baseline.
@@ -466,7 +462,7 @@ fn crypto(c: &mut Criterion) {
         let value: String = "s".repeat(len);
         // The bound format, as the host writes it; the baseline decrypts the same bytes with
         // the same associated data.
-        let row = attune_wasm::crypto::Binding {
+        let row = attune_wasm::secrets::crypto::Binding {
             owner_type: "pack",
             owner: "mypack",
             name: "api_key",
@@ -474,7 +470,7 @@ fn crypto(c: &mut Criterion) {
         let stored = key.encrypt(&SecretString::from(value.clone()), &row);
         let aad = row.aad(key.key_hash());
         let (nonce_b64, sealed_b64) = stored
-            .strip_prefix(attune_wasm::crypto::BOUND_PREFIX)
+            .strip_prefix(attune_wasm::secrets::crypto::BOUND_PREFIX)
             .unwrap()
             .split_once(':')
             .unwrap();
@@ -508,7 +504,7 @@ fn crypto(c: &mut Criterion) {
 }
 
 fn redact(c: &mut Criterion) {
-    use attune_wasm::redact::{Patterns, Stream};
+    use attune_wasm::secrets::redact::{Patterns, Stream};
     let values = [
         "eu-west-1-benchmark",
         "sk-benchmark-0123456789abcdef",
@@ -561,11 +557,9 @@ fn cold_start(c: &mut Criterion) {
     let bytes = std::fs::read(p2).unwrap();
     let cache = tempfile::tempdir().unwrap();
     let uncached = Runtime::new(engine_config()).unwrap();
-    let cached = Runtime::new(RuntimeConfig {
-        cache_dir: Some(cache.path().to_path_buf()),
-        ..engine_config()
-    })
-    .unwrap();
+    let mut config = engine_config();
+    config.cache_dir = Some(cache.path().to_path_buf());
+    let cached = Runtime::new(config).unwrap();
     cached.compile("bench-action.wasm", &bytes).unwrap(); // fills the disk cache
     uncached.load("bench-action.wasm", &bytes).unwrap();
 

@@ -20,10 +20,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use attune_wasm::crypto::EncryptionKey;
 use attune_wasm::executor::{Execution, Executor, SecretSource};
-use attune_wasm::names::{ActionRef, Owner, PackRef, SecretName};
 use attune_wasm::runtime::{Output, Pooling, Runtime, RuntimeConfig};
+use attune_wasm::secrets::crypto::EncryptionKey;
+use attune_wasm::secrets::names::{ActionRef, Owner, PackRef, SecretName};
 use attune_wasm::store::{KeyHash, NewSecret, OpenMode, Store, StoreOptions, StoredValue};
 use secrecy::SecretString;
 
@@ -89,16 +89,11 @@ async fn main() {
         ])
         .await
         .unwrap();
-    let runtime = Arc::new(
-        Runtime::new(RuntimeConfig {
-            pooling: Some(Pooling {
-                executions: 16,
-                ..Pooling::default()
-            }),
-            ..RuntimeConfig::default()
-        })
-        .unwrap(),
-    );
+    let mut pooling = Pooling::default();
+    pooling.executions = 16;
+    let mut config = RuntimeConfig::default();
+    config.pooling = Some(pooling);
+    let runtime = Arc::new(Runtime::new(config).unwrap());
     let guest = runtime
         .load("guest.wasm", &std::fs::read(&guest_path).unwrap())
         .unwrap();
@@ -123,11 +118,9 @@ async fn main() {
                 let (done, failed) = (Arc::clone(&done), Arc::clone(&failed));
                 tokio::spawn(async move {
                     for _ in 0..(count / 2 + u64::from(w == 0) * (count % 2)) {
-                        let exec = Execution {
-                            stdout: Output::Capture(64 * 1024),
-                            stderr: Output::Capture(64 * 1024),
-                            ..Execution::new(action.clone(), "guest.wasm")
-                        };
+                        let mut exec = Execution::new(action.clone(), "guest.wasm");
+                        exec.stdout = Output::Capture(64 * 1024);
+                        exec.stderr = Output::Capture(64 * 1024);
                         match executor.execute(&guest, exec).await {
                             Ok(r) if r.exit.code == 0 => {}
                             _ => {

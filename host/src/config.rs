@@ -22,6 +22,7 @@ pub const ENV_PREFIX: &str = "ATTUNE";
 
 /// Configuration load failures.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The file or an `ATTUNE__…` variable could not be read or has the wrong shape. The
     /// message never quotes a configured value (it could be the encryption key).

@@ -2,7 +2,7 @@
 //! (N1–N6, N11, N13 are in `resolution`, N14 in `sandbox`; N12, output redaction, is not built
 //! yet.)
 
-use attune_wasm::names::{Owner, PackRef};
+use attune_wasm::secrets::names::{Owner, PackRef};
 
 use crate::support::{assert_no_panic, probe, text, value, Host, Target, OTHER_KEY};
 
@@ -29,7 +29,7 @@ fn n7_bad_names_are_refused_on_write_with_the_rule_and_nothing_is_stored() {
         assert!(!err.contains("value-x"));
     }
     // A NUL byte cannot travel in argv; the name rule refuses it in the library.
-    assert!(attune_wasm::names::SecretName::new("nul\0byte").is_err());
+    assert!(attune_wasm::secrets::names::SecretName::new("nul\0byte").is_err());
     assert!(!host.db_path().exists(), "nothing was stored");
     for bad_owner in [["--pack", "my pack"], ["--action", "nodot"]] {
         let out = host.exec(

@@ -2,7 +2,7 @@
 //! a ciphertext copied into another row, `key rotate` as the upgrade, the store's floor that
 //! detects a downgrade, and import into a floored store. Every case on SQLite and PostgreSQL.
 
-use attune_wasm::names::{ActionRef, Owner, PackRef};
+use attune_wasm::secrets::names::{ActionRef, Owner, PackRef};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::support::{key, text, value, Host, Target, KEY, OTHER_KEY};
@@ -44,7 +44,10 @@ async fn stored(host: &Host, owner: &Owner, name: &str) -> String {
     let row = host
         .store()
         .await
-        .get(owner, &attune_wasm::names::SecretName::new(name).unwrap())
+        .get(
+            owner,
+            &attune_wasm::secrets::names::SecretName::new(name).unwrap(),
+        )
         .await
         .unwrap()
         .expect("row exists");
@@ -131,7 +134,7 @@ async fn key_rotate_upgrades_unbound_rows_and_then_refuses_a_downgrade() {
         let record = host.store().await.floor_record().map(str::to_owned);
         assert_eq!(
             new.floor(record.as_deref()),
-            Some(attune_wasm::crypto::Generation::Bound),
+            Some(attune_wasm::secrets::crypto::Generation::Bound),
             "rotate wrote an authentic floor"
         );
         let got = host.get(Target::P2, ACTION, &["token", "api_key"]);

@@ -167,13 +167,9 @@ async fn n22_the_library_refuses_mounts_of_its_store_and_cache() {
     let cache = dir.path().join("compiled");
     let url = format!("sqlite://{}", db_dir.join("s.db").display());
     let store = Store::open(&url, OpenMode::CreateIfMissing).await.unwrap();
-    let runtime = Arc::new(
-        Runtime::new(RuntimeConfig {
-            cache_dir: Some(cache.clone()),
-            ..RuntimeConfig::default()
-        })
-        .unwrap(),
-    );
+    let mut config = RuntimeConfig::default();
+    config.cache_dir = Some(cache.clone());
+    let runtime = Arc::new(Runtime::new(config).unwrap());
     let guest = runtime
         .load("probe.wasm", &std::fs::read(probe(Target::P2)).unwrap())
         .unwrap();
@@ -184,14 +180,12 @@ async fn n22_the_library_refuses_mounts_of_its_store_and_cache() {
         attune_wasm::executor::Strictness::Lenient,
     );
     for host in [db_dir.clone(), cache.clone(), PathBuf::from("/dev")] {
-        let exec = executor::Execution {
-            dirs: vec![DirMount {
-                host: host.clone(),
-                guest: "/m".into(),
-                read_only: true,
-            }],
-            ..probe_execution(ACTION, &["ls", "/m"])
-        };
+        let mut exec = probe_execution(ACTION, &["ls", "/m"]);
+        exec.dirs = vec![DirMount {
+            host: host.clone(),
+            guest: "/m".into(),
+            read_only: true,
+        }];
         match executor.execute(&guest, exec).await {
             Err(executor::Error::Mount(e)) => {
                 assert!(e.to_string().contains("refusing to mount"), "{e}")

@@ -284,11 +284,9 @@ async fn n17_captured_output_stops_at_the_cap_without_a_trap() {
         let (executor, guest) = library(target);
         // The cap is `max_output` when it is the smaller, else the capture size.
         for (capture, max_output) in [(1 << 20, 64 * 1024), (64 * 1024, 1 << 20)] {
-            let exec = attune_wasm::executor::Execution {
-                stdout: Output::Capture(capture),
-                max_output,
-                ..probe_execution(ACTION, &["flood", "8"])
-            };
+            let mut exec = probe_execution(ACTION, &["flood", "8"]);
+            exec.stdout = Output::Capture(capture);
+            exec.max_output = max_output;
             let report = executor
                 .execute(&guest, exec)
                 .await
@@ -315,10 +313,8 @@ async fn n17_a_cancelled_guest_ends_at_once_with_its_own_outcome() {
     for target in [Target::P2, Target::P1] {
         let (executor, guest) = library(target);
         let cancel = Cancel::new();
-        let exec = attune_wasm::executor::Execution {
-            cancel: cancel.clone(),
-            ..probe_execution(ACTION, &["spin"])
-        };
+        let mut exec = probe_execution(ACTION, &["spin"]);
+        exec.cancel = cancel.clone();
         let start = Instant::now();
         let canceller = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -339,10 +335,8 @@ async fn n17_a_cancelled_guest_ends_at_once_with_its_own_outcome() {
         // Cancelled before it starts: the guest never runs.
         let cancel = Cancel::new();
         cancel.cancel();
-        let exec = attune_wasm::executor::Execution {
-            cancel,
-            ..probe_execution(ACTION, &["exit", "0"])
-        };
+        let mut exec = probe_execution(ACTION, &["exit", "0"]);
+        exec.cancel = cancel;
         let err = executor.execute(&guest, exec).await.unwrap_err();
         assert!(
             matches!(

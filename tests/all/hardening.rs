@@ -35,7 +35,7 @@ async fn odd_key_hashes_and_malformed_rows_do_not_panic_or_hide_other_secrets() 
     let host = Host::new();
     host.set("good", "good-value", &["--pack", "mypack"]);
     host.put_raw(
-        attune_wasm::names::Owner::System,
+        attune_wasm::secrets::names::Owner::System,
         "odd",
         true,
         Some("aééééééééé\u{1b}[2J"),

@@ -4,16 +4,15 @@
 use std::sync::Arc;
 
 use attune_wasm::executor::{Executor, SecretSource};
-use attune_wasm::names::{Owner, PackRef};
 use attune_wasm::runtime::{Pooling, Runtime, RuntimeConfig};
+use attune_wasm::secrets::names::{Owner, PackRef};
 
 use crate::support::{probe, probe_execution as execution, Host, Target};
 
 fn pooled() -> RuntimeConfig {
-    RuntimeConfig {
-        pooling: Some(Pooling::default()),
-        ..RuntimeConfig::default()
-    }
+    let mut config = RuntimeConfig::default();
+    config.pooling = Some(Pooling::default());
+    config
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! No plaintext in the database file, in logs at any level, or in error output.
 
-use attune_wasm::names::{ActionRef, Owner, SecretName};
-use attune_wasm::resolve::Resolution;
+use attune_wasm::secrets::names::{ActionRef, Owner, SecretName};
+use attune_wasm::store::resolve::Resolution;
 use attune_wasm::store::SecretRow;
 use secrecy::SecretString;
 
@@ -153,9 +153,8 @@ fn debug_of_public_types_shows_no_secret() {
         owner: Owner::System,
         name: SecretName::new("k").unwrap(),
         value: attune_wasm::store::StoredValue::Plain(SecretString::from(PLANTED[0])),
-        created: String::new(),
-        updated: String::new(),
-        corrupt: None,
+        created: attune_wasm::store::Timestamp::now(),
+        updated: attune_wasm::store::Timestamp::now(),
     };
     let row_debug = format!("{row:?}");
     let resolution = Resolution::resolve(vec![row], Some(&key), None).unwrap();

@@ -26,6 +26,7 @@ mod review;
 mod rotate;
 mod sandbox;
 mod secrets_cli;
+mod shape;
 mod store_states;
 mod support;
 mod vectors;

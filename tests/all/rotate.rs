@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use attune_wasm::crypto::EncryptionKey;
-use attune_wasm::names::Owner;
+use attune_wasm::secrets::crypto::EncryptionKey;
+use attune_wasm::secrets::names::Owner;
 use attune_wasm::store::{KeyHash, Store};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -215,7 +215,7 @@ async fn killed_midway(host: &Host) {
     let got = store
         .get(
             &Owner::System,
-            &attune_wasm::names::SecretName::new("s42").unwrap(),
+            &attune_wasm::secrets::names::SecretName::new("s42").unwrap(),
         )
         .await
         .unwrap()
@@ -266,9 +266,12 @@ async fn reads_during_rotation(host: &Host) {
         let store = store.clone();
         let (old, new) = (crate::support::key(KEY), crate::support::key(OTHER_KEY));
         tokio::spawn(async move {
-            let action = attune_wasm::names::ActionRef::new("p.a").unwrap();
+            let action = attune_wasm::secrets::names::ActionRef::new("p.a").unwrap();
             for _ in 0..200 {
                 for row in store.visible_to(&action).await.unwrap() {
+                    let attune_wasm::store::Visible::Row(row) = row else {
+                        panic!("a corrupt row while rotating");
+                    };
                     let key = if row.value.key_hash().map(KeyHash::as_str) == Some(old.key_hash()) {
                         &old
                     } else {
@@ -289,7 +292,7 @@ async fn reads_during_rotation(host: &Host) {
             }
         })
     };
-    let summary = attune_wasm::rotate::rotate(&store, &old, &new, false)
+    let summary = attune_wasm::store::rotate::rotate(&store, &old, &new, false)
         .await
         .unwrap();
     assert_eq!(summary.rotated.len(), 200);
@@ -297,8 +300,8 @@ async fn reads_during_rotation(host: &Host) {
 }
 
 /// The binding of the system secret `name`.
-fn system_row(name: &str) -> attune_wasm::crypto::Binding<'_> {
-    attune_wasm::crypto::Binding {
+fn system_row(name: &str) -> attune_wasm::secrets::crypto::Binding<'_> {
+    attune_wasm::secrets::crypto::Binding {
         owner_type: "system",
         owner: "",
         name,

@@ -6,7 +6,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Output;
 
-use attune_wasm::names::{Owner, PackRef, SecretName};
+use attune_wasm::secrets::names::{Owner, PackRef, SecretName};
 use attune_wasm::store::{Error, KeyHash, NewSecret, Replace, StoredValue};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -335,10 +335,14 @@ async fn n28_no_old_ciphertext_survives_a_rotation_on_disk() {
         .map(|r| r.value.text().expose_secret().to_owned())
         .collect();
     assert_eq!(old.len(), 5);
-    let summary =
-        attune_wasm::rotate::rotate(&store, &support::key(KEY), &support::key(OTHER_KEY), false)
-            .await
-            .unwrap();
+    let summary = attune_wasm::store::rotate::rotate(
+        &store,
+        &support::key(KEY),
+        &support::key(OTHER_KEY),
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!(summary.rotated.len(), 5);
     let db = host.db_path();
     let mut files = vec![db.clone()];
@@ -558,8 +562,9 @@ async fn n30_a_corrupt_row_shadows_the_system_value() {
 }
 
 /// The row `mypack.api_key` as a bound ciphertext's associated data names it.
-const MYPACK_API_KEY: attune_wasm::crypto::Binding<'static> = attune_wasm::crypto::Binding {
-    owner_type: "pack",
-    owner: "mypack",
-    name: "api_key",
-};
+const MYPACK_API_KEY: attune_wasm::secrets::crypto::Binding<'static> =
+    attune_wasm::secrets::crypto::Binding {
+        owner_type: "pack",
+        owner: "mypack",
+        name: "api_key",
+    };

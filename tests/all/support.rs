@@ -14,8 +14,8 @@ pub const KEY: &str = "integration-test-key-0123456789abcdefghij";
 pub const OTHER_KEY: &str = "a-completely-different-key-9876543210zyxw";
 
 /// The encryption key derived from `password` (e.g. [`KEY`]).
-pub fn key(password: &str) -> attune_wasm::crypto::EncryptionKey {
-    attune_wasm::crypto::EncryptionKey::from_password(&SecretString::from(password))
+pub fn key(password: &str) -> attune_wasm::secrets::crypto::EncryptionKey {
+    attune_wasm::secrets::crypto::EncryptionKey::from_password(&SecretString::from(password))
         .expect("a valid password")
 }
 
@@ -314,7 +314,7 @@ impl Host {
     /// that owner and name, whatever its key.
     pub async fn put_raw(
         &self,
-        owner: attune_wasm::names::Owner,
+        owner: attune_wasm::secrets::names::Owner,
         name: &str,
         encrypted: bool,
         key_hash: Option<&str>,
@@ -325,7 +325,7 @@ impl Host {
             .put_with(
                 &NewSecret {
                     owner,
-                    name: attune_wasm::names::SecretName::new(name).expect("valid name"),
+                    name: attune_wasm::secrets::names::SecretName::new(name).expect("valid name"),
                     value: if encrypted {
                         attune_wasm::store::StoredValue::encrypted(
                             value,
@@ -380,20 +380,28 @@ pub fn value(report: &serde_json::Value, name: &str) -> Result<String, String> {
     }
 }
 
+/// A runtime configuration with the pooling allocator sized for `executions`.
+pub fn pooled(executions: u32) -> attune_wasm::RuntimeConfig {
+    let mut pooling = attune_wasm::Pooling::default();
+    pooling.executions = executions;
+    let mut config = attune_wasm::RuntimeConfig::default();
+    config.pooling = Some(pooling);
+    config
+}
+
 /// A library execution of the probe as `action` with `args`: no stdin, output captured (1 MiB
 /// per stream), default limits, no masking.
 pub fn probe_execution(action: &str, args: &[&str]) -> attune_wasm::executor::Execution {
     use attune_wasm::executor::Execution;
     use attune_wasm::runtime::Output;
-    Execution {
-        args: args.iter().map(|a| (*a).to_owned()).collect(),
-        stdout: Output::Capture(1 << 20),
-        stderr: Output::Capture(1 << 20),
-        redact: false,
-        max_output: 1 << 20,
-        ..Execution::new(
-            attune_wasm::names::ActionRef::new(action).expect("valid action ref"),
-            "probe.wasm",
-        )
-    }
+    let mut execution = Execution::new(
+        attune_wasm::secrets::names::ActionRef::new(action).expect("valid action ref"),
+        "probe.wasm",
+    );
+    execution.args = args.iter().map(|a| (*a).to_owned()).collect();
+    execution.stdout = Output::Capture(1 << 20);
+    execution.stderr = Output::Capture(1 << 20);
+    execution.redact = false;
+    execution.max_output = 1 << 20;
+    execution
 }

@@ -1,7 +1,7 @@
 //! Every case of `tests/data/attune-ciphertexts.json` (made with Python `cryptography`, an
 //! independent AES-GCM implementation) gives its `expect`ed result.
 
-use attune_wasm::crypto::{Binding, EncryptionKey, Error, Generation};
+use attune_wasm::secrets::crypto::{Binding, EncryptionKey, Error, Generation};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
@@ -41,8 +41,9 @@ fn every_vector_gives_its_expected_result() {
                 );
                 // The key hash this host stores for the row is the configured key's hash, in both
                 // generations (a blob row's hash is the key itself and is hashed once more).
-                let generation = attune_wasm::crypto::Generation::of(stored);
-                let kept = attune_wasm::crypto::stored_key_hash(generation, hash.unwrap()).unwrap();
+                let generation = attune_wasm::secrets::crypto::Generation::of(stored);
+                let kept = attune_wasm::secrets::crypto::stored_key_hash(generation, hash.unwrap())
+                    .unwrap();
                 assert_eq!(kept, key.key_hash(), "{id}");
             }
             "decrypt-failed" => assert_eq!(got.err(), Some(Error::DecryptFailed), "{id}"),

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use attune_wasm::executor::{Executor, SecretSource};
-use attune_wasm::names::ActionRef;
-use attune_wasm::runtime::{Guest, Pooling, Runtime, RuntimeConfig};
+use attune_wasm::runtime::{Guest, Runtime};
+use attune_wasm::secrets::names::ActionRef;
 use attune_wasm::store::Store;
 
 use crate::support::{probe, probe_execution as execution, text, value, Host, Target};
@@ -20,16 +20,7 @@ struct Worker {
 
 impl Worker {
     async fn new(store: Store) -> Self {
-        let runtime = Arc::new(
-            Runtime::new(RuntimeConfig {
-                pooling: Some(Pooling {
-                    executions: 8,
-                    ..Pooling::default()
-                }),
-                ..RuntimeConfig::default()
-            })
-            .unwrap(),
-        );
+        let runtime = Arc::new(Runtime::new(crate::support::pooled(8)).unwrap());
         let guest = runtime
             .load("probe.wasm", &std::fs::read(probe(Target::P2)).unwrap())
             .unwrap();
@@ -89,8 +80,9 @@ async fn cached_rows_follow_writes_through_the_same_store() {
 
         // A write through the same store is seen by the very next execution.
         let key = crate::support::key(crate::support::KEY);
-        let owner = attune_wasm::names::Owner::Action(ActionRef::new("mypack.deploy").unwrap());
-        let name = attune_wasm::names::SecretName::new("api_key").unwrap();
+        let owner =
+            attune_wasm::secrets::names::Owner::Action(ActionRef::new("mypack.deploy").unwrap());
+        let name = attune_wasm::secrets::names::SecretName::new("api_key").unwrap();
         store
             .put(&attune_wasm::store::NewSecret {
                 owner: owner.clone(),
@@ -221,16 +213,7 @@ fn spinner() -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_pool_is_a_clear_error_and_the_next_execution_runs() {
-    let runtime = Arc::new(
-        Runtime::new(RuntimeConfig {
-            pooling: Some(Pooling {
-                executions: 1,
-                ..Pooling::default()
-            }),
-            ..RuntimeConfig::default()
-        })
-        .unwrap(),
-    );
+    let runtime = Arc::new(Runtime::new(crate::support::pooled(1)).unwrap());
     let guest = runtime.load("spin.wasm", &spinner()).unwrap();
     let host = Host::new();
     host.set("api_key", "pooled-value-5555", &[]);

@@ -3,10 +3,10 @@
 
 use clap::Subcommand;
 
-use attune_wasm::audit::{Filter, RunState};
 use attune_wasm::config::Settings;
-use attune_wasm::names::ActionRef;
-use attune_wasm::store::OpenMode;
+use attune_wasm::secrets::names::ActionRef;
+use attune_wasm::store::audit::{Filter, RunState};
+use attune_wasm::store::{OpenMode, Timestamp};
 
 use super::open_store;
 
@@ -19,26 +19,27 @@ pub enum AuditCmd {
         action: Option<String>,
         /// Only records since this long ago (`1h`, `30m`) or this RFC 3339 time.
         #[arg(long, value_parser = parse_since)]
-        since: Option<String>,
+        since: Option<Timestamp>,
         /// At most this many records.
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
 }
 
-/// `1h`-style durations ago, or an RFC 3339 time; returned as RFC 3339 UTC with milliseconds
-/// (the stored format, so that it compares as text on SQLite).
-fn parse_since(s: &str) -> Result<String, String> {
+/// `1h`-style durations ago, or an RFC 3339 time.
+fn parse_since(s: &str) -> Result<Timestamp, String> {
     let at = match humantime::parse_duration(s) {
         Ok(ago) => chrono::Duration::from_std(ago)
             .ok()
             .and_then(|ago| chrono::Utc::now().checked_sub_signed(ago))
             .ok_or_else(|| format!("{s:?} is too long ago"))?,
-        Err(_) => chrono::DateTime::parse_from_rfc3339(s)
-            .map_err(|_| format!("expected a duration like 1h or an RFC 3339 time, got {s:?}"))?
-            .with_timezone(&chrono::Utc),
+        Err(_) => {
+            return Timestamp::parse(s).ok_or_else(|| {
+                format!("expected a duration like 1h or an RFC 3339 time, got {s:?}")
+            })
+        }
     };
-    Ok(attune_wasm::store::timestamp(at))
+    Ok(Timestamp::from(at))
 }
 
 /// Runs one `audit` subcommand.
@@ -53,13 +54,11 @@ pub async fn audit(settings: &Settings, cmd: AuditCmd) -> anyhow::Result<()> {
     } = cmd;
     let action_ref = action.map(|a| ActionRef::new(&a)).transpose()?;
     let store = open_store(settings, OpenMode::MustExist).await?;
-    let records = store
-        .list_audit(&Filter {
-            action_ref: action_ref.map(|a| a.to_string()),
-            since,
-            limit,
-        })
-        .await?;
+    let mut filter = Filter::default();
+    filter.action_ref = action_ref;
+    filter.since = since;
+    filter.limit = limit;
+    let records = store.list_audit(&filter).await?;
     println!(
         "{:<24} {:<36} {:<24} {:<32} {:<10} {:<13} {:<5} RUN",
         "TIME", "EXECUTION", "ACTION", "SECRET", "DOOR", "OUTCOME", "COUNT"

@@ -1,5 +1,5 @@
 //! `attune-wasm secret import FILE`: Attune `attune.key` rows (JSON lines) into the store, in
-//! one transaction, ciphertexts and key hashes kept as they are ([`attune_wasm::import`]).
+//! one transaction, ciphertexts and key hashes kept as they are ([`attune_wasm::store::import`]).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -43,7 +43,8 @@ pub async fn import(settings: &Settings, args: ImportArgs) -> anyhow::Result<()>
     } else {
         std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?
     };
-    let mut plan = attune_wasm::import::plan(&input).context("import refused, nothing written")?;
+    let mut plan =
+        attune_wasm::store::import::plan(&input).context("import refused, nothing written")?;
     for (line, secret_ref, owner_type) in &plan.skipped {
         eprintln!("skipped line {line} (ref {secret_ref}): owner type {owner_type} is not run by this host");
     }

@@ -1,12 +1,12 @@
 //! `attune-wasm key hash | rotate`: the configured key's hash, and re-encrypting every
-//! encrypted secret under a new password ([`attune_wasm::rotate`]).
+//! encrypted secret under a new password ([`attune_wasm::store::rotate`]).
 
 use anyhow::Context;
 use clap::Subcommand;
 use secrecy::SecretString;
 
 use attune_wasm::config::Settings;
-use attune_wasm::crypto::EncryptionKey;
+use attune_wasm::secrets::crypto::EncryptionKey;
 use attune_wasm::store::OpenMode;
 
 use super::secret::read_value;
@@ -53,7 +53,7 @@ async fn rotate(settings: &Settings, dry_run: bool) -> anyhow::Result<()> {
     };
     let new = EncryptionKey::from_password(&new_password).context("new encryption key")?;
     let store = open_store(settings, OpenMode::MustExist).await?;
-    let summary = attune_wasm::rotate::rotate(&store, &old, &new, dry_run).await?;
+    let summary = attune_wasm::store::rotate::rotate(&store, &old, &new, dry_run).await?;
     let verb = if dry_run {
         "would re-encrypt"
     } else {

@@ -32,7 +32,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use attune_wasm::config::Settings;
-use attune_wasm::crypto::EncryptionKey;
+use attune_wasm::secrets::crypto::EncryptionKey;
 use attune_wasm::store::{self, KeyHash, OpenMode, Replace, Store};
 
 /// Run Attune actions compiled to WebAssembly, with the secrets their pack and action may see.
@@ -74,7 +74,7 @@ enum Command {
 /// ([`exit`]).
 pub fn main() -> ExitCode {
     // First, before a key or a value is in memory: no core file, no ptrace by other processes.
-    let hardened = attune_wasm::process::harden();
+    let hardened = attune_wasm::runtime::process::harden();
     install_panic_hook();
     // Test-only, debug builds only: panics with the variable's value as the payload, so that
     // the integration tests check the real hook in the real binary (tests/all/hardening.rs).
@@ -83,8 +83,8 @@ pub fn main() -> ExitCode {
         panic!("{}", payload.to_string_lossy());
     }
     let cli = Cli::parse();
-    // The guest-data cap holds whatever RUST_LOG says (see attune_wasm::logging).
-    attune_wasm::logging::install();
+    // The guest-data cap holds whatever RUST_LOG says (see attune_wasm::runtime::logging).
+    attune_wasm::runtime::logging::install();
     if let Err(e) = hardened {
         tracing::warn!("process hardening incomplete: {e}");
     }

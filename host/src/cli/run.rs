@@ -12,10 +12,10 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use attune_wasm::config::Settings;
+use attune_wasm::executor::mounts::{Boundary, Kind};
 use attune_wasm::executor::{self, Execution, Executor, SecretSource};
-use attune_wasm::mounts::{Boundary, Kind};
-use attune_wasm::names::{ActionRef, SecretName};
-use attune_wasm::runtime::{self, Limits, Output, Runtime, RuntimeConfig, Stdin};
+use attune_wasm::runtime::{DirMount, Output, Runtime, RuntimeConfig, Stdin};
+use attune_wasm::secrets::names::{ActionRef, SecretName};
 use attune_wasm::store::OpenMode;
 
 use super::{exit, key, open_store};
@@ -36,11 +36,11 @@ pub struct RunArgs {
     #[arg(long = "env", value_name = "K=V", value_parser = parse_kv)]
     env: Vec<(String, String)>,
     /// Mount a host directory: HOST::GUEST, or HOST at the same path (repeatable).
-    #[arg(long = "dir", value_name = "HOST::GUEST", value_parser = executor::parse_dir)]
-    dirs: Vec<runtime::DirMount>,
+    #[arg(long = "dir", value_name = "HOST::GUEST", value_parser = parse_dir)]
+    dirs: Vec<DirMount>,
     /// Mount a host directory read-only: HOST::GUEST, or HOST at the same path (repeatable).
-    #[arg(long = "dir-ro", value_name = "HOST::GUEST", value_parser = executor::parse_dir_ro)]
-    dirs_ro: Vec<runtime::DirMount>,
+    #[arg(long = "dir-ro", value_name = "HOST::GUEST", value_parser = parse_dir_ro)]
+    dirs_ro: Vec<DirMount>,
     /// Wall-clock limit, e.g. 30s, 500ms, 2m.
     #[arg(long, default_value = "30s", value_parser = parse_timeout)]
     timeout: Duration,
@@ -73,6 +73,36 @@ pub struct RunArgs {
     /// Arguments passed to the guest after `--`.
     #[arg(last = true)]
     args: Vec<String>,
+}
+
+/// Parses `HOST::GUEST` (wasmtime CLI syntax) or `HOST` (mounted at the same path).
+///
+/// # Errors
+/// A message when either side is empty.
+fn parse_dir(spec: &str) -> std::result::Result<DirMount, String> {
+    let (host, guest) = match spec.split_once("::") {
+        Some((h, g)) => (h, g),
+        None => (spec, spec),
+    };
+    if host.is_empty() || guest.is_empty() {
+        return Err(format!("expected HOST::GUEST or HOST, got {spec:?}"));
+    }
+    Ok(DirMount {
+        host: PathBuf::from(host),
+        guest: guest.to_owned(),
+        read_only: false,
+    })
+}
+
+/// As `parse_dir`, for a read-only mount (`--dir-ro`).
+///
+/// # Errors
+/// A message when either side is empty.
+fn parse_dir_ro(spec: &str) -> std::result::Result<DirMount, String> {
+    parse_dir(spec).map(|d| DirMount {
+        read_only: true,
+        ..d
+    })
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -112,13 +142,12 @@ pub async fn run(
     // a mount cannot catch them on a first run; the executor checks again.
     let boundary = boundary(settings, config)?;
     boundary.check(&dirs)?;
-    let runtime = Arc::new(Runtime::new(RuntimeConfig {
-        fuel: args.fuel.is_some(),
-        cache_dir: (!args.no_cache)
-            .then(|| settings.data_dir().map(|d| d.join("cache")))
-            .transpose()?,
-        pooling: None,
-    })?);
+    let mut config = RuntimeConfig::default();
+    config.fuel = args.fuel.is_some();
+    config.cache_dir = (!args.no_cache)
+        .then(|| settings.data_dir().map(|d| d.join("cache")))
+        .transpose()?;
+    let runtime = Arc::new(Runtime::new(config)?);
     // Compilation is bounded too: a module built to be slow to compile must not hold the host.
     let compiling = {
         // Errors name the file as given (`run /etc/passwd` → "/etc/passwd is not …").
@@ -150,32 +179,20 @@ pub async fn run(
     }
     let allowed = (!args.allow_secret.is_empty())
         .then(|| args.allow_secret.into_iter().collect::<BTreeSet<_>>());
-    let report = executor
-        .execute(
-            &guest,
-            Execution {
-                action,
-                program,
-                args: args.args,
-                env: args.env,
-                dirs,
-                stdin: Stdin::Inherit,
-                stdout: Output::Inherit,
-                stderr: Output::Inherit,
-                limits: Limits {
-                    timeout: args.timeout,
-                    max_memory: args.max_memory,
-                    fuel: args.fuel,
-                    ..Limits::default()
-                },
-                allowed,
-                redact: !args.no_redact,
-                max_output: args.max_output as u64,
-                cancel: runtime::Cancel::new(),
-                execution_id: None,
-            },
-        )
-        .await;
+    let mut execution = Execution::new(action, program);
+    execution.args = args.args;
+    execution.env = args.env;
+    execution.dirs = dirs;
+    execution.stdin = Stdin::Inherit;
+    execution.stdout = Output::Inherit;
+    execution.stderr = Output::Inherit;
+    execution.limits.timeout = args.timeout;
+    execution.limits.max_memory = args.max_memory;
+    execution.limits.fuel = args.fuel;
+    execution.allowed = allowed;
+    execution.redact = !args.no_redact;
+    execution.max_output = args.max_output as u64;
+    let report = executor.execute(&guest, execution).await;
     // The audit records are written in the background: wait for them, whatever the outcome.
     executor.flush().await;
     let report = report?;
@@ -242,5 +259,13 @@ mod tests {
             humantime::parse_duration("2s").unwrap(),
             Duration::from_secs(2)
         );
+    }
+
+    #[test]
+    fn dir_specs() {
+        let d = parse_dir("/tmp/x::/data").unwrap();
+        assert_eq!(d.guest, "/data");
+        assert_eq!(parse_dir("/tmp").unwrap().guest, "/tmp");
+        assert!(parse_dir("::/x").is_err());
     }
 }

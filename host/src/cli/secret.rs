@@ -10,8 +10,8 @@ use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
 use attune_wasm::config::Settings;
-use attune_wasm::crypto;
-use attune_wasm::names::{ActionRef, Owner, PackRef, SecretName};
+use attune_wasm::secrets::crypto;
+use attune_wasm::secrets::names::{ActionRef, Owner, PackRef, SecretName};
 use attune_wasm::store::{
     self, KeyHash, NewSecret, OpenMode, StoredValue, Written, MAX_VALUE_BYTES,
 };

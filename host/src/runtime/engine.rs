@@ -16,14 +16,15 @@ pub(super) const TICK: Duration = Duration::from_millis(10);
 
 /// Engine-wide settings.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct RuntimeConfig {
-    /// Enable fuel metering (needed for [`Limits::fuel`]; costs some speed).
+    /// Enable fuel metering (needed for [`super::Limits::fuel`]; costs some speed).
     pub fuel: bool,
     /// Directory of the host's compilation cache (compiled code keyed by the SHA-256 of the
     /// wasm and the engine settings, each entry authenticated with a key kept beside it:
     /// see `docs/secrets-management.md`, "Compilation cache"); `None` compiles every time.
     /// Holds no secret, but the host runs the code it holds: never mount it into a guest
-    /// ([`crate::mounts`] refuses it).
+    /// ([`crate::executor::mounts`] refuses it).
     pub cache_dir: Option<PathBuf>,
     /// Use wasmtime's pooling instance allocator (pre-reserved slots reused across
     /// executions, memory zeroed on reuse): the worker setting for many short executions.
@@ -33,6 +34,7 @@ pub struct RuntimeConfig {
 
 /// Sizes of the pooling allocator ([`RuntimeConfig::pooling`]).
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct Pooling {
     /// Most executions alive at once; one more fails with [`Error::PoolExhausted`] until one
     /// ends. Default 200. Each execution may use up to 16 core instances, 4 linear memories
@@ -40,7 +42,7 @@ pub struct Pooling {
     /// defaults): a guest needing more is refused at [`Runtime::load`] under pooling only.
     pub executions: u32,
     /// Largest size of one linear memory in bytes (default 256 MiB, the default
-    /// [`Limits::max_memory`]). A guest whose initial memory is larger cannot run; a
+    /// [`super::Limits::max_memory`]). A guest whose initial memory is larger cannot run; a
     /// `memory.grow` past it fails inside the guest.
     pub max_memory_size: usize,
     /// Bytes of each linear memory kept mapped and zeroed with `memset` when a slot is

@@ -11,6 +11,7 @@ use super::{cancel, Limits};
 
 /// Runtime failures. None carries a secret value.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The file is not a WebAssembly binary.
     #[error("{0} is not a WebAssembly binary (no \\0asm header)")]

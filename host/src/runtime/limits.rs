@@ -7,6 +7,7 @@ use std::time::Duration;
 
 /// Resource limits of one execution.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct Limits {
     /// Wall-clock deadline (default 30 s).
     pub timeout: Duration,

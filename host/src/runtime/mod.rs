@@ -19,6 +19,8 @@
 //!   limits   Limits, the memory limiter
 //!   cancel   Cancel, ending an execution from outside
 //! error    Error, and how a wasmtime error becomes an exit status or an Error
+//! logging  GuestDataCap: wasmtime's own debug and trace events (guest data) kept out of logs
+//! process  harden: no core file, not dumpable (before any key is in memory)
 //! ```
 
 mod cache;
@@ -28,7 +30,9 @@ mod error;
 mod guest;
 mod limits;
 mod linker;
+pub mod logging;
 mod output;
+pub mod process;
 mod run;
 mod secrets;
 mod state;

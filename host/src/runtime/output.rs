@@ -1,4 +1,4 @@
-//! Guest stdout/stderr: masked (see [`crate::redact`]), capped at [`GuestSetup::max_output`]
+//! Guest stdout/stderr: masked (see [`crate::secrets::redact`]), capped at [`GuestSetup::max_output`]
 //! bytes, and either captured in memory or passed through to the host's own streams.
 //!
 //! Pass-through never blocks the guest's thread: masked bytes go into a bounded buffer
@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
-use crate::redact::{Patterns, Stream};
+use crate::secrets::redact::{Patterns, Stream};
 
 /// Most masked bytes of one pass-through stream waiting for the host stream (64 KiB, one
 /// Linux pipe buffer). A write the guest was allowed may go past it by what the masker held

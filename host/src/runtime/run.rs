@@ -41,7 +41,7 @@ pub struct GuestSetup {
     /// The `get-secret` door.
     pub secrets: SecretDoor,
     /// Values masked in stdout/stderr (empty: no masking).
-    pub redact: crate::redact::Patterns,
+    pub redact: crate::secrets::redact::Patterns,
     /// Most bytes of stdout, and separately of stderr, passed through or captured; further
     /// writes fail.
     pub max_output: u64,
@@ -276,12 +276,12 @@ mod tests {
             stderr: Output::Capture(1024),
             limits,
             secrets: SecretDoor::new(
-                crate::resolve::Resolution::resolve(Vec::new(), None, None).unwrap(),
+                crate::store::resolve::Resolution::default(),
                 None,
                 10,
-                crate::audit::Log::default(),
+                crate::store::audit::Log::default(),
             ),
-            redact: crate::redact::Patterns::new(std::iter::empty()),
+            redact: crate::secrets::redact::Patterns::new(std::iter::empty()),
             max_output: 1024,
             cancel,
         }

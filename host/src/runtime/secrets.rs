@@ -23,9 +23,9 @@ use wasmtime::component::{Linker, WasmStr};
 use wasmtime::StoreContextMut;
 
 pub use super::bindings::attune::action::secrets::SecretError;
-use crate::audit::{Door, Log, Outcome, UNRECORDED};
-use crate::names::{SecretName, MAX_NAME_BYTES};
-use crate::resolve::{Delivery, Resolution};
+use crate::secrets::names::{SecretName, MAX_NAME_BYTES};
+use crate::store::audit::{Door, Log, Outcome, UNRECORDED};
+use crate::store::resolve::{Delivery, Resolution};
 
 /// The WIT interface of the `get-secret` door (`wit/action.wit`).
 pub const SECRETS_INTERFACE: &str = "attune:action/secrets@0.1.0";
@@ -188,8 +188,8 @@ mod tests {
     //! Each decision of the `get-secret` door, and what it records.
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::names::{Owner, PackRef};
-    use crate::store::{SecretRow, StoredValue};
+    use crate::secrets::names::{Owner, PackRef};
+    use crate::store::{SecretRow, StoredValue, Timestamp};
 
     impl SecretDoor {
         /// A request for `name` as the guest asked for it.
@@ -208,9 +208,8 @@ mod tests {
             } else {
                 StoredValue::Plain(value)
             },
-            created: String::new(),
-            updated: String::new(),
-            corrupt: None,
+            created: Timestamp::now(),
+            updated: Timestamp::now(),
         }
     }
 
@@ -237,13 +236,17 @@ mod tests {
     }
 
     fn recorded(log: &Log) -> Vec<(String, Outcome, u64)> {
-        log.records("t", "e", "mypack.a")
-            .into_iter()
-            .map(|r| {
-                assert_eq!(r.door, Door::GetSecret);
-                (r.secret_ref, r.outcome, r.count)
-            })
-            .collect()
+        log.records(
+            crate::store::Timestamp::now(),
+            "e",
+            &crate::secrets::names::ActionRef::new("mypack.a").unwrap(),
+        )
+        .into_iter()
+        .map(|r| {
+            assert_eq!(r.door, Door::GetSecret);
+            (r.secret_ref, r.outcome, r.count)
+        })
+        .collect()
     }
 
     #[test]

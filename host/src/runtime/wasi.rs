@@ -24,6 +24,7 @@ pub struct DirMount {
 }
 
 /// Where guest stdin comes from.
+#[non_exhaustive]
 pub enum Stdin {
     /// Nothing (immediate end of file).
     Empty,
@@ -37,6 +38,7 @@ pub enum Stdin {
 /// [`GuestSetup::max_output`] bytes per stream: writes past the cap fail in the guest and
 /// [`GuestExit::output_capped`](super::GuestExit::output_capped) is set; nothing traps.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub enum Output {
     /// The host process's stream (CLI use), written by a thread of its own: a host stream
     /// nobody reads makes the guest wait (backpressure), never the deadline.

@@ -9,8 +9,10 @@ use sqlx::postgres::PgPool;
 use sqlx::Row;
 
 use super::backend::{Backend, BoxFuture};
-use super::{KeyHash, Result, SecretRow, Store, StoredValue};
-use crate::names::{ActionRef, Owner, PackRef, SecretName};
+use chrono::{DateTime, Utc};
+
+use super::{KeyHash, Result, SecretRow, Store, StoredValue, Timestamp, Visible};
+use crate::secrets::names::{ActionRef, Owner, PackRef, SecretName};
 
 /// Reads the `attune.key` rows an action may see, as [`SecretRow`]s for the library's resolver:
 /// `system` keys, `pack` keys of the action's pack (`owner_pack`), `action` keys of the action
@@ -27,10 +29,11 @@ impl AttuneKeys {
         Store::read_only(Arc::new(Self { pool }))
     }
 
-    async fn rows(&self, action: &ActionRef) -> Result<Vec<SecretRow>> {
+    async fn rows(&self, action: &ActionRef) -> Result<Vec<Visible>> {
         let rows = sqlx::query(
             "SELECT k.owner_type::text AS owner_type, k.name, k.encrypted,
-                    k.encryption_key_hash, to_jsonb(k.value)::text AS value
+                    k.encryption_key_hash, to_jsonb(k.value)::text AS value,
+                    k.created, k.updated
                FROM key k JOIN action a ON a.ref = $1
               WHERE k.owner_type = 'system'
                  OR (k.owner_type = 'pack' AND k.owner_pack = a.pack)
@@ -59,21 +62,23 @@ impl Backend for AttuneKeys {
         "attune.key".to_owned()
     }
 
-    fn visible_to<'a>(&'a self, action: &'a ActionRef) -> BoxFuture<'a, Result<Vec<SecretRow>>> {
+    fn visible_to<'a>(&'a self, action: &'a ActionRef) -> BoxFuture<'a, Result<Vec<Visible>>> {
         Box::pin(self.rows(action))
     }
 }
 
-/// One `attune.key` row as a [`SecretRow`]: the name must be a valid secret name; an encrypted
+/// One `attune.key` row as a [`Visible`] row: the name must be a valid secret name; an encrypted
 /// value must be a JSON string (the ciphertext, either generation); a plain string is the
 /// value as is, any other plain JSON its compact text. Errors name the key, never its value.
-fn key_row(row: &sqlx::postgres::PgRow, action: &ActionRef) -> Result<SecretRow, String> {
+fn key_row(row: &sqlx::postgres::PgRow, action: &ActionRef) -> Result<Visible, String> {
     let get_err = |e: sqlx::Error| e.to_string();
     let owner_type: String = row.try_get("owner_type").map_err(get_err)?;
     let name: String = row.try_get("name").map_err(get_err)?;
     let encrypted: bool = row.try_get("encrypted").map_err(get_err)?;
     let key_hash: Option<String> = row.try_get("encryption_key_hash").map_err(get_err)?;
     let value: String = row.try_get("value").map_err(get_err)?;
+    let created: DateTime<Utc> = row.try_get("created").map_err(get_err)?;
+    let updated: DateTime<Utc> = row.try_get("updated").map_err(get_err)?;
     let shown = name.escape_default().to_string();
     let name = SecretName::new(&name).map_err(|e| format!("key {shown:?}: {e}"))?;
     let owner = match owner_type.as_str() {
@@ -87,7 +92,7 @@ fn key_row(row: &sqlx::postgres::PgRow, action: &ActionRef) -> Result<SecretRow,
         }
     };
     // A value of the wrong shape keeps its row (it still overrides less specific rows of its
-    // name, which then resolve as unavailable: bad-inputs N30), marked corrupt, without value.
+    // name, which then resolve as unavailable: bad-inputs N30), as a corrupt row without value.
     let (value, corrupt) = match (encrypted, serde_json::from_str(&value)) {
         (_, Ok(serde_json::Value::String(text))) => (text, None),
         (false, Ok(other)) => (other.to_string(), None),
@@ -99,10 +104,14 @@ fn key_row(row: &sqlx::postgres::PgRow, action: &ActionRef) -> Result<SecretRow,
     };
     if let Some(why) = corrupt {
         tracing::warn!(action = %action, "attune.key row not delivered: key {shown:?}: {why}");
-        return Ok(SecretRow::malformed(owner, name, why.to_owned()));
+        return Ok(Visible::Corrupt {
+            owner,
+            name,
+            reason: why.to_owned(),
+        });
     }
     let value = SecretString::from(value);
-    Ok(SecretRow {
+    Ok(Visible::Row(SecretRow {
         owner,
         name,
         value: if encrypted {
@@ -110,8 +119,7 @@ fn key_row(row: &sqlx::postgres::PgRow, action: &ActionRef) -> Result<SecretRow,
         } else {
             StoredValue::Plain(value)
         },
-        created: String::new(),
-        updated: String::new(),
-        corrupt: None,
-    })
+        created: Timestamp::from(created),
+        updated: Timestamp::from(updated),
+    }))
 }

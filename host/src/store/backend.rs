@@ -9,9 +9,9 @@ use std::pin::Pin;
 use std::sync::Weak;
 
 use super::cache::RowCache;
-use super::{Error, NewSecret, Replace, Result, Rotation, SecretRow, Written};
-use crate::audit::{Batch, Filter, Listed};
-use crate::names::{ActionRef, Owner, SecretName};
+use super::{Error, NewSecret, Replace, Result, Rotation, SecretRow, Visible, Written};
+use crate::secrets::names::{ActionRef, Owner, SecretName};
+use crate::store::audit::{Batch, Filter, Listed};
 
 /// A boxed future that may move between threads (what a backend's methods return, so that
 /// the store can hold any backend behind one pointer).
@@ -31,7 +31,7 @@ pub trait Backend: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`Error::Query`].
-    fn visible_to<'a>(&'a self, action: &'a ActionRef) -> BoxFuture<'a, Result<Vec<SecretRow>>>;
+    fn visible_to<'a>(&'a self, action: &'a ActionRef) -> BoxFuture<'a, Result<Vec<Visible>>>;
 
     /// The SQLite database file (what a guest must never be given); `None` elsewhere.
     fn database_file(&self) -> Option<&Path> {
@@ -165,7 +165,7 @@ mod tests {
     use secrecy::SecretString;
 
     use super::*;
-    use crate::store::{Store, StoredValue};
+    use crate::store::{Store, StoredValue, Timestamp};
 
     struct OneRow;
 
@@ -178,19 +178,15 @@ mod tests {
             "memory".to_owned()
         }
 
-        fn visible_to<'a>(
-            &'a self,
-            _action: &'a ActionRef,
-        ) -> BoxFuture<'a, Result<Vec<SecretRow>>> {
+        fn visible_to<'a>(&'a self, _action: &'a ActionRef) -> BoxFuture<'a, Result<Vec<Visible>>> {
             Box::pin(async {
-                Ok(vec![SecretRow {
+                Ok(vec![Visible::Row(SecretRow {
                     owner: Owner::System,
                     name: SecretName::new("token").unwrap(),
                     value: StoredValue::Plain(SecretString::from("v")),
-                    created: String::new(),
-                    updated: String::new(),
-                    corrupt: None,
-                }])
+                    created: Timestamp::now(),
+                    updated: Timestamp::now(),
+                })])
             })
         }
     }

@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::SecretRow;
+use super::Visible;
 
 /// Most actions cached at once; past it, the cache is emptied before the next insert (a
 /// worker with more live actions than this simply queries more often).
 pub const MAX_CACHED_ACTIONS: usize = 10_000;
 
 /// The rows of one action, shared by the lookups that hit them.
-pub(super) type Rows = Arc<[SecretRow]>;
+pub(super) type Rows = Arc<[Visible]>;
 
 pub(crate) struct RowCache {
     ttl: Duration,

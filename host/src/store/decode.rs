@@ -4,9 +4,9 @@
 
 use secrecy::SecretString;
 
-use super::{Error, KeyHash, Result, SecretRow, StoredValue};
-use crate::audit::{Door, Listed, Outcome, Record, RunState};
-use crate::names::{Owner, OwnerType, SecretName};
+use super::{Error, KeyHash, Result, SecretRow, StoredValue, Timestamp, Visible};
+use crate::secrets::names::{ActionRef, Owner, OwnerType, SecretName};
+use crate::store::audit::{Door, Listed, Outcome, Record, RunState};
 
 /// The owner and name columns of a row: `owner_type`, `owner`, `name`.
 pub(super) type Identity = (String, String, String);
@@ -27,6 +27,14 @@ impl RawRow {
     /// Parses the stored columns into a typed row.
     pub(super) fn parse(self) -> Result<SecretRow> {
         let (owner, name) = parse_identity(&self.owner_type, &self.owner, &self.name)?;
+        let time = |text: &str, column: &str| {
+            Timestamp::parse(text).ok_or_else(|| Error::Corrupt {
+                secret_ref: owner.secret_ref(&name),
+                reason: format!("{column}: not an RFC 3339 time"),
+            })
+        };
+        let created = time(&self.created, "created")?;
+        let updated = time(&self.updated, "updated")?;
         let value = SecretString::from(self.value);
         Ok(SecretRow {
             owner,
@@ -36,9 +44,8 @@ impl RawRow {
             } else {
                 StoredValue::Plain(value)
             },
-            created: self.created,
-            updated: self.updated,
-            corrupt: None,
+            created,
+            updated,
         })
     }
 }
@@ -56,15 +63,15 @@ pub(super) fn listed(raw: Result<RawRow>) -> Option<SecretRow> {
 }
 
 /// One row an action may see. A row whose owner and name parse (`identity`) but whose other
-/// columns do not is kept, marked [`SecretRow::corrupt`], so that it still overrides less
+/// columns do not is kept as [`Visible::Corrupt`], so that it still overrides less
 /// specific rows of its name (bad-inputs N30); a row whose name itself does not parse cannot
 /// override anything and is skipped with a warning naming it.
 pub(super) fn visible(
     raw: Result<RawRow>,
     identity: impl FnOnce() -> Result<Identity>,
-) -> Option<SecretRow> {
+) -> Option<Visible> {
     let reason = match raw.and_then(RawRow::parse) {
-        Ok(row) => return Some(row),
+        Ok(row) => return Some(Visible::Row(row)),
         Err(Error::Corrupt { reason, .. }) => reason,
         Err(e) => e.to_string(),
     };
@@ -74,7 +81,11 @@ pub(super) fn visible(
                 "stored secret {} is malformed ({reason}); it is not delivered",
                 owner.secret_ref(&name)
             );
-            Some(SecretRow::malformed(owner, name, reason))
+            Some(Visible::Corrupt {
+                owner,
+                name,
+                reason,
+            })
         }
         Err(e) => {
             tracing::warn!("skipping a stored row: {e}");
@@ -136,11 +147,14 @@ impl RawAudit {
                     .ok_or_else(|| corrupt(format!("unknown run state {text:?}")))?,
             ),
         };
+        let at = Timestamp::parse(&self.at)
+            .ok_or_else(|| corrupt("its time is not an RFC 3339 time".to_owned()))?;
+        let action_ref = ActionRef::new(&self.action_ref).map_err(|e| corrupt(e.to_string()))?;
         Ok(Listed {
             record: Record {
-                at: self.at,
+                at,
                 execution_id: self.execution_id,
-                action_ref: self.action_ref,
+                action_ref,
                 secret_ref: self.secret_ref,
                 door,
                 outcome,

@@ -6,7 +6,7 @@
 //! shows it once.
 
 use super::KeyHash;
-use crate::crypto::Generation;
+use crate::secrets::crypto::Generation;
 
 /// Store failures. Messages name the database (password redacted) and the secret ref, never
 /// a value.
@@ -125,7 +125,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The error of a write of `secret_ref` refused by [`super::Replace::Readable`]: names the row
 /// and both key hashes. `stored` is the stored row's key hash and value as read after the
 /// refusal (`None` if it was deleted since). A blob-format row's hash is withheld, as in
-/// [`crate::crypto`].
+/// [`crate::secrets::crypto`].
 pub(super) fn foreign_key(
     secret_ref: String,
     written: Option<&KeyHash>,

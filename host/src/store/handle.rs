@@ -9,10 +9,10 @@ use super::backend::{Backend, BoxFuture};
 use super::cache::RowCache;
 use super::{
     postgres, redact_url, sqlite, Error, NewSecret, OpenMode, Replace, Result, Rotation, SecretRow,
-    StoreOptions, Written,
+    StoreOptions, Visible, Written,
 };
-use crate::audit::{self, Batch, Filter, Listed};
-use crate::names::{ActionRef, Owner, SecretName};
+use crate::secrets::names::{ActionRef, Owner, SecretName};
+use crate::store::audit::{self, Batch, Filter, Listed};
 
 /// A handle on the secret store. Cheap to clone (a connection pool, and the row cache if
 /// one is configured, shared by the clones).
@@ -132,7 +132,7 @@ impl Store {
     }
 
     /// The SQLite database file of this store (`None` on PostgreSQL): what a guest must never
-    /// be given (see [`crate::mounts`]).
+    /// be given (see [`crate::executor::mounts`]).
     pub fn database_file(&self) -> Option<&std::path::Path> {
         self.backend.database_file()
     }
@@ -189,7 +189,7 @@ impl Store {
 
     /// Applies `rotations` in one transaction, each as a compare-and-swap on the old value,
     /// and sets the store's ciphertext floor record to `floor` (made by
-    /// [`crate::crypto::EncryptionKey::seal_floor`]) in the same transaction.
+    /// [`crate::secrets::crypto::EncryptionKey::seal_floor`]) in the same transaction.
     ///
     /// # Errors
     /// [`Error::Changed`] when a row no longer holds its old value; [`Error::Query`]. Nothing
@@ -202,7 +202,7 @@ impl Store {
 
     /// The store's ciphertext floor record (table `store_meta`, name `ciphertext_floor`) as
     /// read when this handle was opened: a bound ciphertext that `key rotate` writes once every
-    /// encrypted row is bound (verify it with [`crate::crypto::EncryptionKey::floor`]). A floor
+    /// encrypted row is bound (verify it with [`crate::secrets::crypto::EncryptionKey::floor`]). A floor
     /// written later by another process is seen by handles opened after it (every CLI command
     /// opens its own).
     pub fn floor_record(&self) -> Option<&str> {
@@ -253,11 +253,11 @@ impl Store {
     }
 
     /// Every row `action` may see (system, its pack, itself) in one query: the input of
-    /// resolution ([`crate::resolve`]). Other packs' and actions' rows are never returned.
+    /// resolution ([`crate::store::resolve`]). Other packs' and actions' rows are never returned.
     ///
     /// # Errors
     /// [`Error::Query`], [`Error::Corrupt`].
-    pub async fn visible_to(&self, action: &ActionRef) -> Result<Vec<SecretRow>> {
+    pub async fn visible_to(&self, action: &ActionRef) -> Result<Vec<Visible>> {
         let Some(cache) = &self.cache else {
             return self.backend.visible_to(action).await;
         };

@@ -16,24 +16,36 @@
 //!   postgres  open (schema, advisory lock), LISTEN/NOTIFY
 //! attune    Attune's attune.key, read only (the worker's source of secrets)
 //! cache     rows per action, TTL and invalidation
-//! row       SecretRow, StoredValue, KeyHash, NewSecret, Rotation, Replace, Written
+//! row       SecretRow, Visible, StoredValue, KeyHash, NewSecret, Rotation, Replace, Written
 //! decode    stored columns to typed rows
+//! time      Timestamp: the one text form of a stored time
 //! options   StoreOptions, OpenMode, redact_url
 //! error     Error
+//!
+//! Public submodules, each one capability over a store:
+//! resolve   which rows win (system → pack → action) and their values, decrypted
+//! audit     the trail: who received which secret, when, through which door (never a value)
+//! import    Attune's exported keys into this store (both ciphertext generations)
+//! rotate    every ciphertext re-encrypted under a new key, in one transaction
 //! ```
 
 mod attune;
+pub mod audit;
 mod backend;
 mod cache;
 mod decode;
 mod error;
 mod files;
 mod handle;
+pub mod import;
 mod options;
 mod postgres;
+pub mod resolve;
+pub mod rotate;
 mod row;
 mod sql;
 mod sqlite;
+mod time;
 
 pub use attune::AttuneKeys;
 pub(crate) use backend::Backend;
@@ -41,21 +53,13 @@ pub use backend::BoxFuture;
 pub use error::{Error, Result};
 pub use handle::Store;
 pub use options::{redact_url, sqlite_file, OpenMode, StoreOptions};
-pub use row::{binding, KeyHash, NewSecret, Replace, Rotation, SecretRow, StoredValue, Written};
+pub use row::{
+    binding, KeyHash, NewSecret, Replace, Rotation, SecretRow, StoredValue, Visible, Written,
+};
+pub use time::{NotATime, Timestamp};
 
 /// Largest secret value accepted on write, in bytes (64 KiB).
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
-
-/// A time as the store keeps it: RFC 3339, UTC, millisecond precision (`2026-11-29T08:22:01.407Z`).
-/// One fixed format, so that times compare correctly as text on SQLite (`audit list --since`).
-pub fn timestamp(at: chrono::DateTime<chrono::Utc>) -> String {
-    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// The current time in the store's format ([`timestamp`]).
-pub(crate) fn now() -> String {
-    timestamp(chrono::Utc::now())
-}
 
 #[cfg(test)]
 pub(crate) mod tests;

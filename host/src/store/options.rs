@@ -15,6 +15,7 @@ pub enum OpenMode {
 
 /// Where and how to open the store. `Debug` shows the URL through [`redact_url`].
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct StoreOptions {
     /// `sqlite:PATH`, `sqlite://PATH`, or `postgres://user@host:port/db` (`postgresql://`).
     pub url: String,

@@ -5,8 +5,9 @@ use std::fmt;
 
 use secrecy::SecretString;
 
-use crate::crypto::{Binding, EncryptionKey};
-use crate::names::{Owner, SecretName};
+use crate::secrets::crypto::{Binding, EncryptionKey};
+use crate::secrets::names::{Owner, SecretName};
+use crate::store::Timestamp;
 
 /// The key hash stored beside a ciphertext (column `encryption_key_hash`): for rows this host
 /// writes, the 64 lowercase hex digits of SHA-256 of the derived key
@@ -52,7 +53,7 @@ impl fmt::Debug for KeyHash {
 pub enum StoredValue {
     /// A value stored as given (`--plain`: configuration, not a secret).
     Plain(SecretString),
-    /// A ciphertext (seed, blob or bound format, see [`crate::crypto`]) and the key hash stored
+    /// A ciphertext (seed, blob or bound format, see [`crate::secrets::crypto`]) and the key hash stored
     /// with it, if any.
     Encrypted {
         /// The stored ciphertext text.
@@ -144,16 +145,10 @@ pub struct SecretRow {
     pub name: SecretName,
     /// The stored value.
     pub value: StoredValue,
-    /// Creation time, RFC 3339 UTC.
-    pub created: String,
-    /// Last update time, RFC 3339 UTC.
-    pub updated: String,
-    /// Why the stored columns after owner and name do not parse, for a row returned by
-    /// [`super::Store::visible_to`] that is corrupt (e.g. a value that is not UTF-8 text);
-    /// `None` for a sound row. Such a row holds no value (an empty plain value): it is never
-    /// delivered, and it still overrides less specific rows of its name, which resolve as
-    /// unavailable (bad-inputs N30).
-    pub corrupt: Option<String>,
+    /// Creation time.
+    pub created: Timestamp,
+    /// Last update time.
+    pub updated: Timestamp,
 }
 
 impl SecretRow {
@@ -166,18 +161,52 @@ impl SecretRow {
     pub fn secret_ref(&self) -> String {
         self.owner.secret_ref(&self.name)
     }
+}
 
-    /// A row of `owner`'s `name` whose stored columns do not parse (see
-    /// [`SecretRow::corrupt`]): no value, no times.
-    pub(crate) fn malformed(owner: Owner, name: SecretName, reason: String) -> Self {
-        Self {
-            owner,
-            name,
-            value: StoredValue::Plain(SecretString::from(String::new())),
-            created: String::new(),
-            updated: String::new(),
-            corrupt: Some(reason),
+/// One row an action may see ([`super::Store::visible_to`]).
+#[derive(Clone, Debug)]
+pub enum Visible {
+    /// A sound row.
+    Row(SecretRow),
+    /// A row whose owner and name parse but whose other columns do not (e.g. a value that is
+    /// not UTF-8 text). It holds no value and is never delivered; it still overrides less
+    /// specific rows of its name, which resolve as unavailable (bad-inputs N30).
+    Corrupt {
+        /// Owner.
+        owner: Owner,
+        /// Name.
+        name: SecretName,
+        /// Why its columns do not parse (never their content).
+        reason: String,
+    },
+}
+
+impl Visible {
+    /// Owner of the row.
+    pub fn owner(&self) -> &Owner {
+        match self {
+            Self::Row(row) => &row.owner,
+            Self::Corrupt { owner, .. } => owner,
         }
+    }
+
+    /// Name of the row.
+    pub fn name(&self) -> &SecretName {
+        match self {
+            Self::Row(row) => &row.name,
+            Self::Corrupt { name, .. } => name,
+        }
+    }
+
+    /// The Attune-style ref (`name`, `pack.name`, `pack.action.name`).
+    pub fn secret_ref(&self) -> String {
+        self.owner().secret_ref(self.name())
+    }
+}
+
+impl From<SecretRow> for Visible {
+    fn from(row: SecretRow) -> Self {
+        Self::Row(row)
     }
 }
 
@@ -189,7 +218,6 @@ impl fmt::Debug for SecretRow {
             .field("value", &self.value)
             .field("created", &self.created)
             .field("updated", &self.updated)
-            .field("corrupt", &self.corrupt)
             .finish()
     }
 }

@@ -24,7 +24,7 @@ super::sql::sql_backend!(SqliteDialect);
 impl Dialect for SqliteDialect {
     type Db = sqlx::Sqlite;
     const KIND: &'static str = "sqlite";
-    // The store's time format (see `super::timestamp`), from SQLite's clock; stable within a
+    // The store's time format (see `super::Timestamp`), from SQLite's clock; stable within a
     // statement, so `created` and `updated` of an insert are equal.
     const NOW: &'static str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
     const INSERTED: &'static str = "created = updated";

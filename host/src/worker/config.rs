@@ -30,7 +30,7 @@ use serde::Deserialize;
 
 use super::Error;
 use crate::config::Settings;
-use crate::crypto::EncryptionKey;
+use crate::secrets::crypto::EncryptionKey;
 
 /// Attune's default broker URL (`message_queue.url`).
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@localhost:5672/%2f";

@@ -33,6 +33,7 @@ pub const OWN_SCHEMA: &str = "attune_wasm";
 /// Worker and scheduler failures. Messages name queues, ids and refs, never a value or a
 /// password.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A setting is missing or out of range.
     #[error("invalid worker configuration: {0}")]
@@ -112,6 +113,7 @@ impl Error {
 
 /// Why an execution ended `failed` (or `timeout`) around its guest: the `error` of its result.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Failure {
     /// The execution's action is not in `attune.action`.
     #[error("action {0} not found in attune.action")]

@@ -40,8 +40,8 @@ use super::metrics::{self, Metrics};
 use super::protocol::{self, Envelope, ExecutionRequested};
 use super::{Error, Failure, OWN_SCHEMA};
 use crate::executor::{self, Execution, Executor, SecretSource};
-use crate::names::ActionRef;
 use crate::runtime::{self, Limits, Output, Pooling, Runtime, RuntimeConfig, Stdin};
+use crate::secrets::names::ActionRef;
 use crate::store::{AttuneKeys, OpenMode, Store, StoreOptions};
 
 /// Longest wait between two attempts to reach the broker.

@@ -25,8 +25,8 @@ macro_rules! sql_backend {
             }
             fn visible_to<'a>(
                 &'a self,
-                action: &'a crate::names::ActionRef,
-            ) -> super::BoxFuture<'a, super::Result<Vec<super::SecretRow>>> {
+                action: &'a crate::secrets::names::ActionRef,
+            ) -> super::BoxFuture<'a, super::Result<Vec<super::Visible>>> {
                 Box::pin(self.visible_to(action))
             }
             fn floor_record(&self) -> super::BoxFuture<'_, super::Result<Option<String>>> {
@@ -34,14 +34,14 @@ macro_rules! sql_backend {
             }
             fn get<'a>(
                 &'a self,
-                owner: &'a crate::names::Owner,
-                name: &'a crate::names::SecretName,
+                owner: &'a crate::secrets::names::Owner,
+                name: &'a crate::secrets::names::SecretName,
             ) -> super::BoxFuture<'a, super::Result<Option<super::SecretRow>>> {
                 Box::pin(self.get(owner, name))
             }
             fn list<'a>(
                 &'a self,
-                owner: Option<&'a crate::names::Owner>,
+                owner: Option<&'a crate::secrets::names::Owner>,
             ) -> super::BoxFuture<'a, super::Result<Vec<super::SecretRow>>> {
                 Box::pin(self.list(owner))
             }
@@ -61,8 +61,8 @@ macro_rules! sql_backend {
             }
             fn delete<'a>(
                 &'a self,
-                owner: &'a crate::names::Owner,
-                name: &'a crate::names::SecretName,
+                owner: &'a crate::secrets::names::Owner,
+                name: &'a crate::secrets::names::SecretName,
             ) -> super::BoxFuture<'a, super::Result<bool>> {
                 Box::pin(self.delete(owner, name))
             }
@@ -75,14 +75,14 @@ macro_rules! sql_backend {
             }
             fn record_audit<'a>(
                 &'a self,
-                batch: &'a crate::audit::Batch,
+                batch: &'a crate::store::audit::Batch,
             ) -> super::BoxFuture<'a, super::Result<()>> {
                 Box::pin(self.record_audit(batch))
             }
             fn list_audit<'a>(
                 &'a self,
-                filter: &'a crate::audit::Filter,
-            ) -> super::BoxFuture<'a, super::Result<Vec<crate::audit::Listed>>> {
+                filter: &'a crate::store::audit::Filter,
+            ) -> super::BoxFuture<'a, super::Result<Vec<crate::store::audit::Listed>>> {
                 Box::pin(self.list_audit(filter))
             }
         }

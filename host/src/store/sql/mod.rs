@@ -16,9 +16,9 @@ use self::statements::Statements;
 use super::cache::RowCache;
 use super::decode::{self, Identity, RawAudit, RawRow};
 use super::error::foreign_key;
-use super::{Error, KeyHash, NewSecret, Replace, Result, Rotation, SecretRow, Written};
-use crate::audit::{Batch, Filter, Listed};
-use crate::names::{ActionRef, Owner, SecretName};
+use super::{Error, KeyHash, NewSecret, Replace, Result, Rotation, SecretRow, Visible, Written};
+use crate::secrets::names::{ActionRef, Owner, SecretName};
+use crate::store::audit::{Batch, Filter, Listed};
 
 mod forward;
 mod statements;
@@ -269,7 +269,7 @@ where
             .collect())
     }
 
-    pub(super) async fn visible_to(&self, action: &ActionRef) -> Result<Vec<SecretRow>> {
+    pub(super) async fn visible_to(&self, action: &ActionRef) -> Result<Vec<Visible>> {
         let pack = action.pack();
         let rows = sqlx::query(&self.sql.visible)
             .bind(pack.as_str())
@@ -296,13 +296,17 @@ where
                 &["", "", time, time, ""],
             ) + " ON CONFLICT (execution_id) DO UPDATE SET ended = excluded.ended, \
                  state = excluded.state";
+            let times: Vec<(String, Option<String>)> = chunk
+                .iter()
+                .map(|e| (e.started.to_string(), e.ended.map(|t| t.to_string())))
+                .collect();
             let mut upsert = sqlx::query(&sql);
-            for e in chunk {
+            for (e, (started, ended)) in chunk.iter().zip(&times) {
                 upsert = upsert
                     .bind(e.execution_id.as_str())
                     .bind(e.action_ref.as_str())
-                    .bind(e.started.as_str())
-                    .bind(e.ended.as_deref())
+                    .bind(started.as_str())
+                    .bind(ended.as_deref())
                     .bind(e.state.as_str());
             }
             upsert.persistent(false).execute(&mut *tx).await?;
@@ -313,10 +317,11 @@ where
                 chunk.len(),
                 &[time, "", "", "", "", "", ""],
             );
+            let times: Vec<String> = chunk.iter().map(|r| r.at.to_string()).collect();
             let mut insert = sqlx::query(&sql);
-            for r in chunk {
+            for (r, at) in chunk.iter().zip(&times) {
                 insert = insert
-                    .bind(r.at.as_str())
+                    .bind(at.as_str())
                     .bind(r.execution_id.as_str())
                     .bind(r.action_ref.as_str())
                     .bind(r.secret_ref.as_str())
@@ -332,9 +337,10 @@ where
 
     /// Audit records matching `filter`, newest first, with their execution's run state.
     pub(super) async fn list_audit(&self, filter: &Filter) -> Result<Vec<Listed>> {
+        let since = filter.since.map(|t| t.to_string());
         let rows = sqlx::query(&self.sql.audit_list)
-            .bind(filter.action_ref.as_deref())
-            .bind(filter.since.as_deref())
+            .bind(filter.action_ref.as_ref().map(ActionRef::as_str))
+            .bind(since.as_deref())
             .bind(i64::from(filter.limit))
             .fetch_all(&self.pool)
             .await?;

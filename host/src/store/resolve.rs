@@ -14,12 +14,14 @@ use std::fmt;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::crypto::{self, EncryptionKey, Generation};
-use crate::names::{Owner, SecretName};
-use crate::store::{KeyHash, SecretRow, StoredValue};
+use crate::secrets::crypto::{self, EncryptionKey, Generation};
+use crate::secrets::names::{Owner, SecretName};
+use crate::secrets::redact::Stored;
+use crate::store::{KeyHash, SecretRow, StoredValue, Visible};
 
 /// Resolution failures that stop an execution before its guest starts.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Two visible secrets map to the same environment variable.
     #[error(
@@ -38,6 +40,7 @@ pub enum Error {
 
 /// Why a visible secret is not delivered.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Unavailable {
     /// The row is encrypted and no encryption key is configured.
     #[error("it is encrypted and no encryption key is configured (security.encryption_key or ATTUNE__SECURITY__ENCRYPTION_KEY)")]
@@ -45,7 +48,7 @@ pub enum Unavailable {
     /// Decryption failed.
     #[error(transparent)]
     Crypto(#[from] crypto::Error),
-    /// The stored row is malformed (see [`SecretRow::corrupt`]); it still overrides less
+    /// The stored row is malformed ([`crate::store::Visible::Corrupt`]); it still overrides less
     /// specific rows of its name, which are not delivered in its place.
     #[error("the stored row is malformed: {0}")]
     Corrupt(String),
@@ -67,9 +70,9 @@ pub struct Resolved {
     pub name: SecretName,
     /// Value or the reason there is none.
     pub delivery: Delivery,
-    /// The row was stored encrypted (`false`: `--plain`, configuration), which sets the length
-    /// from which its value is masked in output ([`crate::redact::Stored`]).
-    pub encrypted: bool,
+    /// How the row was stored (encrypted: a secret; plain: `--plain`, configuration), which
+    /// sets the length from which its value is masked in output.
+    pub stored: Stored,
 }
 
 impl Resolved {
@@ -89,7 +92,7 @@ impl fmt::Debug for Resolved {
             .field("owner", &self.owner)
             .field("name", &self.name)
             .field("delivery", &delivery)
-            .field("encrypted", &self.encrypted)
+            .field("stored", &self.stored)
             .finish()
     }
 }
@@ -106,37 +109,38 @@ impl Resolution {
     /// Resolves `rows` (everything [`crate::store::Store::visible_to`] returned for the action)
     /// and decrypts the winners with `key`. `floor` is the store's verified ciphertext floor
     /// ([`EncryptionKey::floor`]): with `Some(Bound)`, an unbound encrypted winner is
-    /// unavailable ([`crate::crypto::Error::Downgraded`]).
+    /// unavailable ([`crate::secrets::crypto::Error::Downgraded`]).
     ///
     /// # Errors
     /// [`Error::EnvCollision`] when two winners share an environment variable name.
     pub fn resolve(
-        rows: Vec<SecretRow>,
+        rows: impl IntoIterator<Item = impl Into<Visible>>,
         key: Option<&EncryptionKey>,
         floor: Option<Generation>,
     ) -> Result<Self, Error> {
-        let mut winners: BTreeMap<SecretName, SecretRow> = BTreeMap::new();
+        let mut winners: BTreeMap<SecretName, Visible> = BTreeMap::new();
         for row in rows {
-            match winners.entry(row.name.clone()) {
+            let row = row.into();
+            match winners.entry(row.name().clone()) {
                 Entry::Vacant(v) => {
                     v.insert(row);
                 }
                 Entry::Occupied(mut o) => {
-                    if row.owner.owner_type() > o.get().owner.owner_type() {
+                    if row.owner().owner_type() > o.get().owner().owner_type() {
                         o.insert(row);
                     }
                 }
             }
         }
-        let mut by_env: BTreeMap<String, &SecretRow> = BTreeMap::new();
+        let mut by_env: BTreeMap<String, &Visible> = BTreeMap::new();
         for row in winners.values() {
-            if let Some(other) = by_env.insert(row.name.env_var(), row) {
+            if let Some(other) = by_env.insert(row.name().env_var(), row) {
                 let (mut first, mut second) = (other.secret_ref(), row.secret_ref());
                 if first > second {
                     std::mem::swap(&mut first, &mut second);
                 }
                 return Err(Error::EnvCollision {
-                    env_var: row.name.env_var(),
+                    env_var: row.name().env_var(),
                     first,
                     second,
                 });
@@ -145,16 +149,29 @@ impl Resolution {
         let secrets = winners
             .into_iter()
             .map(|(name, row)| {
-                let delivery = decrypt(&row, key, floor);
-                (
-                    name,
-                    Resolved {
+                let resolved = match row {
+                    Visible::Row(row) => Resolved {
+                        delivery: decrypt(&row, key, floor),
+                        stored: if row.value.is_encrypted() {
+                            Stored::Encrypted
+                        } else {
+                            Stored::Plain
+                        },
                         owner: row.owner,
                         name: row.name,
-                        delivery,
-                        encrypted: row.value.is_encrypted(),
                     },
-                )
+                    Visible::Corrupt {
+                        owner,
+                        name,
+                        reason,
+                    } => Resolved {
+                        owner,
+                        name,
+                        delivery: Delivery::Unavailable(Unavailable::Corrupt(reason)),
+                        stored: Stored::Plain,
+                    },
+                };
+                (name, resolved)
             })
             .collect();
         Ok(Self { secrets })
@@ -199,9 +216,6 @@ impl Resolution {
 }
 
 fn decrypt(row: &SecretRow, key: Option<&EncryptionKey>, floor: Option<Generation>) -> Delivery {
-    if let Some(reason) = &row.corrupt {
-        return Delivery::Unavailable(Unavailable::Corrupt(reason.clone()));
-    }
     let (ciphertext, key_hash) = match &row.value {
         // Whether to decrypt follows the stored `encrypted` flag, never the shape of the value.
         StoredValue::Plain(value) => return Delivery::Value(value.clone()),
@@ -228,7 +242,8 @@ fn decrypt(row: &SecretRow, key: Option<&EncryptionKey>, floor: Option<Generatio
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::names::{ActionRef, PackRef};
+    use crate::secrets::names::{ActionRef, PackRef};
+    use crate::store::Timestamp;
 
     const PASSWORD: &str = "resolve-test-password-0123456789abcdef";
 
@@ -237,9 +252,8 @@ mod tests {
             owner,
             name: SecretName::new(name).unwrap(),
             value: StoredValue::Plain(SecretString::from(value)),
-            created: String::new(),
-            updated: String::new(),
-            corrupt: None,
+            created: Timestamp::now(),
+            updated: Timestamp::now(),
         }
     }
 
@@ -347,9 +361,12 @@ mod tests {
 
     #[test]
     fn a_corrupt_row_overrides_and_is_unavailable() {
-        let mut corrupt = row(pack(), "api_key", "");
-        corrupt.corrupt = Some("value: not UTF-8".into());
-        let rows = vec![row(Owner::System, "api_key", "S"), corrupt];
+        let corrupt = Visible::Corrupt {
+            owner: pack(),
+            name: SecretName::new("api_key").unwrap(),
+            reason: "value: not UTF-8".into(),
+        };
+        let rows = vec![row(Owner::System, "api_key", "S").into(), corrupt];
         let r = Resolution::resolve(rows, None, None).unwrap();
         assert_eq!(value(&r, "api_key"), None);
         let (winner, why) = r.unavailable().next().unwrap();

@@ -2,7 +2,7 @@
 //! `SELECT row_to_json(k) FROM attune.key k`), stored with their ciphertext as is (except in a
 //! store whose ciphertext floor is bound: see [`Plan::bind_unbound`]).
 //!
-//! Every ciphertext generation is accepted (see [`crate::crypto`]): the seed format
+//! Every ciphertext generation is accepted (see [`crate::secrets::crypto`]): the seed format
 //! `base64(nonce):base64(ciphertext||tag)`, the later blob format
 //! `base64(nonce||ciphertext||tag)` and this host's bound format; the row's
 //! `encryption_key_hash` is kept with it. Rows of the owner types Attune has and this host
@@ -13,8 +13,8 @@
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::crypto;
-use crate::names::{ActionRef, Owner, PackRef, SecretName};
+use crate::secrets::crypto;
+use crate::secrets::names::{ActionRef, Owner, PackRef, SecretName};
 use crate::store::{KeyHash, NewSecret, StoredValue, MAX_VALUE_BYTES};
 
 /// Why an import was refused. Names the row (its `ref`, else its line), never its value.

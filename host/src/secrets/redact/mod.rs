@@ -104,7 +104,7 @@ fn prefix_slot(four: [u8; 4]) -> usize {
 /// The masked forms of a set of values, for one execution. Cheap to clone (shared).
 ///
 /// The automaton over the forms is built on first need: until a form occurs in the output, or
-/// near-matches have cost about as much as building it ([`LAZY_BUDGET_PER_FORM_BYTE`]), a
+/// near-matches have cost about as much as building it (`LAZY_BUDGET_PER_FORM_BYTE`), a
 /// stream reads the output once, looking up each position's next four bytes in a table of
 /// the forms' first four bytes, and compares only the forms that start that way. Most actions
 /// print no secret: their output costs a lookup per byte (BENCHMARKS.md: `redact/*`).

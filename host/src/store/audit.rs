@@ -12,8 +12,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use crate::secrets::names::ActionRef;
+use crate::store::Timestamp;
+
 /// Through which door a secret was asked for or given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Door {
     /// A `SECRET_*` environment variable.
     Env,
@@ -33,6 +37,7 @@ impl Door {
 
 /// What became of one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum Outcome {
     /// The value was delivered.
     Delivered,
@@ -76,12 +81,12 @@ pub const UNRECORDED: &str = "(unrecorded name)";
 /// One audit record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    /// When (RFC 3339 UTC).
-    pub at: String,
+    /// When: the execution's start.
+    pub at: Timestamp,
     /// Execution id.
     pub execution_id: String,
     /// Action ref.
-    pub action_ref: String,
+    pub action_ref: ActionRef,
     /// Secret ref, or the requested name.
     pub secret_ref: String,
     /// Door.
@@ -139,11 +144,11 @@ pub struct ExecutionRecord {
     /// Execution id.
     pub execution_id: String,
     /// Action ref.
-    pub action_ref: String,
-    /// When the execution was entered (RFC 3339 UTC), the `at` of its records.
-    pub started: String,
-    /// When its run ended (RFC 3339 UTC); `None` while [`RunState::Started`].
-    pub ended: Option<String>,
+    pub action_ref: ActionRef,
+    /// When the execution was entered, the `at` of its records.
+    pub started: Timestamp,
+    /// When its run ended; `None` while [`RunState::Started`].
+    pub ended: Option<Timestamp>,
     /// Where the run stands.
     pub state: RunState,
 }
@@ -226,16 +231,21 @@ impl Log {
     }
 
     /// The records of this execution, ready to store.
-    pub fn records(&self, at: &str, execution_id: &str, action_ref: &str) -> Vec<Record> {
+    pub fn records(
+        &self,
+        at: Timestamp,
+        execution_id: &str,
+        action_ref: &ActionRef,
+    ) -> Vec<Record> {
         let map = self
             .inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.iter()
             .map(|((secret_ref, door, outcome), count)| Record {
-                at: at.to_owned(),
+                at,
                 execution_id: execution_id.to_owned(),
-                action_ref: action_ref.to_owned(),
+                action_ref: action_ref.clone(),
                 secret_ref: secret_ref.clone(),
                 door: *door,
                 outcome: *outcome,
@@ -253,7 +263,7 @@ pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(5
 pub const BATCH_RECORDS: usize = 4_096;
 
 /// Executions whose records may wait for the [`Writer`]; a further execution's
-/// [`Writer::send`] waits (the worker slows down rather than losing audit records).
+/// [`Writer::begin`] or [`Writer::end`] waits (the worker slows down rather than losing audit records).
 pub const QUEUE_EXECUTIONS: usize = 4_096;
 
 enum Message {
@@ -442,11 +452,12 @@ impl Writer {
 
 /// Filter of `audit list`.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct Filter {
     /// Only this action.
-    pub action_ref: Option<String>,
-    /// Only records at or after this time (RFC 3339 UTC).
-    pub since: Option<String>,
+    pub action_ref: Option<ActionRef>,
+    /// Only records at or after this time.
+    pub since: Option<Timestamp>,
     /// At most this many records, newest first.
     pub limit: u32,
 }
@@ -465,7 +476,7 @@ mod tests {
         for i in 0..5_000 {
             log.note(&format!("n{i}"), Door::GetSecret, Outcome::NotFound);
         }
-        let records = log.records("t", "e", "p.a");
+        let records = log.records(Timestamp::now(), "e", &ActionRef::new("p.a").unwrap());
         assert!(records.len() <= MAX_RECORDS + 1);
         let delivered = records
             .iter()

@@ -10,6 +10,7 @@
 
 /// Hardening failures.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// `setrlimit(RLIMIT_CORE, 0)` failed.
     #[error("cannot disable core files: {0}")]

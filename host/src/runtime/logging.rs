@@ -18,14 +18,14 @@
 //! ```
 //! use tracing_subscriber::layer::SubscriberExt as _;
 //! let subscriber = tracing_subscriber::registry()
-//!     .with(attune_wasm::logging::GuestDataCap)
+//!     .with(attune_wasm::runtime::logging::GuestDataCap)
 //!     .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
 //! # drop(subscriber);
 //! ```
 //!
 //! The host's own events never carry a guest-chosen string: a `get-secret` name that resolves
 //! to nothing is logged as `-` (see [`crate::runtime`]), and guest output is masked before it
-//! is written (see [`crate::redact`]).
+//! is written (see [`crate::secrets::redact`]).
 
 use std::io::IsTerminal as _;
 

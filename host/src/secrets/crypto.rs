@@ -13,7 +13,7 @@
 //! - Blob format (later Attune releases, read only): `base64(nonce||ciphertext||tag)`, whose
 //!   plaintext is the JSON encoding of the value. Attune stores `hex(SHA-256(password))` as its
 //!   key hash, which **is the key itself**: this host never stores, compares in the open or
-//!   prints such a value. [`normalize_key_hash`] turns it into the seed key hash
+//!   prints such a value. [`stored_key_hash`] turns it into the seed key hash
 //!   (`SHA-256(key)`) on import.
 //!
 //! Plaintext leaves this module only as [`SecretString`]; errors never carry key material,
@@ -38,6 +38,7 @@ pub const TAG_BYTES: usize = 16;
 
 /// Why a stored value could not be turned back into plaintext.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The password is shorter than [`MIN_PASSWORD_BYTES`].
     #[error(
@@ -581,7 +582,7 @@ mod tests {
     #[test]
     fn env_name_transformation_lives_in_names() {
         // The seed's fourth test: see `names::tests` for the full table.
-        let n = crate::names::SecretName::new("db-password").unwrap();
+        let n = crate::secrets::names::SecretName::new("db-password").unwrap();
         assert_eq!(n.env_var(), "SECRET_DB_PASSWORD");
     }
 

@@ -13,11 +13,12 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::crypto::{self, EncryptionKey, Generation};
+use crate::secrets::crypto::{self, EncryptionKey, Generation};
 use crate::store::{self, KeyHash, Rotation, Store, StoredValue};
 
 /// Rotation failures.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// The new key is the old key.
     #[error("the new encryption key is the same as the current one")]

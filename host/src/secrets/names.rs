@@ -79,10 +79,10 @@ impl SecretName {
     ///
     /// # Examples
     /// ```
-    /// use attune_wasm::names::SecretName;
+    /// use attune_wasm::secrets::names::SecretName;
     /// assert_eq!(SecretName::new("db-password")?.env_var(), "SECRET_DB_PASSWORD");
     /// assert!(SecretName::new("token=x").is_err());
-    /// # Ok::<(), attune_wasm::names::NameError>(())
+    /// # Ok::<(), attune_wasm::secrets::names::NameError>(())
     /// ```
     pub fn new(name: &str) -> Result<Self> {
         check_segment(name, "secret name", "")?;
