@@ -120,8 +120,8 @@ pub struct Execution {
     pub stderr: Output,
     /// Limits.
     pub limits: Limits,
-    /// When set, only these names are delivered (both doors); other visible names answer
-    /// `access-denied` to `get-secret`.
+    /// When set, only these names are delivered (all three doors); other visible names
+    /// answer `access-denied` to `get-secret` and `wasi:config/store.get`.
     pub allowed: Option<BTreeSet<SecretName>>,
     /// Mask every resolved secret value in stdout/stderr (see [`crate::redact`]).
     pub redact: bool,
@@ -201,6 +201,8 @@ pub struct Executor {
     boundary: Boundary,
     /// Where the audit trail goes (none: no trail).
     sink: Option<Arc<dyn audit::Sink>>,
+    /// Whether `wasi:config/store.get-all` is answered ([`Executor::with_config_get_all`]).
+    config_get_all: bool,
     /// Started by the first execution that has records, on its tokio runtime; started again
     /// on the current one if that runtime has shut down since.
     audit: std::sync::Mutex<Option<Arc<audit::Writer>>>,
@@ -241,8 +243,19 @@ impl Executor {
             strictness,
             boundary,
             sink,
+            config_get_all: true,
             audit: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Whether components' `wasi:config/store.get-all` is answered (`true`, the default:
+    /// every secret the action may see, each recorded) or refused with
+    /// `upstream("access-denied")` (`false`, `security.refuse_config_get_all`): see
+    /// [`SecretDoor::with_config_get_all`].
+    #[must_use]
+    pub fn with_config_get_all(mut self, answered: bool) -> Self {
+        self.config_get_all = answered;
+        self
     }
 
     /// Also refuses mounts that reach what `boundary` protects (the data directory, the
@@ -483,7 +496,8 @@ impl Executor {
                 exec.allowed,
                 exec.limits.secret_calls,
                 log.clone(),
-            ),
+            )
+            .with_config_get_all(self.config_get_all),
         };
         // Cancelled before it starts: nothing is delivered, so nothing goes on record.
         if setup.cancel.is_cancelled() {
