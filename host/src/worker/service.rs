@@ -113,7 +113,8 @@ pub async fn run(mut cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> 
         } else {
             executor::Strictness::Lenient
         },
-    ));
+    )
+    .with_config_get_all(!cfg.refuse_config_get_all));
     let (publisher, _) = watch::channel(None);
     let ctx = Arc::new(Ctx {
         pool: pool.clone(),
