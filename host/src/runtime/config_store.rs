@@ -322,4 +322,18 @@ mod tests {
         // `get` is still answered.
         assert!(value(get(&mut door, Some("token"))).is_some());
     }
+
+    #[test]
+    fn another_version_of_the_interface_is_still_an_unknown_import_named() {
+        use crate::runtime::{Runtime, RuntimeConfig};
+        let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+        let wasm = wat::parse_str(
+            r#"(component (import "wasi:config/store@0.3.0" (instance (export "get-all" (func)))))"#,
+        )
+        .unwrap();
+        let Err(err) = rt.compile("c.wasm", &wasm) else {
+            panic!("must not link")
+        };
+        assert!(err.to_string().contains("wasi:config/store@0.3.0"), "{err}");
+    }
 }
