@@ -231,3 +231,114 @@ fn the_example_reads_its_secrets_through_the_config_door() {
     let out = empty.run_redacted(&action, "mypack.deploy", &[], &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
 }
+
+/// Context of the reference host: WASI p2 and wasmtime's own `wasi:config/store`.
+struct Reference {
+    ctx: wasmtime_wasi::WasiCtx,
+    table: wasmtime::component::ResourceTable,
+    vars: wasmtime_wasi_config::WasiConfigVariables,
+}
+
+impl wasmtime_wasi::WasiView for Reference {
+    fn ctx(&mut self) -> wasmtime_wasi::WasiCtxView<'_> {
+        wasmtime_wasi::WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Runs `file` with WASI p2 and `wasmtime-wasi-config` (what `wasmtime run -S config` links)
+/// serving `vars`, `ATTUNE_ACTION_REF=action` in its environment: its stdout and whether
+/// `wasi:cli/run` returned ok.
+async fn under_wasmtime_wasi_config(
+    file: &std::path::Path,
+    action: &str,
+    vars: &[(&str, &str)],
+) -> (String, bool) {
+    use wasmtime::component::{Component, Linker, ResourceTable};
+    use wasmtime_wasi::p2::bindings::Command;
+    use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+    let engine = wasmtime::Engine::default();
+    let mut linker = Linker::<Reference>::new(&engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+    wasmtime_wasi_config::add_to_linker(&mut linker, |r: &mut Reference| {
+        wasmtime_wasi_config::WasiConfig::from(&r.vars)
+    })
+    .unwrap();
+    let stdout = MemoryOutputPipe::new(1 << 20);
+    let ctx = wasmtime_wasi::WasiCtx::builder()
+        .env("ATTUNE_ACTION_REF", action)
+        .stdout(stdout.clone())
+        .build();
+    let mut store = wasmtime::Store::new(
+        &engine,
+        Reference {
+            ctx,
+            table: ResourceTable::new(),
+            vars: vars.iter().copied().collect(),
+        },
+    );
+    let component = Component::from_file(&engine, file).unwrap();
+    let command = Command::instantiate_async(&mut store, &component, &linker)
+        .await
+        .unwrap();
+    let ok = command
+        .wasi_cli_run()
+        .call_run(&mut store)
+        .await
+        .unwrap()
+        .is_ok();
+    (String::from_utf8_lossy(&stdout.contents()).into_owned(), ok)
+}
+
+/// The example under attune-wasm prints what it prints under wasmtime's own `wasi:config`
+/// host given, as configuration, the secrets the action resolves to (no wasmtime CLI needed:
+/// the same crate the CLI links, in process).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_answers_as_under_wasmtimes_own_wasi_config_host() {
+    let action = crate::support::wasm("config-action", Target::P2);
+    type Stored<'a> = &'a [(&'a str, &'a str, &'a [&'a str])];
+    let all: Stored<'_> = &[
+        ("api_key", "system-api-key-0000", &[]),
+        ("api_key", API_KEY, &["--pack", "mypack"]),
+        ("db_password", WITHHELD, &["--action", "mypack.deploy"]),
+        ("token", "otherpack-token-0000", &["--pack", "otherpack"]),
+    ];
+    // (stored, action, what the action resolves to, whether it succeeds)
+    let cases: [(Stored<'_>, &str, &[(&str, &str)], bool); 3] = [
+        (
+            all,
+            "mypack.deploy",
+            &[("api_key", API_KEY), ("db_password", WITHHELD)],
+            true,
+        ),
+        (
+            all,
+            "otherpack.deploy",
+            &[
+                ("api_key", "system-api-key-0000"),
+                ("token", "otherpack-token-0000"),
+            ],
+            true,
+        ),
+        (
+            &[("db_password", WITHHELD, &["--action", "mypack.deploy"])],
+            "mypack.deploy",
+            &[("db_password", WITHHELD)],
+            false,
+        ),
+    ];
+    for (stored, action_ref, vars, ok) in cases {
+        let host = Host::new();
+        for (name, value, owner) in stored {
+            host.set(name, value, owner);
+        }
+        let attune = host.run(&action, action_ref, &[], &[]);
+        let (reference, reference_ok) = under_wasmtime_wasi_config(&action, action_ref, vars).await;
+        assert_eq!(text(&attune.stdout), reference, "{action_ref}");
+        assert_eq!(attune.status.success(), reference_ok, "{action_ref}");
+        assert_eq!(reference_ok, ok, "{action_ref}: {reference}");
+    }
+}
