@@ -284,12 +284,14 @@ async fn under_wasmtime_wasi_config(
     let command = Command::instantiate_async(&mut store, &component, &linker)
         .await
         .unwrap();
-    let ok = command
-        .wasi_cli_run()
-        .call_run(&mut store)
-        .await
-        .unwrap()
-        .is_ok();
+    // `std::process::exit(n)` ends the run with wasmtime-wasi's `I32Exit`.
+    let ok = match command.wasi_cli_run().call_run(&mut store).await {
+        Ok(returned) => returned.is_ok(),
+        Err(e) => match e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            Some(exit) => exit.0 == 0,
+            None => panic!("{e:?}"),
+        },
+    };
     (String::from_utf8_lossy(&stdout.contents()).into_owned(), ok)
 }
 
