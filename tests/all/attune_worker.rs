@@ -2402,7 +2402,10 @@ async fn the_wasi_config_example_reads_attune_secrets_through_the_worker() {
             );
             break;
         }
-        assert!(Instant::now() < deadline, "no wasi-config record: {doors:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no wasi-config record: {doors:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     fleet.assert_no_plaintext(&[report]).await;

@@ -64,12 +64,7 @@ fn get_and_get_all_keep_to_the_allow_list_and_audit_names_the_door() {
                 "bad name": { "none": true },
             })
         );
-        let all = json_out(&host.run(
-            &probe(Target::P2),
-            "mypack.deploy",
-            &allow,
-            &["config-all"],
-        ));
+        let all = json_out(&host.run(&probe(Target::P2), "mypack.deploy", &allow, &["config-all"]));
         assert_eq!(all, json!({ "api_key": API_KEY }));
         let all = json_out(&host.run(&probe(Target::P2), "mypack.deploy", &[], &["config-all"]));
         assert_eq!(all, json!({ "api_key": API_KEY, "withheld": WITHHELD }));
@@ -123,10 +118,7 @@ fn the_call_budget_holds_for_the_config_door() {
         &["config-hammer", "10003", "k"],
     ));
     // The default budget: 10,000 requests per execution, both doors together.
-    assert_eq!(
-        got,
-        json!({ "some": 10_000, "upstream: access-denied": 3 })
-    );
+    assert_eq!(got, json!({ "some": 10_000, "upstream: access-denied": 3 }));
     let (listing, rows) = audit_rows(&host);
     assert!(
         has(&rows, "k", "wasi-config", "delivered", "10000"),
@@ -182,7 +174,11 @@ fn an_undecryptable_secret_is_an_error_naming_no_value_and_left_out_of_get_all()
         ..Host::new()
     };
     writer.set("foreign", "config-foreign-plaintext", &["--pack", "mypack"]);
-    writer.set("plain", "config-plain-value", &["--pack", "mypack", "--plain"]);
+    writer.set(
+        "plain",
+        "config-plain-value",
+        &["--pack", "mypack", "--plain"],
+    );
     let host = Host {
         key: Some(crate::support::KEY.into()),
         ..writer
@@ -208,7 +204,9 @@ fn an_undecryptable_secret_is_an_error_naming_no_value_and_left_out_of_get_all()
     // Recorded by both runs (`get`, then `get-all`), one row each.
     let unavailable = rows
         .iter()
-        .filter(|r| r.len() >= 8 && r[r.len() - 5] == "mypack.foreign" && r[r.len() - 4] == "wasi-config")
+        .filter(|r| {
+            r.len() >= 8 && r[r.len() - 5] == "mypack.foreign" && r[r.len() - 4] == "wasi-config"
+        })
         .filter(|r| r[r.len() - 3] == "unavailable")
         .count();
     assert_eq!(unavailable, 2, "{listing}");

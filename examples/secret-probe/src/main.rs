@@ -222,11 +222,20 @@ fn main() {
             const URL_SAFE: &[u8; 64] =
                 b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
             for prefix in ["", "a", "ab", "user:"] {
-                println!("b64 {prefix}: {}", base64(format!("{prefix}{v}").as_bytes()));
+                println!(
+                    "b64 {prefix}: {}",
+                    base64(format!("{prefix}{v}").as_bytes())
+                );
             }
             println!("b64url: {}", base64_with(v.as_bytes(), URL_SAFE, true));
-            println!("b64url-nopad: {}", base64_with(v.as_bytes(), URL_SAFE, false));
-            println!("b64url ab: {}", base64_with(format!("ab{v}").as_bytes(), URL_SAFE, false));
+            println!(
+                "b64url-nopad: {}",
+                base64_with(v.as_bytes(), URL_SAFE, false)
+            );
+            println!(
+                "b64url ab: {}",
+                base64_with(format!("ab{v}").as_bytes(), URL_SAFE, false)
+            );
             // Python json.dumps (ensure_ascii) and Go's encoding/json (HTML-safe).
             let (mut python, mut go) = (String::new(), String::new());
             for c in v.chars() {
@@ -340,7 +349,9 @@ mod config {
             "config-all" => {
                 let out = match store::get_all() {
                     Ok(all) => Value::Object(
-                        all.into_iter().map(|(k, v)| (k, Value::String(v))).collect(),
+                        all.into_iter()
+                            .map(|(k, v)| (k, Value::String(v)))
+                            .collect(),
                     ),
                     Err(e) => json!({ "error": error(&e) }),
                 };

@@ -275,12 +275,7 @@ mod tests {
                     Outcome::Unavailable,
                     1
                 ),
-                (
-                    "token".to_owned(),
-                    Door::WasiConfig,
-                    Outcome::Delivered,
-                    1
-                ),
+                ("token".to_owned(), Door::WasiConfig, Outcome::Delivered, 1),
             ]
         );
     }
@@ -298,7 +293,10 @@ mod tests {
     fn get_all_over_the_budget_or_refused_delivers_nothing() {
         for (door_, why) in [
             (door(None, 2), "budget of 2 for 3 secrets"),
-            ((door(None, 10).0.with_config_get_all(false), Log::default()), "refused"),
+            (
+                (door(None, 10).0.with_config_get_all(false), Log::default()),
+                "refused",
+            ),
         ] {
             let (mut door, _) = door_;
             let Err(ConfigError::Upstream(text)) = get_all(&mut door) else {
