@@ -300,14 +300,15 @@ async fn under_wasmtime_wasi_config(
 async fn the_example_answers_as_under_wasmtimes_own_wasi_config_host() {
     let action = crate::support::wasm("config-action", Target::P2);
     type Stored<'a> = &'a [(&'a str, &'a str, &'a [&'a str])];
+    /// (stored, action, what the action resolves to, whether it succeeds)
+    type Case<'a> = (Stored<'a>, &'a str, &'a [(&'a str, &'a str)], bool);
     let all: Stored<'_> = &[
         ("api_key", "system-api-key-0000", &[]),
         ("api_key", API_KEY, &["--pack", "mypack"]),
         ("db_password", WITHHELD, &["--action", "mypack.deploy"]),
         ("token", "otherpack-token-0000", &["--pack", "otherpack"]),
     ];
-    // (stored, action, what the action resolves to, whether it succeeds)
-    let cases: [(Stored<'_>, &str, &[(&str, &str)], bool); 3] = [
+    let cases: [Case<'_>; 3] = [
         (
             all,
             "mypack.deploy",
