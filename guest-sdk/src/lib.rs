@@ -2,12 +2,28 @@
 //!
 //! Read Attune secrets from inside an action compiled to WebAssembly and run by attune-wasm.
 //!
-//! attune-wasm gives an action its secrets through two doors:
+//! attune-wasm gives an action its secrets through three doors, all answered from the same
+//! resolved secrets (same names, hierarchy, `--allow-secret`, masking and audit):
 //!
 //! | door | who can use it | what this crate calls |
 //! |---|---|---|
 //! | the WIT import `attune:action/secrets.get-secret` (`wit/action.wit`) | components (`wasm32-wasip2`) | [`get_secret`] on `wasm32-wasip2` |
 //! | `SECRET_<NAME>` variables in the WASI environment | components and core modules | [`get_secret`] on every other target, [`secrets`] everywhere |
+//! | the standard `wasi:config/store` (`get`, `get-all`; `wit/deps/config`) | components | nothing: import it with wit-bindgen (`examples/config-action`) |
+//!
+//! Which door to use:
+//!
+//! - this crate's [`get_secret`] (`get-secret`) for Attune actions in Rust: typed errors that
+//!   say why a secret was not given ([`Error`]), and the same code runs on `wasm32-wasip1` and in
+//!   native tests through the environment;
+//! - `wasi:config/store` for a component that should not depend on Attune at all (written for
+//!   the WASI standard, or for other hosts too): it runs unchanged under attune-wasm and under
+//!   `wasmtime run -S config -S config-var=K=V`. Its `get` answers `none` where `get-secret`
+//!   says `not-found` or `invalid-name`, and `upstream("access-denied")` /
+//!   `upstream("unavailable")` for the other two errors. This crate has no accessor for it: the
+//!   point of that door is to need no Attune crate, and wit-bindgen's own `get` is already
+//!   typed;
+//! - the environment ([`secrets`], `std::env`) for core modules.
 //!
 //! - On `wasm32-wasip2` [`get_secret`] calls the host import: exact, case-sensitive names and
 //!   all four errors of the WIT enum `secret-error` ([`Error`]).

@@ -9,6 +9,7 @@
 //! security:
 //!   encryption_key: "at-least-32-bytes-of-password-material"
 //!   strict_secrets: false                 # true: a secret that fails to decrypt fails the run
+//!   refuse_config_get_all: false          # true: wasi:config/store get-all is refused
 //! ```
 
 use std::fmt;
@@ -91,6 +92,10 @@ pub struct Security {
     /// or the store is missing, instead of warning (`security.strict_secrets`).
     #[serde(default)]
     pub strict_secrets: bool,
+    /// Refuse `wasi:config/store.get-all` (`security.refuse_config_get_all`): a component then
+    /// reads only the secrets it names (`get`, `get-secret`), each recorded by name.
+    #[serde(default)]
+    pub refuse_config_get_all: bool,
 }
 
 /// Why a non-string encryption key is refused (the value is never rendered).
@@ -327,6 +332,10 @@ impl fmt::Debug for Settings {
                 &self.security.encryption_key.as_ref().map(|_| "<set>"),
             )
             .field("security.strict_secrets", &self.security.strict_secrets)
+            .field(
+                "security.refuse_config_get_all",
+                &self.security.refuse_config_get_all,
+            )
             .field("message_queue", &self.message_queue)
             .field("worker", &self.worker)
             .finish_non_exhaustive()

@@ -2343,3 +2343,70 @@ async fn the_cli_on_attunes_database_stays_out_of_attunes_schema_and_imports_its
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), API_KEY);
 }
+
+/// The third door through the worker (issue 14): the `wasi:config/store` example, unchanged,
+/// reads Attune's secrets as configuration, and the worker's audit trail names the door.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wasi_config_example_reads_attune_secrets_through_the_worker() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    std::fs::copy(
+        support::wasm("config-action", Target::P2),
+        fleet.dir.path().join("packs/demo/actions/config.wasm"),
+    )
+    .unwrap();
+    let pool = fleet.pool().await;
+    sqlx::query(
+        "INSERT INTO attune.action (ref, pack, pack_ref, label, entrypoint, runtime, timeout_seconds)
+         VALUES ('demo.config', 1, 'demo', 'Config', 'config.wasm', 1, NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    fleet.start_worker("wasm-worker-config").await;
+    let (report, code) = fleet
+        .execute("demo.config", json!({"target": "production"}))
+        .await;
+    assert_eq!(report["status"], "completed", "{report}");
+    assert_eq!(code, Some(0));
+    let data = &result(&report)["data"];
+    assert_eq!(data["action"], "demo.config");
+    assert_eq!(data["door"], "wasi-config");
+    assert_eq!(data["target"], "production");
+    assert_eq!(data["api_key"]["sha256_prefix"], sha8(API_KEY), "{data}");
+    assert_eq!(data["db_password"]["sha256_prefix"], sha8(DB_PASSWORD));
+    // What demo.config may see: system and pack secrets (not another pack's, not an
+    // identity's, not demo.greet's own `region`).
+    assert_eq!(
+        data["keys"],
+        json!(["api_key", "db_password", "region", "settings"])
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let doors: Vec<(String, String)> = sqlx::query(
+            "SELECT secret_ref, outcome FROM attune_wasm.audit WHERE door = 'wasi-config'",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get("secret_ref"), r.get("outcome")))
+        .collect();
+        if doors.contains(&("demo.region".to_owned(), "delivered".to_owned())) {
+            assert!(
+                doors.contains(&("api_key".to_owned(), "delivered".to_owned())),
+                "{doors:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no wasi-config record: {doors:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fleet.assert_no_plaintext(&[report]).await;
+}

@@ -162,6 +162,7 @@ fn debug_of_public_types_shows_no_secret() {
         security: attune_wasm::config::Security {
             encryption_key: Some(SecretString::from(KEY)),
             strict_secrets: false,
+            refuse_config_get_all: false,
         },
         ..Default::default()
     };

@@ -9,6 +9,7 @@ mod audit;
 mod bad_inputs;
 mod bound;
 mod boundary;
+mod config_store;
 mod docs;
 mod ending;
 mod external;

@@ -34,6 +34,9 @@ struct Case<'a> {
     stored: &'a [(&'a str, &'a str, &'a [&'a str])],
     /// What wasmtime gets instead: the `SECRET_*` variables the host should resolve and inject.
     env: &'a [(&'a str, &'a str)],
+    /// And the configuration variables (`-S config-var=K=V`) its `wasi:config/store` should
+    /// answer with: what the host should resolve for the action.
+    config: &'a [(&'a str, &'a str)],
     /// Guest arguments.
     args: &'a [&'a str],
     /// Parameters on stdin.
@@ -91,14 +94,26 @@ impl Cli {
         composed
     }
 
-    /// `wasmtime run --env K=V… FILE ARGS` with `stdin`, in an otherwise empty environment.
-    fn run(&self, file: &Path, env: &[(String, String)], args: &[&str], stdin: &[u8]) -> Output {
+    /// `wasmtime run -S config --env K=V… -S config-var=K=V… FILE ARGS` with `stdin`, in an
+    /// otherwise empty environment. `wasi:config/store` is always served (empty without
+    /// `config`): the probe imports it.
+    fn run(
+        &self,
+        file: &Path,
+        env: &[(String, String)],
+        config: &[(&str, &str)],
+        args: &[&str],
+        stdin: &[u8],
+    ) -> Output {
         let mut c = Command::new(&self.wasmtime);
         c.env_clear()
             .env("XDG_CACHE_HOME", self.dir.path().join("cache"))
-            .arg("run");
+            .args(["run", "-S", "config"]);
         for (k, v) in env {
             c.arg("--env").arg(format!("{k}={v}"));
+        }
+        for (k, v) in config {
+            c.arg("-S").arg(format!("config-var={k}={v}"));
         }
         c.arg(file).args(args);
         run_cmd(&mut c, Some(stdin))
@@ -169,7 +184,7 @@ impl Cli {
             ("ATTUNE_EXECUTION_ID".into(), execution_id),
         ];
         env.extend(case.env.iter().map(|(k, v)| ((*k).into(), (*v).into())));
-        let wasmtime = self.run(wasmtime_file, &env, case.args, case.stdin);
+        let wasmtime = self.run(wasmtime_file, &env, case.config, case.args, case.stdin);
         assert_no_panic(&wasmtime);
 
         assert_eq!(
@@ -242,6 +257,7 @@ fn classic_deploy_matches_wasmtime_run() {
                 action: "mypack.deploy",
                 stored: ALL_STORED,
                 env: ALL_ENV,
+                config: &[],
                 args: &[],
                 stdin: br#"{"target": "production"}"#,
                 status: 0,
@@ -265,6 +281,7 @@ fn classic_deploy_matches_wasmtime_run() {
                 action: "mypack.deploy",
                 stored: &[("db-password", DB_PASSWORD, &["--action", "mypack.deploy"])],
                 env: &[("SECRET_DB_PASSWORD", DB_PASSWORD)],
+                config: &[],
                 args: &[],
                 stdin: b"",
                 status: 1,
@@ -295,6 +312,7 @@ fn classic_probe_env_and_exit_status_match_wasmtime_run() {
                 action: "mypack.deploy",
                 stored: ALL_STORED,
                 env: ALL_ENV,
+                config: &[],
                 args: &["env"],
                 stdin: b"",
                 status: 0,
@@ -326,6 +344,7 @@ fn classic_probe_env_and_exit_status_match_wasmtime_run() {
                 action: "mypack.deploy",
                 stored: &[],
                 env: &[],
+                config: &[],
                 args: &["exit", "3"],
                 stdin: b"",
                 status: 3,
@@ -336,6 +355,7 @@ fn classic_probe_env_and_exit_status_match_wasmtime_run() {
                 action: "mypack.deploy",
                 stored: &[],
                 env: &[],
+                config: &[],
                 args: &["stdin"],
                 stdin: params,
                 status: 0,
@@ -360,6 +380,7 @@ fn composed_deploy_component_matches_wasmtime_run() {
                 action: "mypack.deploy",
                 stored: ALL_STORED,
                 env: ALL_ENV,
+                config: &[],
                 args: &[],
                 stdin: br#"{"target": "production"}"#,
                 status: 0,
@@ -382,6 +403,7 @@ fn composed_deploy_component_matches_wasmtime_run() {
                 action: "mypack.deploy",
                 stored: &[("db_password", DB_PASSWORD, &["--action", "mypack.deploy"])],
                 env: &[("SECRET_DB_PASSWORD", DB_PASSWORD)],
+                config: &[],
                 args: &[],
                 stdin: b"",
                 status: 1,
@@ -425,6 +447,7 @@ fn composed_probe_get_secret_answers_match_the_host() {
                 action: "mypack.deploy",
                 stored: ALL_STORED,
                 env: ALL_ENV,
+                config: &[],
                 args: &args,
                 stdin: b"",
                 status: 0,
@@ -444,6 +467,7 @@ fn composed_probe_get_secret_answers_match_the_host() {
                 action: "mypack.deploy",
                 stored: ALL_STORED,
                 env: ALL_ENV,
+                config: &[],
                 args: &["env"],
                 stdin: b"",
                 status: 0,
@@ -472,6 +496,7 @@ fn composed_python_action_matches_wasmtime_run() {
                 action: "mypack.deploy",
                 stored: &[],
                 env: &[],
+                config: &[],
                 args: &[],
                 stdin: b"",
                 status: 1,
@@ -487,6 +512,7 @@ fn composed_python_action_matches_wasmtime_run() {
                 action: "mypack.deploy",
                 stored: ALL_STORED,
                 env: ALL_ENV,
+                config: &[],
                 args: &[],
                 stdin: br#"{"target": "production"}"#,
                 status: 0,
@@ -505,6 +531,7 @@ fn composed_python_action_matches_wasmtime_run() {
                     ("SECRET_API_KEY", SYSTEM_KEY),
                     ("SECRET_TOKEN", "otherpack-token-value"),
                 ],
+                config: &[],
                 args: &[],
                 stdin: b"{}",
                 status: 0,
@@ -543,12 +570,160 @@ fn adapter_matches_names_by_variable_unlike_the_host() {
     );
 
     let env = [("SECRET_DB_PASSWORD".to_owned(), DB_PASSWORD.to_owned())];
-    let out = cli.run(&composed, &env, &args, b"");
+    let out = cli.run(&composed, &env, &[], &args, b"");
     assert_no_panic(&out);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let value = json!({ "value": DB_PASSWORD });
     assert_eq!(
         stdout_json(&out),
         json!({ "db-password": value, "db_password": value, "DB-PASSWORD": value })
+    );
+}
+
+/// The third door: a component written against the standard `wasi:config/store` runs unchanged
+/// under `wasmtime run -S config -S config-var=K=V…` and under attune-wasm, whose store answers
+/// `get` and `get-all` as it resolves `get-secret` (no adapter, no composition).
+#[test]
+fn config_action_matches_wasmtime_run_with_config_vars() {
+    let Some(cli) = Cli::new() else { return };
+    let action = wasm("config-action", Target::P2);
+    let all_config: &[(&str, &str)] = &[
+        ("api_key", PACK_KEY),
+        ("db_password", DB_PASSWORD),
+        ("deploy-token", DEPLOY_TOKEN),
+    ];
+    cli.check_all(
+        &action,
+        &action,
+        None,
+        &[
+            Case {
+                what: "every secret of mypack.deploy, as configuration",
+                action: "mypack.deploy",
+                stored: ALL_STORED,
+                env: &[],
+                config: all_config,
+                args: &[],
+                stdin: br#"{"target": "production"}"#,
+                status: 0,
+                check: &|out| {
+                    assert_eq!(
+                        stdout_json(out),
+                        json!({
+                            "action": "mypack.deploy",
+                            "door": "wasi-config",
+                            "target": "production",
+                            "deployed": true,
+                            "api_key": described(PACK_KEY),
+                            "db_password": described(DB_PASSWORD),
+                            "keys": ["api_key", "db_password", "deploy-token"],
+                        })
+                    );
+                },
+            },
+            Case {
+                what: "api_key missing: none, and the action fails",
+                action: "mypack.deploy",
+                stored: &[("db_password", DB_PASSWORD, &["--action", "mypack.deploy"])],
+                env: &[],
+                config: &[("db_password", DB_PASSWORD)],
+                args: &[],
+                stdin: b"",
+                status: 1,
+                check: &|out| {
+                    let report = stdout_json(out);
+                    assert_eq!(report["deployed"], false);
+                    assert_eq!(report["api_key"], json!({ "error": "not set" }));
+                    assert_eq!(report["db_password"], described(DB_PASSWORD));
+                    assert_eq!(report["keys"], json!(["db_password"]));
+                },
+            },
+            Case {
+                what: "otherpack.deploy: the system api_key and its own pack's token only",
+                action: "otherpack.deploy",
+                stored: ALL_STORED,
+                env: &[],
+                config: &[("api_key", SYSTEM_KEY), ("token", "otherpack-token-value")],
+                args: &[],
+                stdin: b"{}",
+                status: 0,
+                check: &|out| {
+                    let report = stdout_json(out);
+                    assert_eq!(report["api_key"], described(SYSTEM_KEY));
+                    assert_eq!(report["db_password"], json!({ "error": "not set" }));
+                    assert_eq!(report["keys"], json!(["api_key", "token"]));
+                },
+            },
+        ],
+    );
+}
+
+/// The probe's `wasi:config/store` answers, value by value, including keys no secret could
+/// have (none under both, as under any wasi:config host without them).
+#[test]
+fn composed_probe_config_answers_match_the_host() {
+    let Some(cli) = Cli::new() else { return };
+    let probe = wasm("secret-probe", Target::P2);
+    let composed = cli.compose(&probe);
+    let long = "a".repeat(129);
+    let config: &[(&str, &str)] = &[
+        ("api_key", PACK_KEY),
+        ("db_password", DB_PASSWORD),
+        ("deploy-token", DEPLOY_TOKEN),
+    ];
+    let get = [
+        "config",
+        "api_key",
+        "deploy-token",
+        "missing",
+        "token",
+        "bad name",
+        "",
+        long.as_str(),
+    ];
+    cli.check_all(
+        &probe,
+        &composed,
+        None,
+        &[
+            Case {
+                what: "get",
+                action: "mypack.deploy",
+                stored: ALL_STORED,
+                env: ALL_ENV,
+                config,
+                args: &get,
+                stdin: b"",
+                status: 0,
+                check: &|out| {
+                    let report = stdout_json(out);
+                    assert_eq!(report["api_key"], json!({ "value": PACK_KEY }));
+                    assert_eq!(report["deploy-token"], json!({ "value": DEPLOY_TOKEN }));
+                    for none in ["missing", "token", "bad name", "", long.as_str()] {
+                        assert_eq!(report[none], json!({ "none": true }), "{none:?}");
+                    }
+                },
+            },
+            Case {
+                what: "get-all",
+                action: "mypack.deploy",
+                stored: ALL_STORED,
+                env: ALL_ENV,
+                config,
+                args: &["config-all"],
+                stdin: b"",
+                status: 0,
+                check: &|out| {
+                    assert_eq!(
+                        stdout_json(out),
+                        json!({
+                            "api_key": PACK_KEY,
+                            "db_password": DB_PASSWORD,
+                            "deploy-token": DEPLOY_TOKEN,
+                        })
+                    );
+                },
+            },
+        ],
     );
 }

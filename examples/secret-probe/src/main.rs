@@ -26,6 +26,12 @@
 //!   the value after `user:` and `ab` (every alignment), URL-safe base64 with and without
 //!   padding, Python `json.dumps` (`\u00f6`), Go-style JSON (`\u0026\u003c\u003e`),
 //!   percent-encoding with `/` kept, with `+` for space, with lower-case hex
+//! - `config KEY...` (wasip2 only): `{"KEY": {"value": "..."} | {"none": true} | {"error":
+//!   "upstream: ..."}}` through the standard `wasi:config/store.get`
+//! - `config-all` (wasip2 only): `{"KEY": "value", ...}` from `wasi:config/store.get-all`, or
+//!   `{"error": "..."}`
+//! - `config-hammer N KEY` (wasip2 only): call `wasi:config/store.get` N times, print the count
+//!   of each answer
 //! - `touch NAME`: pass the secret to WASI as a file path (stat, open, read-dir, mkdir) and as a
 //!   DNS name (resolve, connect); print only `touched`
 
@@ -169,6 +175,7 @@ fn main() {
             let name = "a".repeat(mib * 1024 * 1024);
             println!("{:?}", attune_guest::get_secret(&name));
         }
+        "config" | "config-all" | "config-hammer" => config::run(cmd, rest),
         "hammer" => {
             let n: u64 = rest[0].parse().unwrap_or(1);
             let mut counts = std::collections::BTreeMap::<String, u64>::new();
@@ -215,11 +222,20 @@ fn main() {
             const URL_SAFE: &[u8; 64] =
                 b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
             for prefix in ["", "a", "ab", "user:"] {
-                println!("b64 {prefix}: {}", base64(format!("{prefix}{v}").as_bytes()));
+                println!(
+                    "b64 {prefix}: {}",
+                    base64(format!("{prefix}{v}").as_bytes())
+                );
             }
             println!("b64url: {}", base64_with(v.as_bytes(), URL_SAFE, true));
-            println!("b64url-nopad: {}", base64_with(v.as_bytes(), URL_SAFE, false));
-            println!("b64url ab: {}", base64_with(format!("ab{v}").as_bytes(), URL_SAFE, false));
+            println!(
+                "b64url-nopad: {}",
+                base64_with(v.as_bytes(), URL_SAFE, false)
+            );
+            println!(
+                "b64url ab: {}",
+                base64_with(format!("ab{v}").as_bytes(), URL_SAFE, false)
+            );
             // Python json.dumps (ensure_ascii) and Go's encoding/json (HTML-safe).
             let (mut python, mut go) = (String::new(), String::new());
             for c in v.chars() {
@@ -285,5 +301,84 @@ fn main() {
             eprintln!("unknown command {other}");
             std::process::exit(64);
         }
+    }
+}
+
+/// The `wasi:config/store` commands (components only: a core module cannot import it).
+#[cfg(all(target_arch = "wasm32", target_env = "p2"))]
+mod config {
+    use serde_json::{json, Map, Value};
+
+    mod bindings {
+        wit_bindgen::generate!({
+            inline: "
+                package attune:secret-probe;
+                world probe {
+                    import wasi:config/store@0.2.0-rc.1;
+                }
+            ",
+            path: "../../wit",
+            // wasi:config is generated here (there is no shared crate for it).
+            generate_all,
+        });
+    }
+
+    use bindings::wasi::config::store::{self, Error};
+
+    fn error(e: &Error) -> String {
+        match e {
+            Error::Upstream(text) => format!("upstream: {text}"),
+            Error::Io(text) => format!("io: {text}"),
+        }
+    }
+
+    pub(super) fn run(cmd: &str, rest: &[String]) {
+        match cmd {
+            "config" => {
+                let mut out = Map::new();
+                for key in rest {
+                    let v = match store::get(key) {
+                        Ok(Some(v)) => json!({ "value": v }),
+                        Ok(None) => json!({ "none": true }),
+                        Err(e) => json!({ "error": error(&e) }),
+                    };
+                    out.insert(key.clone(), v);
+                }
+                println!("{}", Value::Object(out));
+            }
+            "config-all" => {
+                let out = match store::get_all() {
+                    Ok(all) => Value::Object(
+                        all.into_iter()
+                            .map(|(k, v)| (k, Value::String(v)))
+                            .collect(),
+                    ),
+                    Err(e) => json!({ "error": error(&e) }),
+                };
+                println!("{out}");
+            }
+            _ => {
+                let n: u64 = rest[0].parse().unwrap_or(1);
+                let mut counts = std::collections::BTreeMap::<String, u64>::new();
+                for _ in 0..n {
+                    let key = match store::get(&rest[1]) {
+                        Ok(Some(_)) => "some".to_owned(),
+                        Ok(None) => "none".to_owned(),
+                        Err(e) => error(&e),
+                    };
+                    *counts.entry(key).or_default() += 1;
+                }
+                println!("{}", serde_json::to_string(&counts).unwrap_or_default());
+            }
+        }
+    }
+}
+
+/// Core modules have no `wasi:config/store`.
+#[cfg(not(all(target_arch = "wasm32", target_env = "p2")))]
+mod config {
+    pub(super) fn run(cmd: &str, _: &[String]) {
+        eprintln!("{cmd}: wasi:config/store needs a component (wasm32-wasip2)");
+        std::process::exit(2);
     }
 }

@@ -60,13 +60,13 @@ pub async fn audit(settings: &Settings, cmd: AuditCmd) -> anyhow::Result<()> {
     filter.limit = limit;
     let records = store.list_audit(&filter).await?;
     println!(
-        "{:<24} {:<36} {:<24} {:<32} {:<10} {:<13} {:<5} RUN",
+        "{:<24} {:<36} {:<24} {:<32} {:<11} {:<13} {:<5} RUN",
         "TIME", "EXECUTION", "ACTION", "SECRET", "DOOR", "OUTCOME", "COUNT"
     );
     for listed in records {
         let r = &listed.record;
         println!(
-            "{:<24} {:<36} {:<24} {:<32} {:<10} {:<13} {:<5} {}",
+            "{:<24} {:<36} {:<24} {:<32} {:<11} {:<13} {:<5} {}",
             r.at,
             r.execution_id,
             r.action_ref,

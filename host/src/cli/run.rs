@@ -60,6 +60,10 @@ pub struct RunArgs {
     /// Deliver only these secrets (repeatable); other visible names answer access-denied.
     #[arg(long = "allow-secret", value_name = "NAME", value_parser = parse_secret_name)]
     allow_secret: Vec<SecretName>,
+    /// Refuse wasi:config/store get-all: components read only the secrets they name (config:
+    /// security.refuse_config_get_all).
+    #[arg(long)]
+    refuse_config_get_all: bool,
     /// Compile without the host's cache (`<data_dir>/cache`, compiled code reused across runs).
     #[arg(long)]
     no_cache: bool,
@@ -172,8 +176,11 @@ pub async fn run(
         Ok(store) => SecretSource::Store(store),
         Err(e) => SecretSource::Missing(format!("{e:#}")),
     };
-    let executor =
-        Executor::new(runtime, source, key(settings)?, strictness).with_boundary(&boundary);
+    let executor = Executor::new(runtime, source, key(settings)?, strictness)
+        .with_boundary(&boundary)
+        .with_config_get_all(
+            !(args.refuse_config_get_all || settings.security.refuse_config_get_all),
+        );
     if args.no_redact {
         tracing::warn!("--no-redact: secret values the guest prints are shown as they are");
     }

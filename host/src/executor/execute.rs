@@ -176,7 +176,8 @@ impl Executor {
                 exec.allowed,
                 exec.limits.secret_calls,
                 log.clone(),
-            ),
+            )
+            .with_config_get_all(self.config_get_all),
         };
         // Cancelled before it starts: nothing is delivered, so nothing goes on record.
         if setup.cancel.is_cancelled() {

@@ -28,8 +28,8 @@ pub struct Execution {
     pub stderr: Output,
     /// Limits.
     pub limits: Limits,
-    /// When set, only these names are delivered (both doors); other visible names answer
-    /// `access-denied` to `get-secret`.
+    /// When set, only these names are delivered (all three doors); other visible names
+    /// answer `access-denied` to `get-secret` and `wasi:config/store.get`.
     pub allowed: Option<BTreeSet<SecretName>>,
     /// Mask every resolved secret value in stdout/stderr (see [`crate::secrets::redact`]).
     pub redact: bool,

@@ -126,6 +126,8 @@ pub struct Executor {
     boundary: Boundary,
     /// Where the audit trail goes (none: no trail).
     sink: Option<Arc<dyn audit::Sink>>,
+    /// Whether `wasi:config/store.get-all` is answered ([`Executor::with_config_get_all`]).
+    config_get_all: bool,
     /// Started by the first execution that has records, on its tokio runtime; started again
     /// on the current one if that runtime has shut down since.
     audit: std::sync::Mutex<Option<Arc<audit::Writer>>>,
@@ -166,8 +168,19 @@ impl Executor {
             strictness,
             boundary,
             sink,
+            config_get_all: true,
             audit: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Whether components' `wasi:config/store.get-all` is answered (`true`, the default:
+    /// every secret the action may see, each recorded) or refused with
+    /// `upstream("access-denied")` (`false`, `security.refuse_config_get_all`): see
+    /// [`crate::runtime::SecretDoor::with_config_get_all`].
+    #[must_use]
+    pub fn with_config_get_all(mut self, answered: bool) -> Self {
+        self.config_get_all = answered;
+        self
     }
 
     /// Also refuses mounts that reach what `boundary` protects (the data directory, the

@@ -16,7 +16,8 @@ pub struct Limits {
     /// Fuel budget (roughly one unit per wasm instruction); `None` = unmetered. Needs a
     /// runtime built with [`RuntimeConfig::fuel`](super::RuntimeConfig::fuel).
     pub fuel: Option<u64>,
-    /// Most `get-secret` calls per execution (default 10,000).
+    /// Most secret requests per execution, `get-secret` and `wasi:config/store` together
+    /// (default 10,000).
     pub secret_calls: u64,
     /// Most WASI resource handles (open files and directories, streams, pollables) a guest
     /// holds at once (default 10,000); each costs host memory the memory limit does not count.

@@ -1,8 +1,10 @@
 //! The two linkers, built once per [`Runtime`](super::Runtime): what a guest may import,
 //! one capability at a time (wasmtime-wasi's `add_to_linker` per capability).
 //!
-//! - components: WASI preview 2 ([`wasmtime_wasi::p2::add_to_linker_async`]) and the secrets
-//!   capability ([`secrets::add_to_linker`]);
+//! - components: WASI preview 2 ([`wasmtime_wasi::p2::add_to_linker_async`]) and the two
+//!   secrets doors over one resolver: `attune:action/secrets` ([`secrets::add_to_linker`]) and
+//!   the standard `wasi:config/store` ([`config_store::add_to_linker`]); a component may
+//!   import either, both or neither;
 //! - core modules: WASI preview 1, with `proc_exit` replaced so that a status WASI does not
 //!   allow is a typed error.
 //!
@@ -13,14 +15,14 @@ use wasmtime_wasi::I32Exit;
 
 use super::error::ExitOutOfRange;
 use super::state::{ComponentState, ModuleState};
-use super::{secrets, Error, Result};
+use super::{config_store, secrets, Error, Result};
 
 /// wasmtime's errors while defining imports: a host failure.
 fn host(e: wasmtime::Error) -> Error {
     Error::Host(format!("{e:#}"))
 }
 
-/// The linker of component guests: WASI p2 and `attune:action/secrets`.
+/// The linker of component guests: WASI p2, `attune:action/secrets` and `wasi:config/store`.
 ///
 /// # Errors
 /// [`Error::Host`] when wasmtime refuses a definition.
@@ -28,6 +30,8 @@ pub(super) fn components(engine: &Engine) -> Result<wasmtime::component::Linker<
     let mut linker = wasmtime::component::Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(host)?;
     secrets::add_to_linker(&mut linker, |s: &mut ComponentState| &mut s.secrets).map_err(host)?;
+    config_store::add_to_linker(&mut linker, |s: &mut ComponentState| &mut s.secrets)
+        .map_err(host)?;
     Ok(linker)
 }
 

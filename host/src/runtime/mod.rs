@@ -2,7 +2,8 @@
 //! execution with its own WASI context, limits and secret door.
 //!
 //! Guests are either WASI preview 2 *command components* (export `wasi:cli/run`, may import
-//! `attune:action/secrets` from `wit/action.wit`) or WASI preview 1 *core modules* (export
+//! `attune:action/secrets` from `wit/action.wit` and the standard `wasi:config/store` from
+//! `wit/deps/config`) or WASI preview 1 *core modules* (export
 //! `_start`), detected from the binary's header. A guest gets exactly what [`GuestSetup`] lists:
 //! no host environment, no network, no filesystem unless a directory is mounted.
 //!
@@ -10,8 +11,9 @@
 //!
 //! ```text
 //! engine   RuntimeConfig, Pooling, Runtime::new, the epoch ticker
-//!   linker   what a guest may import: WASI p2 + secrets (components), WASI p1 (modules)
+//!   linker   what a guest may import: WASI p2 + secrets + config (components), WASI p1 (modules)
 //!   secrets  the get-secret door: decisions, the one mapping to the WIT error, linker glue
+//!   config_store  the wasi:config/store door over the same decisions: its mapping, linker glue
 //! guest    GuestKind, Runtime::compile / load (cache.rs: the on-disk compilation cache)
 //! run      GuestSetup ─► Runtime::run ─► GuestExit
 //!   wasi     the WASI context: env, args, stdio (output.rs: masked, capped), mounts
@@ -25,6 +27,7 @@
 
 mod cache;
 mod cancel;
+mod config_store;
 mod engine;
 mod error;
 mod guest;
@@ -45,6 +48,9 @@ use std::thread::JoinHandle;
 use wasmtime::{Engine, Linker};
 
 pub use self::cancel::Cancel;
+pub use self::config_store::{
+    ConfigError, CONFIG_ACCESS_DENIED, CONFIG_INTERFACE, CONFIG_UNAVAILABLE,
+};
 pub use self::engine::{Pooling, RuntimeConfig};
 pub use self::error::{Error, Result};
 use self::guest::GuestCache;
@@ -56,11 +62,20 @@ use self::state::{ComponentState, ModuleState};
 pub use self::wasi::{DirMount, Output, Stdin};
 
 pub(crate) mod bindings {
-    //! Host bindings for `wit/action.wit` (world `action`).
+    //! Host bindings for what components may import beyond WASI p2: `attune:action/secrets`
+    //! (`wit/action.wit`) and `wasi:config/store` (`wit/deps/config`, as wasmtime 48's
+    //! `wasmtime-wasi-config` ships it). Only the types are used: both doors are wrapped by
+    //! hand (`secrets.rs`, `config_store.rs`).
     #![allow(missing_docs)]
     wasmtime::component::bindgen!({
+        inline: "
+            package attune:host;
+            world host {
+                import attune:action/secrets@0.1.0;
+                import wasi:config/store@0.2.0-rc.1;
+            }
+        ",
         path: "../wit",
-        world: "action",
     });
 }
 

@@ -38,7 +38,7 @@ pub struct GuestSetup {
     pub stderr: Output,
     /// Limits.
     pub limits: Limits,
-    /// The `get-secret` door.
+    /// The `get-secret` and `wasi:config/store` doors.
     pub secrets: SecretDoor,
     /// Values masked in stdout/stderr (empty: no masking).
     pub redact: crate::secrets::redact::Patterns,
@@ -58,7 +58,7 @@ pub struct GuestExit {
     pub stdout: Option<Bytes>,
     /// Captured stderr (with [`Output::Capture`]).
     pub stderr: Option<Bytes>,
-    /// `get-secret` calls made.
+    /// Secret requests made (`get-secret` and `wasi:config/store`).
     pub secret_calls: u64,
     /// The guest wrote more than [`GuestSetup::max_output`] bytes to a stream.
     pub output_capped: bool,

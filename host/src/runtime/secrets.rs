@@ -1,7 +1,8 @@
 //! The secrets capability: the host side of `attune:action/secrets` (`wit/action.wit`), the
-//! `get-secret` door of component guests.
+//! `get-secret` door of component guests, and the one resolver behind it and the
+//! `wasi:config/store` door ([`super::config_store`]).
 //!
-//! One request goes through three steps, each in one place:
+//! One request, through either door, goes through three steps, each in one place:
 //!
 //! 1. [`SecretDoor::decide`]: the decisions, in this order: the name's rule, the call budget
 //!    ([`Limits::secret_calls`](super::Limits::secret_calls)), visibility to the action
@@ -10,7 +11,8 @@
 //! 2. [`answer`]: the one mapping from that decision to what the guest sees (a
 //!    [`SecretError`] variant of the WIT) and to the audit [`Outcome`];
 //! 3. [`add_to_linker`]: the linker glue, where the value is exposed once to be lowered into
-//!    guest memory.
+//!    guest memory (for `wasi:config/store`: [`super::config_store`], which maps the same
+//!    answer to that interface's `option` and `error`).
 //!
 //! What the guest caused or may know (`invalid-name`, `not-found`, `access-denied`) reaches it
 //! as a WIT variant; a value the host could not decrypt is `unavailable`, without detail (the
@@ -24,20 +26,33 @@ use wasmtime::StoreContextMut;
 
 pub use super::bindings::attune::action::secrets::SecretError;
 use crate::secrets::names::{SecretName, MAX_NAME_BYTES};
-use crate::store::audit::{Door, Log, Outcome, UNRECORDED};
+use crate::store::audit::{Door, Log, Outcome, GET_ALL, UNRECORDED};
 use crate::store::resolve::{Delivery, Resolution};
 
 /// The WIT interface of the `get-secret` door (`wit/action.wit`).
 pub const SECRETS_INTERFACE: &str = "attune:action/secrets@0.1.0";
 
-/// The `get-secret` door: the execution's resolved secrets, an optional allow-list and a
-/// call budget. Dropping it zeroizes every plaintext it holds. No `Debug`: it holds them.
+/// The `get-secret` and `wasi:config/store` doors: the execution's resolved secrets, an
+/// optional allow-list and one call budget for both doors. Dropping it zeroizes every plaintext
+/// it holds. No `Debug`: it holds them.
 pub struct SecretDoor {
     resolution: Resolution,
     allowed: Option<BTreeSet<SecretName>>,
     calls: u64,
     budget: u64,
     log: Log,
+    /// Whether `wasi:config/store.get-all` is answered ([`SecretDoor::with_config_get_all`]).
+    get_all: bool,
+}
+
+/// Why a `wasi:config/store.get-all` call was refused as a whole (recorded as
+/// [`GET_ALL`], `access-denied`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum AllRefused {
+    /// The host does not answer `get-all` ([`SecretDoor::with_config_get_all`]).
+    Disabled,
+    /// The budget cannot cover one call per secret the action may see.
+    OverBudget,
 }
 
 /// Why the door refuses a request (each of its decisions but delivery). [`answer`] turns it
@@ -59,8 +74,10 @@ enum Refusal {
 
 impl SecretDoor {
     /// Builds the door over `resolution`. `allowed`, when set, is the only names the guest may
-    /// read (others visible answer `access-denied`); `budget` caps the number of calls per
-    /// execution (calls past it answer `access-denied`). Every call is counted in `log`.
+    /// read (others visible answer `access-denied`); `budget` caps the number of requests per
+    /// execution, both doors together (requests past it answer `access-denied`; a
+    /// `wasi:config/store.get-all` costs one request per secret it returns). Every request is
+    /// counted in `log`. `get-all` is answered (see [`SecretDoor::with_config_get_all`]).
     pub fn new(
         resolution: Resolution,
         allowed: Option<BTreeSet<SecretName>>,
@@ -73,10 +90,21 @@ impl SecretDoor {
             calls: 0,
             budget,
             log,
+            get_all: true,
         }
     }
 
-    /// Number of `get-secret` calls so far.
+    /// Whether `wasi:config/store.get-all` is answered (`true`, the default: every secret the
+    /// action may see, each recorded) or refused with the error `upstream("access-denied")`
+    /// (`false`: the guest must name each secret it reads, as with `get-secret`).
+    #[must_use]
+    pub fn with_config_get_all(mut self, answered: bool) -> Self {
+        self.get_all = answered;
+        self
+    }
+
+    /// Number of requests so far, both doors together (`get-secret` calls, `get` calls, and
+    /// one per secret a `get-all` returned or one per refused `get-all`).
     pub fn calls(&self) -> u64 {
         self.calls
     }
@@ -86,22 +114,66 @@ impl SecretDoor {
     /// a [`SecretString`]: it is exposed once, where the linker glue hands it to wasmtime to
     /// lower into guest memory), its outcome and what was recorded (the resolved ref, or
     /// [`UNRECORDED`]).
-    fn request(
+    pub(super) fn request(
         &mut self,
         name: Option<&str>,
+        door: Door,
     ) -> (Result<SecretString, SecretError>, Outcome, String) {
         let (decision, recorded) = self.decide(name);
         let (result, outcome) = answer(decision);
-        self.log.note(&recorded, Door::GetSecret, outcome);
+        self.log.note(&recorded, door, outcome);
         (result, outcome, recorded)
     }
 
     /// Answers one `get-secret` call of the guest (see [`SecretDoor::request`]) and logs it
     /// at debug level, by ref and outcome only.
     fn get(&mut self, name: Option<&str>) -> Result<SecretString, SecretError> {
-        let (result, outcome, recorded) = self.request(name);
+        let (result, outcome, recorded) = self.request(name, Door::GetSecret);
         tracing::debug!(secret = %recorded, %outcome, "get-secret");
         result
+    }
+
+    /// Every secret the action may see (visible, and on the allow-list when there is one),
+    /// by stored name, for `door`'s `get-all`: each is one request, decided and recorded as
+    /// [`SecretDoor::request`] does, and one the host cannot decrypt is left out (recorded
+    /// `unavailable`, as the environment door leaves it out). Refused as a whole, and
+    /// recorded once as [`GET_ALL`] `access-denied`, when the host does not answer `get-all`
+    /// or the budget cannot cover one request per secret (none is delivered then).
+    pub(super) fn request_all(
+        &mut self,
+        door: Door,
+    ) -> Result<Vec<(String, SecretString)>, AllRefused> {
+        let names: Vec<SecretName> = self
+            .resolution
+            .iter()
+            .filter(|r| self.allowed.as_ref().is_none_or(|a| a.contains(&r.name)))
+            .map(|r| r.name.clone())
+            .collect();
+        let cost = u64::try_from(names.len()).unwrap_or(u64::MAX);
+        let refused = if !self.get_all {
+            Some(AllRefused::Disabled)
+        } else if self.calls.saturating_add(cost.max(1)) > self.budget {
+            Some(AllRefused::OverBudget)
+        } else {
+            None
+        };
+        if let Some(refused) = refused {
+            self.calls = self.calls.saturating_add(1);
+            self.log.note(GET_ALL, door, Outcome::AccessDenied);
+            return Err(refused);
+        }
+        if names.is_empty() {
+            // An empty answer is a request too: a loop of them is bounded by the budget.
+            self.calls = self.calls.saturating_add(1);
+        }
+        let mut all = Vec::with_capacity(names.len());
+        for name in names {
+            // Within the budget, visible and allowed: delivered, or unavailable.
+            if let (Ok(value), _, _) = self.request(Some(name.as_str()), door) {
+                all.push((name.as_str().to_owned(), value));
+            }
+        }
+        Ok(all)
     }
 
     /// The door's decision for one request, and what to record: the resolved ref, or
@@ -184,19 +256,12 @@ pub(crate) fn add_to_linker<T: 'static>(
 }
 
 #[cfg(test)]
-mod tests {
-    //! Each decision of the `get-secret` door, and what it records.
+pub(super) mod fixture {
+    //! A door over a few secrets, for the tests of both doors.
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::secrets::names::{Owner, PackRef};
     use crate::store::{SecretRow, StoredValue, Timestamp};
-
-    impl SecretDoor {
-        /// A request for `name` as the guest asked for it.
-        fn lookup(&mut self, name: &str) -> (Result<SecretString, SecretError>, Outcome, String) {
-            self.request(Some(name))
-        }
-    }
 
     fn row(owner: Owner, name: &str, value: &str, encrypted: bool) -> SecretRow {
         let value = SecretString::from(value);
@@ -214,7 +279,7 @@ mod tests {
     }
 
     /// A door over system `token`, pack `api_key` and an encrypted `sealed` with no key.
-    fn door(allowed: Option<&[&str]>, budget: u64) -> (SecretDoor, Log) {
+    pub(in crate::runtime) fn door(allowed: Option<&[&str]>, budget: u64) -> (SecretDoor, Log) {
         let pack = Owner::Pack(PackRef::new("mypack").unwrap());
         let rows = vec![
             row(Owner::System, "token", "system-token-value", false),
@@ -234,7 +299,23 @@ mod tests {
             log,
         )
     }
+}
 
+#[cfg(test)]
+mod tests {
+    //! Each decision of the `get-secret` door, and what it records.
+    #![allow(clippy::unwrap_used)]
+    use super::fixture::door;
+    use super::*;
+
+    impl SecretDoor {
+        /// A `get-secret` request for `name` as the guest asked for it.
+        fn lookup(&mut self, name: &str) -> (Result<SecretString, SecretError>, Outcome, String) {
+            self.request(Some(name), Door::GetSecret)
+        }
+    }
+
+    /// The `get-secret` records of `log`, in order: (ref, outcome, count).
     fn recorded(log: &Log) -> Vec<(String, Outcome, u64)> {
         log.records(
             crate::store::Timestamp::now(),
@@ -280,7 +361,7 @@ mod tests {
     #[test]
     fn an_oversized_name_is_invalid_counted_and_not_recorded() {
         let (mut door, log) = door(None, 10);
-        let (answer, outcome, what) = door.request(None);
+        let (answer, outcome, what) = door.request(None, Door::GetSecret);
         assert!(matches!(answer, Err(SecretError::InvalidName)));
         assert_eq!((outcome, what.as_str()), (Outcome::InvalidName, UNRECORDED));
         assert_eq!(door.calls(), 1, "it counts against the budget");

@@ -1,6 +1,6 @@
-//! Per-execution store state: one plain struct per guest kind, holding the WASI context, the
-//! memory limiter and the `get-secret` door (wasmtime's `WasiCtx` + `ResourceTable`
-//! implementing `WasiView`).
+//! Per-execution store state: one plain struct per guest kind, holding the WASI context, the memory
+//! limiter and the secret door (`get-secret`, `wasi:config/store`) (wasmtime's `WasiCtx` +
+//! `ResourceTable` implementing `WasiView`).
 
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p1::WasiP1Ctx;
@@ -9,7 +9,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::limits::Limiter;
 use super::secrets::SecretDoor;
 
-/// Host state of a component execution (WASI p2 + `attune:action/secrets`).
+/// Host state of a component execution (WASI p2, `attune:action/secrets`,
+/// `wasi:config/store`).
 pub(crate) struct ComponentState {
     pub(crate) ctx: WasiCtx,
     pub(crate) table: ResourceTable,

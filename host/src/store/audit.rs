@@ -23,14 +23,17 @@ pub enum Door {
     Env,
     /// The `get-secret` WIT import.
     GetSecret,
+    /// The standard `wasi:config/store` import (`get`, `get-all`).
+    WasiConfig,
 }
 
 impl Door {
-    /// Stored spelling: `env`, `get-secret`.
+    /// Stored spelling: `env`, `get-secret`, `wasi-config`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Env => "env",
             Self::GetSecret => "get-secret",
+            Self::WasiConfig => "wasi-config",
         }
     }
 }
@@ -77,6 +80,10 @@ pub const MAX_RECORDS: usize = 1_000;
 
 /// Placeholder for a requested name that is not recorded (invalid, or equal to a value).
 pub const UNRECORDED: &str = "(unrecorded name)";
+
+/// What a `wasi:config/store.get-all` call refused as a whole is recorded as (it names no
+/// secret: the host's option refuses it, or the call budget cannot cover it).
+pub const GET_ALL: &str = "(get-all)";
 
 /// One audit record.
 #[derive(Debug, Clone, PartialEq, Eq)]

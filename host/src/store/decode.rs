@@ -130,6 +130,7 @@ impl RawAudit {
         let door = match self.door.as_str() {
             "env" => Door::Env,
             "get-secret" => Door::GetSecret,
+            "wasi-config" => Door::WasiConfig,
             other => return Err(corrupt(format!("unknown audit door {other:?}"))),
         };
         let outcome = match self.outcome.as_str() {

@@ -117,6 +117,8 @@ pub struct WorkerConfig {
     pub key: Option<EncryptionKey>,
     /// `security.strict_secrets`: an undeliverable secret fails the execution.
     pub strict: bool,
+    /// `security.refuse_config_get_all`: components' `wasi:config/store.get-all` is refused.
+    pub refuse_config_get_all: bool,
 }
 
 impl fmt::Debug for WorkerConfig {
@@ -254,6 +256,7 @@ impl WorkerConfig {
             )?),
             key,
             strict: settings.security.strict_secrets,
+            refuse_config_get_all: settings.security.refuse_config_get_all,
         })
     }
 }

@@ -11,7 +11,7 @@
 //! | `attune_wasm_executions_total{status}` | counter | executions this worker ended, by the terminal status it committed (`completed`, `failed`, `timeout`, `cancelled`) |
 //! | `attune_wasm_execution_duration_seconds` | histogram | run time of the executions that ran a guest, seconds (buckets 0.5 ms × 2ⁿ up to ~65 s) |
 //! | `attune_wasm_executions_in_flight` | gauge | executions running a guest now |
-//! | `attune_wasm_secret_requests_total{door,outcome}` | counter | secret requests of ended runs: `door` `env` / `get-secret`, `outcome` `delivered`, `not-found`, `access-denied`, `invalid-name`, `unavailable` |
+//! | `attune_wasm_secret_requests_total{door,outcome}` | counter | secret requests of ended runs: `door` `env` / `get-secret` / `wasi-config`, `outcome` `delivered`, `not-found`, `access-denied`, `invalid-name`, `unavailable` |
 //! | `attune_wasm_dispatches_given_up_total` | counter | dispatches given up after the database refused them [`super::service::MAX_REFUSALS`] times |
 //!
 //! The endpoint is a minimal HTTP/1.1 responder (one request per connection, `Connection:

@@ -101,7 +101,7 @@ pub async fn run(mut cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> 
             None
         }
     };
-    let executor = Arc::new(Executor::new(
+    let executor = Executor::new(
         runtime,
         SecretSource::Separate {
             rows: AttuneKeys::store(pool.clone()),
@@ -113,7 +113,8 @@ pub async fn run(mut cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> 
         } else {
             executor::Strictness::Lenient
         },
-    ));
+    );
+    let executor = Arc::new(executor.with_config_get_all(!cfg.refuse_config_get_all));
     let (publisher, _) = watch::channel(None);
     let ctx = Arc::new(Ctx {
         pool: pool.clone(),
