@@ -14,7 +14,7 @@ use clap::Args;
 use attune_wasm::config::Settings;
 use attune_wasm::executor::mounts::{Boundary, Kind};
 use attune_wasm::executor::{self, Execution, Executor, SecretSource};
-use attune_wasm::runtime::{DirMount, Output, Runtime, RuntimeConfig, Stdin};
+use attune_wasm::runtime::{DirMount, GetAll, Output, Runtime, RuntimeConfig, Stdin};
 use attune_wasm::secrets::names::{ActionRef, SecretName};
 use attune_wasm::store::OpenMode;
 
@@ -179,7 +179,11 @@ pub async fn run(
     let executor = Executor::new(runtime, source, key(settings)?, strictness)
         .with_boundary(&boundary)
         .with_config_get_all(
-            !(args.refuse_config_get_all || settings.security.refuse_config_get_all),
+            if args.refuse_config_get_all || settings.security.refuse_config_get_all {
+                GetAll::Refused
+            } else {
+                GetAll::Answered
+            },
         );
     if args.no_redact {
         tracing::warn!("--no-redact: secret values the guest prints are shown as they are");

@@ -15,7 +15,7 @@ pub mod mounts;
 
 use std::sync::Arc;
 
-use crate::runtime::{self, Runtime};
+use crate::runtime::{self, GetAll, Runtime};
 use crate::secrets::crypto::EncryptionKey;
 use crate::store::{audit, resolve, Store};
 
@@ -127,7 +127,7 @@ pub struct Executor {
     /// Where the audit trail goes (none: no trail).
     sink: Option<Arc<dyn audit::Sink>>,
     /// Whether `wasi:config/store.get-all` is answered ([`Executor::with_config_get_all`]).
-    config_get_all: bool,
+    config_get_all: GetAll,
     /// Started by the first execution that has records, on its tokio runtime; started again
     /// on the current one if that runtime has shut down since.
     audit: std::sync::Mutex<Option<Arc<audit::Writer>>>,
@@ -168,18 +168,17 @@ impl Executor {
             strictness,
             boundary,
             sink,
-            config_get_all: true,
+            config_get_all: GetAll::Answered,
             audit: std::sync::Mutex::new(None),
         }
     }
 
-    /// Whether components' `wasi:config/store.get-all` is answered (`true`, the default:
-    /// every secret the action may see, each recorded) or refused with
-    /// `upstream("access-denied")` (`false`, `security.refuse_config_get_all`): see
-    /// [`crate::runtime::SecretDoor::with_config_get_all`].
+    /// Whether components' `wasi:config/store.get-all` is answered ([`GetAll::Answered`], the
+    /// default: every secret the action may see, each recorded) or refused with
+    /// `upstream("access-denied")` ([`GetAll::Refused`], `security.refuse_config_get_all`).
     #[must_use]
-    pub fn with_config_get_all(mut self, answered: bool) -> Self {
-        self.config_get_all = answered;
+    pub fn with_config_get_all(mut self, get_all: GetAll) -> Self {
+        self.config_get_all = get_all;
         self
     }
 

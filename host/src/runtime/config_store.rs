@@ -33,8 +33,8 @@ use wasmtime::StoreContextMut;
 
 pub use super::bindings::wasi::config::store::Error as ConfigError;
 use super::secrets::{AllRefused, SecretDoor, SecretError};
-use crate::store::audit::Door;
 use crate::secrets::names::MAX_NAME_BYTES;
+use crate::store::audit::Door;
 
 /// The WIT interface of the `wasi:config/store` door (`wit/deps/config/store.wit`, the version
 /// wasmtime 48 ships in `wasmtime-wasi-config`).
@@ -130,15 +130,20 @@ mod tests {
     //! its own door in the audit records.
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::store::audit::{Log, Outcome, GET_ALL, UNRECORDED};
     use crate::runtime::secrets::fixture::door;
+    use crate::runtime::GetAll;
+    use crate::store::audit::{Log, Outcome, GET_ALL, UNRECORDED};
 
     /// Every record of `log`: (ref, door, outcome, count).
     fn records(log: &Log) -> Vec<(String, Door, Outcome, u64)> {
-        log.records("t", "e", "mypack.a")
-            .into_iter()
-            .map(|r| (r.secret_ref, r.door, r.outcome, r.count))
-            .collect()
+        log.records(
+            crate::store::Timestamp::now(),
+            "e",
+            &crate::secrets::names::ActionRef::new("mypack.a").unwrap(),
+        )
+        .into_iter()
+        .map(|r| (r.secret_ref, r.door, r.outcome, r.count))
+        .collect()
     }
 
     fn value(answer: Result<Option<SecretString>, ConfigError>) -> Option<String> {
@@ -294,7 +299,10 @@ mod tests {
         for (door_, why) in [
             (door(None, 2), "budget of 2 for 3 secrets"),
             (
-                (door(None, 10).0.with_config_get_all(false), Log::default()),
+                (
+                    door(None, 10).0.with_config_get_all(GetAll::Refused),
+                    Log::default(),
+                ),
                 "refused",
             ),
         ] {
@@ -306,7 +314,7 @@ mod tests {
             assert_eq!(door.calls(), 1, "{why}: one refused request");
         }
         let (door, log) = door(None, 10);
-        let mut door = door.with_config_get_all(false);
+        let mut door = door.with_config_get_all(GetAll::Refused);
         assert!(get_all(&mut door).is_err());
         assert_eq!(
             records(&log),

@@ -57,7 +57,7 @@ use self::guest::GuestCache;
 pub use self::guest::{Guest, GuestKind, MAX_CACHED_GUESTS};
 pub use self::limits::Limits;
 pub use self::run::{GuestExit, GuestSetup};
-pub use self::secrets::{SecretDoor, SecretError, SECRETS_INTERFACE};
+pub use self::secrets::{GetAll, SecretDoor, SecretError, SECRETS_INTERFACE};
 use self::state::{ComponentState, ModuleState};
 pub use self::wasi::{DirMount, Output, Stdin};
 

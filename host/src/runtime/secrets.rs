@@ -42,7 +42,21 @@ pub struct SecretDoor {
     budget: u64,
     log: Log,
     /// Whether `wasi:config/store.get-all` is answered ([`SecretDoor::with_config_get_all`]).
-    get_all: bool,
+    get_all: GetAll,
+}
+
+/// Whether components' `wasi:config/store.get-all` is answered (operators choose it with
+/// `security.refuse_config_get_all`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum GetAll {
+    /// Answered: every secret the action may see (allow-list and budget applied), each
+    /// recorded. The default.
+    #[default]
+    Answered,
+    /// Refused with the error `upstream("access-denied")`: the guest must name each secret it
+    /// reads, as with `get-secret`.
+    Refused,
 }
 
 /// Why a `wasi:config/store.get-all` call was refused as a whole (recorded as
@@ -90,16 +104,15 @@ impl SecretDoor {
             calls: 0,
             budget,
             log,
-            get_all: true,
+            get_all: GetAll::Answered,
         }
     }
 
-    /// Whether `wasi:config/store.get-all` is answered (`true`, the default: every secret the
-    /// action may see, each recorded) or refused with the error `upstream("access-denied")`
-    /// (`false`: the guest must name each secret it reads, as with `get-secret`).
+    /// Whether `wasi:config/store.get-all` is answered ([`GetAll::Answered`], the default) or
+    /// refused ([`GetAll::Refused`]).
     #[must_use]
-    pub fn with_config_get_all(mut self, answered: bool) -> Self {
-        self.get_all = answered;
+    pub fn with_config_get_all(mut self, get_all: GetAll) -> Self {
+        self.get_all = get_all;
         self
     }
 
@@ -150,7 +163,7 @@ impl SecretDoor {
             .map(|r| r.name.clone())
             .collect();
         let cost = u64::try_from(names.len()).unwrap_or(u64::MAX);
-        let refused = if !self.get_all {
+        let refused = if self.get_all == GetAll::Refused {
             Some(AllRefused::Disabled)
         } else if self.calls.saturating_add(cost.max(1)) > self.budget {
             Some(AllRefused::OverBudget)

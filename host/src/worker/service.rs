@@ -40,7 +40,7 @@ use super::metrics::{self, Metrics};
 use super::protocol::{self, Envelope, ExecutionRequested};
 use super::{Error, Failure, OWN_SCHEMA};
 use crate::executor::{self, Execution, Executor, SecretSource};
-use crate::runtime::{self, Limits, Output, Pooling, Runtime, RuntimeConfig, Stdin};
+use crate::runtime::{self, GetAll, Limits, Output, Pooling, Runtime, RuntimeConfig, Stdin};
 use crate::secrets::names::ActionRef;
 use crate::store::{AttuneKeys, OpenMode, Store, StoreOptions};
 
@@ -114,7 +114,11 @@ pub async fn run(mut cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> 
             executor::Strictness::Lenient
         },
     );
-    let executor = Arc::new(executor.with_config_get_all(!cfg.refuse_config_get_all));
+    let executor = Arc::new(executor.with_config_get_all(if cfg.refuse_config_get_all {
+        GetAll::Refused
+    } else {
+        GetAll::Answered
+    }));
     let (publisher, _) = watch::channel(None);
     let ctx = Arc::new(Ctx {
         pool: pool.clone(),
