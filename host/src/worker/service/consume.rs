@@ -9,7 +9,7 @@ use lapin::options::{
     BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties};
+use lapin::{Channel, Connection};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -38,9 +38,7 @@ pub(super) async fn consume(
             break;
         }
         let connected = async {
-            let conn = Connection::connect(&cfg.amqp_url, ConnectionProperties::default())
-                .await
-                .map_err(|e| Error::Broker(format!("cannot connect: {e}")))?;
+            let conn = protocol::connect(&cfg.amqp_url).await?;
             let (consumer, channel, tag) = open_consumer(&conn, ctx, prefetch).await?;
             Ok::<_, Error>((conn, consumer, channel, tag))
         }
@@ -69,6 +67,10 @@ pub(super) async fn consume(
             }
         };
         let _cancels = AbortOnDrop(cancels);
+        // Not aborted with the connection: a publication cut between the broker's
+        // confirmation and its record would be published again.
+        let pending = Arc::clone(ctx);
+        tokio::spawn(async move { pending.publish_pending().await });
         // A lost connection is noticed here even while every slot is busy (running executions
         // publish their results on the next connection, so it must not wait for a free slot).
         let mut events = conn.events_listener();
@@ -135,14 +137,7 @@ pub(super) async fn consume(
             running = tasks.len(),
             "shutdown timeout passed: cancelling the executions still running"
         );
-        for cancel in ctx
-            .cancels
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
-        {
-            cancel.cancel();
-        }
+        ctx.cancels.cancel_all();
         let ended = tokio::time::timeout(Duration::from_secs(10), async {
             while tasks.join_next().await.is_some() {}
         })

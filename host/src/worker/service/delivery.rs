@@ -9,7 +9,8 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::super::attune_db::{self, TERMINAL};
+use super::super::attune_db::{self, ExecutionRow, TERMINAL};
+use super::super::ledger;
 use super::super::protocol::{self, Envelope, ExecutionRequested};
 use super::super::Failure;
 use super::consume::answer_failure;
@@ -37,9 +38,12 @@ pub(super) enum Disposition {
     DeadLetter,
     /// A transient failure (database unreachable): back to the queue, later.
     Requeue,
-    /// The database refused an update of the execution (the error): requeued, counted, and
-    /// given up after [`MAX_REFUSALS`].
+    /// The database refused an update of the execution (the error): counted, and given up
+    /// after [`MAX_REFUSALS`].
     Refused(String),
+    /// A refusal counted (the count so far): the dispatch is put back in its queue with the
+    /// count in its headers ([`protocol::REFUSALS_HEADER`]), or requeued as it is.
+    Counted(u32),
 }
 
 impl Ctx {
@@ -72,7 +76,11 @@ impl Ctx {
         let (id, disposition) = match parse(&delivery) {
             Some((id, correlation)) => {
                 let disposition = self.dispatch(id, correlation.clone()).await;
-                (Some(id), self.settle(id, disposition, correlation).await)
+                let carried = protocol::refusals(&delivery.properties);
+                (
+                    Some(id),
+                    self.settle(id, carried, disposition, correlation).await,
+                )
             }
             None => (None, Disposition::DeadLetter),
         };
@@ -93,19 +101,31 @@ impl Ctx {
             }
             Disposition::Requeue | Disposition::Refused(_) => {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
-                    .await
+                requeue(&delivery).await
+            }
+            Disposition::Counted(refusals) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let channel = self.publisher.borrow().clone();
+                let republished = match channel {
+                    Some(channel) => protocol::republish(&channel, &delivery, refusals).await,
+                    None => Err(super::super::Error::Broker("no broker connection".into())),
+                };
+                match republished {
+                    Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
+                    Err(e) => {
+                        tracing::warn!(
+                            execution = id,
+                            "cannot put the refused dispatch back with its count, requeued as it is: {e}"
+                        );
+                        requeue(&delivery).await
+                    }
+                }
             }
         };
         // The channel is gone (lapin answers `Ok(false)` for a delivery of a closed channel):
         // the broker redelivers, and the redelivery finds the execution ended (acknowledged
-        // and skipped then). An old delivery's tag is never answered on a newer channel (each
-        // acker belongs to its own channel).
+        // and skipped then, or its completion published when it was not). An old delivery's
+        // tag is never answered on a newer channel (each acker belongs to its own channel).
         match answer_failure(answered) {
             Some(reason) => tracing::warn!(
                 execution = id,
@@ -115,11 +135,13 @@ impl Ctx {
         }
     }
 
-    /// Counts a refusal; past [`MAX_REFUSALS`] gives the execution up. Forgets the count once
-    /// the dispatch is acknowledged or dead-lettered.
+    /// Counts a refusal (after the `carried` ones of the dispatch's [`protocol::REFUSALS_HEADER`],
+    /// or this process's own count when it is higher); past [`MAX_REFUSALS`] gives the
+    /// execution up. Forgets the count once the dispatch is acknowledged or dead-lettered.
     async fn settle(
         &self,
         id: i64,
+        carried: u32,
         disposition: Disposition,
         correlation: Option<String>,
     ) -> Disposition {
@@ -133,7 +155,7 @@ impl Ctx {
                 let attempts = {
                     let mut map = refusals();
                     let n = map.entry(id).or_insert(0);
-                    *n += 1;
+                    *n = (*n).max(carried).saturating_add(1);
                     *n
                 };
                 if attempts < MAX_REFUSALS {
@@ -142,7 +164,7 @@ impl Ctx {
                         attempts,
                         "Attune's database refused an update of this execution, dispatch requeued: {why}"
                     );
-                    return Disposition::Refused(why);
+                    return Disposition::Counted(attempts);
                 }
                 refusals().remove(&id);
                 self.metrics.given_up();
@@ -190,7 +212,8 @@ impl Ctx {
             .end_unstarted(&execution, &expected, "failed", &failure, correlation)
             .await
         {
-            Disposition::Ack => Disposition::Ack,
+            // Ended `failed`: acknowledged once its completion is published, else requeued.
+            done @ (Disposition::Ack | Disposition::Requeue) => done,
             _ => {
                 tracing::error!(
                     execution = id,
@@ -202,19 +225,117 @@ impl Ctx {
         }
     }
 
+    /// A dispatch of an execution already ended: its `ExecutionCompleted` is published from
+    /// the committed row when the completion ledger says it is still pending (the worker
+    /// that ended it stopped, or the broker failed, before it was published); otherwise the
+    /// dispatch is acknowledged and skipped.
+    async fn ended(&self, execution: &ExecutionRow, correlation: Option<String>) -> Disposition {
+        let id = execution.id;
+        let pending = if self.ledger {
+            match ledger::pending(&self.pool, id).await {
+                Ok(pending) => pending,
+                Err(e) => {
+                    tracing::error!(
+                        execution = id,
+                        "cannot read the completion ledger, dispatch requeued: {e}"
+                    );
+                    return Disposition::Requeue;
+                }
+            }
+        } else {
+            false
+        };
+        if !pending {
+            tracing::info!(
+                execution = id,
+                status = %execution.status,
+                "execution already ended: dispatch acknowledged and skipped"
+            );
+            return Disposition::Ack;
+        }
+        self.publish_from_row(execution, correlation).await
+    }
+
+    /// Publishes the `ExecutionCompleted` of an ended execution from its committed status
+    /// and result (see [`Ctx::publish_completed`]).
+    async fn publish_from_row(
+        &self,
+        execution: &ExecutionRow,
+        correlation: Option<String>,
+    ) -> Disposition {
+        let id = execution.id;
+        let result = match attune_db::result(&self.pool, id).await {
+            Ok(result) => result.unwrap_or(Value::Null),
+            Err(e) => {
+                tracing::error!(
+                    execution = id,
+                    "cannot load the execution's result, dispatch requeued: {e}"
+                );
+                return Disposition::Requeue;
+            }
+        };
+        let action_id = match execution.action {
+            Some(action) => action,
+            None => attune_db::action(&self.pool, execution)
+                .await
+                .ok()
+                .flatten()
+                .map_or(0, |a| a.id),
+        };
+        tracing::info!(
+            execution = id,
+            status = %execution.status,
+            "execution already ended, its ExecutionCompleted not yet published: publishing it from the committed row"
+        );
+        self.publish_completed(execution, action_id, &execution.status, result, correlation)
+            .await
+    }
+
+    /// Publishes the pending `ExecutionCompleted` of executions this worker ended (the
+    /// ledger's rows without a publication time), for those whose dispatch will not come back
+    /// (dead-lettered by the queue's message TTL while the broker or the worker was away).
+    /// Run on each connection to the broker; an execution a delivery is handling is left to
+    /// it.
+    pub(super) async fn publish_pending(&self) {
+        if !self.ledger {
+            return;
+        }
+        let ids = match ledger::pending_of(&self.pool, self.worker_id, 1000).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::error!("cannot read the completion ledger: {e}");
+                return;
+            }
+        };
+        for id in ids {
+            let Ok(_claim) = self.claim(id) else {
+                continue;
+            };
+            let execution = match attune_db::execution(&self.pool, id).await {
+                Ok(Some(e)) if TERMINAL.contains(&e.status.as_str()) => e,
+                _ => continue,
+            };
+            if matches!(ledger::pending(&self.pool, id).await, Ok(true)) {
+                self.publish_from_row(&execution, None).await;
+            }
+        }
+    }
+
     /// One dispatch of execution `id`: what to answer the broker.
     async fn dispatch(&self, id: i64, correlation: Option<String>) -> Disposition {
-        let _claim = match self.claim(id) {
-            Ok(claim) => claim,
-            Err(mut done) => {
-                // The broker redelivered a dispatch this process is still running (its
-                // connection was lost): acknowledged once that run has ended and committed.
-                while done.changed().await.is_ok() {}
-                tracing::info!(
-                    execution = id,
-                    "redelivered while it ran here: acknowledged after it ended"
-                );
-                return Disposition::Ack;
+        let _claim = loop {
+            match self.claim(id) {
+                Ok(claim) => break claim,
+                Err(mut done) => {
+                    // The broker redelivered a dispatch this process is still handling (its
+                    // connection was lost): handled again once that run has ended (then
+                    // found ended, and acknowledged or its completion published).
+                    tracing::info!(
+                        execution = id,
+                        "redelivered while it runs here: handled after it ends"
+                    );
+                    while done.changed().await.is_ok() {}
+                }
             }
         };
         let execution = match attune_db::execution(&self.pool, id).await {
@@ -236,14 +357,7 @@ impl Ctx {
         };
         let status = execution.status.clone();
         match status.as_str() {
-            s if TERMINAL.contains(&s) => {
-                tracing::info!(
-                    execution = id,
-                    status = s,
-                    "execution already ended: dispatch acknowledged and skipped"
-                );
-                Disposition::Ack
-            }
+            s if TERMINAL.contains(&s) => self.ended(&execution, correlation).await,
             "running" => {
                 self.end_unstarted(
                     &execution,
@@ -267,6 +381,17 @@ impl Ctx {
             _ => self.run_execution(execution, correlation).await,
         }
     }
+}
+
+/// Puts a delivery back in its queue (nack with requeue).
+async fn requeue(delivery: &Delivery) -> Result<bool, lapin::Error> {
+    delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            multiple: false,
+        })
+        .await
 }
 
 /// The execution id and correlation id of a dispatch; `None` (logged) for a message to

@@ -97,7 +97,7 @@ impl Ctx {
             }
             None => Err(Failure::ActionMissing(execution.action_ref.clone())),
         };
-        self.forget_cancel(id);
+        self.cancels.forget(id);
         let elapsed = started.elapsed();
         if action.is_some() {
             self.metrics.observe_duration(elapsed);
@@ -163,7 +163,7 @@ impl Ctx {
             },
             max_output: self.max_stdout.max(self.max_stderr),
             execution_id: Some(execution.id.to_string()),
-            cancel: self.cancel_handle(execution.id),
+            cancel: self.cancels.running(execution.id),
             ..Execution::new(action_ref, action.entrypoint.clone())
         };
         Ok(self.executor.execute(&guest, request).await?)

@@ -2,19 +2,21 @@
 //! and one execution per dispatch.
 //!
 //! Per dispatch: load the execution; one already ended is acknowledged and skipped (a
-//! redelivery), one found `running` was left by a worker that died and is ended `failed`
-//! (never run twice); otherwise it is moved to `running` (`ExecutionStatusChanged`), its action
-//! file is loaded (compiled once per content), run with the parameters on stdin and the
-//! secrets of `attune.key`, its terminal status and result are committed, `ExecutionCompleted`
-//! is published, and only then is the dispatch acknowledged. A message that is not a dispatch
-//! (not JSON, another type, an unknown execution) is dead-lettered to `attune.dlx`.
+//! redelivery; or, when the completion ledger says its `ExecutionCompleted` is still pending,
+//! that is published from the committed row first), one found `running` was left by a worker
+//! that died and is ended `failed` (never run twice); otherwise it is moved to `running`
+//! (`ExecutionStatusChanged`), its action file is loaded (compiled once per content), run with
+//! the parameters on stdin and the secrets of `attune.key`, its terminal status and result are
+//! committed, `ExecutionCompleted` is published and confirmed by the broker, and only then is
+//! the dispatch acknowledged (not confirmed: requeued). A message that is not a dispatch (not
+//! JSON, another type, an unknown execution) is dead-lettered to `attune.dlx`.
 //!
 //! A dispatch whose execution the database refuses to update (a constraint, a trigger: an
-//! error that comes back every time) is requeued at most [`MAX_REFUSALS`] times by this
-//! process (classic queues keep no delivery count, so the count is the worker's), then given
-//! up: the execution is ended `failed` with the reason, or, when even that is refused, the
-//! dispatch is dead-lettered. A database that cannot be reached is not a refusal: that
-//! dispatch is requeued until it comes back.
+//! error that comes back every time) is put back at most [`MAX_REFUSALS`] times, carrying its
+//! count in a header ([`super::protocol::REFUSALS_HEADER`]: classic queues keep no delivery
+//! count), then given up: the execution is ended `failed` with the reason, or, when even that
+//! is refused, the dispatch is dead-lettered. A database that cannot be reached is not a
+//! refusal: that dispatch is requeued until it comes back.
 //!
 //! One file per concern:
 //!
@@ -25,7 +27,7 @@
 //! delivery.rs  one delivery: parse, claim, dispatch by status, refusals, the broker's answer
 //! execution.rs one execution: start, the guest run, the unstarted endings
 //! complete.rs  the terminal commit and ExecutionCompleted
-//! cancel.rs    the cancel queue and the cancel handles
+//! cancel.rs    the cancel queue and the cancel handles (bounded)
 //! result.rs    Attune's result document
 //! ```
 
@@ -45,20 +47,21 @@ use serde_json::json;
 use sqlx::postgres::PgPool;
 use tokio::sync::watch;
 
-use super::attune_db;
 use super::config::{WorkerConfig, RUNTIME_NAME};
 use super::metrics::{self, Metrics};
-use super::{Error, OWN_SCHEMA};
+use super::{attune_db, ledger, Error, OWN_SCHEMA};
 use crate::executor::{self, Executor, SecretSource};
-use crate::runtime::{self, Pooling, Runtime, RuntimeConfig};
+use crate::runtime::{Pooling, Runtime, RuntimeConfig};
 use crate::store::{AttuneKeys, OpenMode, Store, StoreOptions};
+use cancel::Cancels;
 use heartbeat::Heartbeat;
 
 /// Longest wait between two attempts to reach the broker.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// How many times this process handles a dispatch whose execution the database refuses to
-/// update before it gives the dispatch up (fault K5).
+/// How many times a dispatch whose execution the database refuses to update is handled before
+/// the worker gives it up (fault K5); counted with the message
+/// ([`super::protocol::REFUSALS_HEADER`]), so across restarts of the worker.
 pub const MAX_REFUSALS: u32 = 5;
 
 /// Runs the worker until `shutdown` turns `true`: registers, heartbeats, consumes dispatches;
@@ -111,6 +114,22 @@ pub async fn run(mut cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> 
             None
         }
     };
+    // The completion ledger lives in the schema the store just created.
+    let ledger = match &audit {
+        Some(_) => match ledger::ensure(&pool).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    "completion ledger disabled: cannot create attune_wasm.completion: {e}"
+                );
+                false
+            }
+        },
+        None => {
+            tracing::warn!("completion ledger disabled: no schema attune_wasm");
+            false
+        }
+    };
     let executor = Arc::new(Executor::new(
         runtime,
         SecretSource::Separate {
@@ -129,13 +148,14 @@ pub async fn run(mut cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> 
         pool: pool.clone(),
         executor,
         worker_id,
+        ledger,
         publisher,
         max_stdout: cfg.max_stdout,
         max_stderr: cfg.max_stderr,
         packs_base_dir: cfg.packs_base_dir.clone(),
         default_timeout: cfg.default_timeout,
         in_flight: std::sync::Mutex::default(),
-        cancels: std::sync::Mutex::default(),
+        cancels: Cancels::default(),
         refusals: std::sync::Mutex::default(),
         metrics,
     });
@@ -156,6 +176,8 @@ struct Ctx {
     pool: PgPool,
     executor: Arc<Executor>,
     worker_id: i64,
+    /// Whether the completion ledger (`attune_wasm.completion`, [`ledger`]) is in use.
+    ledger: bool,
     /// The channel (confirm mode) results are published on; replaced on reconnection.
     publisher: watch::Sender<Option<lapin::Channel>>,
     max_stdout: u64,
@@ -165,11 +187,11 @@ struct Ctx {
     /// Executions this process is handling now, by id: a redelivery of one of them (after a
     /// lost broker connection) waits for it instead of taking it for abandoned.
     in_flight: std::sync::Mutex<std::collections::HashMap<i64, watch::Receiver<()>>>,
-    /// Cancel handles by execution id: of running executions, and of executions cancelled
-    /// before their dispatch came (already cancelled: they end at once when it does).
-    cancels: std::sync::Mutex<std::collections::HashMap<i64, runtime::Cancel>>,
-    /// Refusals so far by execution id (see [`MAX_REFUSALS`]); an entry lives until its
-    /// dispatch is acknowledged or dead-lettered.
+    /// Cancel handles by execution id (bounded, see [`Cancels`]).
+    cancels: Cancels,
+    /// Refusals so far by execution id, as this process counted them (see [`MAX_REFUSALS`]:
+    /// the count when a dispatch could not be put back with its header); an entry lives
+    /// until its dispatch is acknowledged or dead-lettered.
     refusals: std::sync::Mutex<std::collections::HashMap<i64, u32>>,
     /// Counters served at `/metrics`.
     metrics: Arc<Metrics>,
