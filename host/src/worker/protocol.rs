@@ -453,7 +453,7 @@ pub async fn republish(channel: &Channel, delivery: &Delivery, refusals: u32) ->
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]
