@@ -2410,3 +2410,200 @@ async fn the_wasi_config_example_reads_attune_secrets_through_the_worker() {
     }
     fleet.assert_no_plaintext(&[report]).await;
 }
+
+/// Whether the completion ledger says the `ExecutionCompleted` of `id` was published
+/// (`None`: no ledger row).
+async fn ledger_published(pool: &sqlx::PgPool, id: i64) -> Option<bool> {
+    sqlx::query_scalar::<_, bool>(
+        "SELECT published IS NOT NULL FROM attune_wasm.completion WHERE execution_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+/// Waits (60 s at most) until the ledger records the completion of `id` as published.
+async fn wait_published(fleet: &Fleet, pool: &sqlx::PgPool, id: i64, i: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ledger_published(pool, id).await != Some(true) {
+        assert!(
+            Instant::now() < deadline,
+            "the completion of {id} was never published: {}",
+            fleet.log(i)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The worker dies after the terminal commit and before `ExecutionCompleted` is published
+/// (fault `ATTUNE_WASM_FAULT_EXIT_BEFORE_COMPLETED`): after a restart, the redelivered
+/// dispatch publishes the completion from the committed row, exactly once, without running
+/// the guest again; a later dispatch of it finds the completion published and is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_is_published_once_when_the_worker_dies_after_the_commit() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    let observer = fleet.observe().await;
+    let exit = [(attune_wasm::worker::fault::EXIT_BEFORE_COMPLETED, "1")];
+    let w = fleet.start_worker_with("wasm-worker-lost", &exit).await;
+    let pool = fleet.pool().await;
+    let worker = fleet.worker_id(&pool, "wasm-worker-lost").await;
+    let id = fleet
+        .dispatch_new(&pool, worker, "demo.greet", &json!({"name": "lost"}), 60)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = fleet.workers[w].try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the worker did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(86), "{}", fleet.log(w));
+    let (status, result) = Fleet::row(&pool, id).await;
+    assert_eq!(status, "completed");
+    assert_eq!(ledger_published(&pool, id).await, Some(false));
+    let mut messages = Fleet::drain(&observer, "observer").await;
+    assert!(about(&messages, "ExecutionCompleted", id).is_empty());
+
+    let again = fleet.start_worker("wasm-worker-lost").await;
+    wait_published(&fleet, &pool, id, again).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fleet.queued(worker).await > 0 {
+        assert!(Instant::now() < deadline, "the dispatch stayed queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    messages.extend(Fleet::drain(&observer, "observer").await);
+    let completed = about(&messages, "ExecutionCompleted", id);
+    assert_eq!(completed.len(), 1, "{messages:?}");
+    assert_eq!(completed[0]["payload"]["status"], "completed");
+    assert_eq!(completed[0]["payload"]["result"], result);
+    assert_eq!(
+        fleet.log_lines(
+            again,
+            id,
+            "not yet published: publishing it from the committed row"
+        ),
+        1,
+        "{}",
+        fleet.log(again)
+    );
+    assert_eq!(fleet.log_lines(again, id, "execution starting"), 0);
+    assert_eq!(Fleet::row(&pool, id).await, (status, result));
+
+    // Dispatched again: published already, so skipped, and no second completion.
+    let skipped = |f: &Fleet| f.log_lines(again, id, "dispatch acknowledged and skipped");
+    let before = skipped(&fleet);
+    fleet.dispatch(worker, id).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while skipped(&fleet) == before {
+        assert!(Instant::now() < deadline, "{}", fleet.log(again));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = Fleet::drain(&observer, "observer").await;
+    assert!(
+        about(&later, "ExecutionCompleted", id).is_empty(),
+        "{later:?}"
+    );
+    fleet.assert_no_plaintext(&messages).await;
+}
+
+/// The broker does not confirm an execution's `ExecutionCompleted` (fault
+/// `ATTUNE_WASM_FAULT_FAIL_COMPLETED=1`): the dispatch is not acknowledged but requeued, and
+/// its redelivery publishes the completion from the committed row: exactly one arrives, the
+/// guest ran once, nothing stays queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_is_published_once_when_the_broker_does_not_confirm_it() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    let observer = fleet.observe().await;
+    let fail = [(attune_wasm::worker::fault::FAIL_COMPLETED, "1")];
+    let w = fleet.start_worker_with("wasm-worker-nack", &fail).await;
+    let pool = fleet.pool().await;
+    let worker = fleet.worker_id(&pool, "wasm-worker-nack").await;
+    let id = fleet
+        .dispatch_new(&pool, worker, "demo.greet", &json!({"name": "nack"}), 60)
+        .await;
+    wait_published(&fleet, &pool, id, w).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fleet.queued(worker).await > 0 {
+        assert!(Instant::now() < deadline, "the dispatch stayed queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let messages = Fleet::drain(&observer, "observer").await;
+    let completed = about(&messages, "ExecutionCompleted", id);
+    assert_eq!(completed.len(), 1, "{messages:?}");
+    let (status, result) = Fleet::row(&pool, id).await;
+    assert_eq!(status, "completed");
+    assert_eq!(completed[0]["payload"]["result"], result);
+    for (text, n) in [
+        ("fault injection: ExecutionCompleted not sent", 1),
+        ("ExecutionCompleted not published, dispatch requeued", 1),
+        ("not yet published: publishing it from the committed row", 1),
+        ("execution starting", 1),
+    ] {
+        assert_eq!(fleet.log_lines(w, id, text), n, "{text}: {}", fleet.log(w));
+    }
+}
+
+/// K5 across processes: the refusal count travels with the dispatch (header
+/// `x-attune-wasm-refusals`), so a worker restarted while a dispatch is being refused goes on
+/// counting: the two processes together requeue it `MAX_REFUSALS - 1` times, then it is
+/// given up (with a count kept per process the second would start again at zero).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn k5_the_refusal_count_survives_a_restart_of_the_worker() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    let pool = fleet.pool().await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION attune.k5_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.config->>'poison' = 'start' AND NEW.status = 'running' THEN
+             RAISE EXCEPTION 'k5: execution % may not start', NEW.id;
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER k5 BEFORE UPDATE ON attune.execution
+           FOR EACH ROW EXECUTE FUNCTION attune.k5_refuse();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let first = fleet.start_worker("wasm-worker-k5r").await;
+    let worker = fleet.worker_id(&pool, "wasm-worker-k5r").await;
+    let id = fleet
+        .dispatch_new(&pool, worker, "demo.greet", &json!({"poison": "start"}), 60)
+        .await;
+    fleet.wait_log(first, "dispatch requeued", 2).await;
+    assert!(fleet.stop_worker(first).success());
+    let second = fleet.start_worker("wasm-worker-k5r").await;
+    let (status, outcome) = Fleet::wait_left(&pool, id, &["scheduled"], 90).await;
+    assert_eq!(status, "failed", "{}", fleet.log(second));
+    let max = attune_wasm::worker::service::MAX_REFUSALS;
+    let error = outcome["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("refused it {max} times")),
+        "{error}"
+    );
+    let requeued = |i| fleet.log_lines(i, id, "dispatch requeued");
+    let (a, b) = (requeued(first), requeued(second));
+    assert!(a >= 2 && b >= 1, "{a} + {b}");
+    assert_eq!(
+        a + b,
+        (max - 1) as usize,
+        "{}\n{}",
+        fleet.log(first),
+        fleet.log(second)
+    );
+    assert_eq!(fleet.queued(worker).await, 0);
+}

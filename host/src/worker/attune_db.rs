@@ -206,13 +206,14 @@ pub async fn start(pool: &PgPool, id: i64, worker: i64) -> Result<Option<String>
 }
 
 /// Writes the terminal `status` and `result` of execution `id`, when its status is still
-/// `expected`; `false` when it was not (another writer ended it first).
+/// `expected`; `false` when it was not (another writer ended it first). `db` is the pool or a
+/// transaction (the worker's completion ledger writes in the same one).
 ///
 /// # Errors
 /// [`Error::Refused`] when the database refuses the update (a constraint, a trigger),
 /// [`Error::Database`] when it cannot be reached.
-pub async fn finish(
-    pool: &PgPool,
+pub async fn finish<'e, E: sqlx::PgExecutor<'e>>(
+    db: E,
     id: i64,
     expected: &str,
     status: &str,
@@ -226,8 +227,25 @@ pub async fn finish(
     .bind(expected)
     .bind(status)
     .bind(result.to_string())
-    .execute(pool)
+    .execute(db)
     .await
     .map_err(Error::statement)?;
     Ok(done.rows_affected() == 1)
+}
+
+/// The committed `result` of execution `id` (`None` when it has none or does not exist).
+///
+/// # Errors
+/// [`Error::Database`].
+pub async fn result(pool: &PgPool, id: i64) -> Result<Option<serde_json::Value>, Error> {
+    let row = sqlx::query("SELECT result::text AS result FROM execution WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(Error::db)?;
+    let text: Option<String> = match row {
+        Some(r) => r.try_get("result").map_err(Error::db)?,
+        None => None,
+    };
+    Ok(text.and_then(|t| serde_json::from_str(&t).ok()))
 }

@@ -52,7 +52,8 @@ pub const RUNTIME_NAME: &str = "wasm";
 #[derive(Deserialize, Default, Clone)]
 pub struct MessageQueue {
     /// AMQP URL (`message_queue.url`, `ATTUNE__MESSAGE_QUEUE__URL`), default
-    /// [`DEFAULT_AMQP_URL`]. `amqp://` only (this build has no TLS).
+    /// [`DEFAULT_AMQP_URL`]. `amqp://`, or `amqps://` for TLS (rustls, the system's trusted
+    /// certificates).
     pub url: Option<String>,
 }
 
@@ -163,20 +164,21 @@ pub(crate) fn database_url(settings: &Settings) -> Result<&str, Error> {
 /// (`amqp:user:password@host`, the `//` mistyped).
 ///
 /// # Errors
-/// [`Error::Config`] when it is not an `amqp://` URL that parses; the message names the
-/// setting, never its value.
+/// [`Error::Config`] when it is not an `amqp://` or `amqps://` URL that parses; the message
+/// names the setting, never its value.
 pub(crate) fn amqp_url(settings: &Settings) -> Result<String, Error> {
     let url = settings
         .message_queue
         .url
         .clone()
         .unwrap_or_else(|| DEFAULT_AMQP_URL.to_owned());
-    let amqp = url
-        .get(..7)
-        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("amqp://"));
+    let amqp = ["amqp://", "amqps://"].iter().any(|scheme| {
+        url.get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+    });
     if !amqp || url.parse::<lapin::uri::AMQPUri>().is_err() {
         return Err(Error::Config(
-            "message_queue.url must be an AMQP URL (amqp://user:password@host:port/vhost)".into(),
+            "message_queue.url must be an AMQP URL (amqp://user:password@host:port/vhost, or amqps:// for TLS)".into(),
         ));
     }
     Ok(url)
@@ -270,4 +272,36 @@ fn default_name() -> String {
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "unknown".to_owned());
     format!("worker-{host}")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn settings(url: &str) -> Settings {
+        let mut settings = Settings::default();
+        settings.message_queue.url = Some(url.to_owned());
+        settings
+    }
+
+    #[test]
+    fn amqp_and_amqps_urls_are_accepted_and_others_named_without_their_value() {
+        for url in [
+            "amqp://guest:guest@localhost:5672/%2f",
+            "amqps://user:pw-0123@broker.example:5671/vhost",
+            "AMQPS://user:pw-0123@broker.example/vhost",
+        ] {
+            assert_eq!(amqp_url(&settings(url)).unwrap(), url);
+        }
+        for url in [
+            "amqps:user:pw-0123@broker.example:5671/vhost",
+            "https://user:pw-0123@broker.example/",
+            "amqps://user:pw-0123@broker.example:notaport/",
+        ] {
+            let e = amqp_url(&settings(url)).unwrap_err().to_string();
+            assert!(e.contains("message_queue.url"), "{e}");
+            assert!(!e.contains("pw-0123"), "{e}");
+        }
+    }
 }

@@ -7,8 +7,20 @@
 //! it, so that a test can close the broker connection in exactly that window (fault K1). Only
 //! first deliveries pause (a redelivery is answered at once). The pause is logged as
 //! `fault injection: pausing {N} ms between the terminal commit and the ack`.
+//!
+//! `ATTUNE_WASM_FAULT_EXIT_BEFORE_COMPLETED=1`: the process exits (status 86, no cleanup)
+//! right after an execution's terminal status is committed, before its `ExecutionCompleted`
+//! is published: a worker dying in that window. Logged as `fault injection: exiting between
+//! the terminal commit and ExecutionCompleted`.
+//!
+//! `ATTUNE_WASM_FAULT_FAIL_COMPLETED=N`: the first `N` publications of `ExecutionCompleted`
+//! by this process fail at once (as if the broker had refused them). Logged as `fault
+//! injection: ExecutionCompleted not sent`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use super::Error;
 
 /// The environment variable that sets the pause, in milliseconds.
 pub const PAUSE_BEFORE_ACK: &str = "ATTUNE_WASM_FAULT_PAUSE_BEFORE_ACK_MS";
@@ -26,4 +38,40 @@ pub async fn pause_before_ack(execution: i64) {
         "fault injection: pausing {ms} ms between the terminal commit and the ack"
     );
     tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+/// The environment variable that makes the process exit between commit and publication.
+pub const EXIT_BEFORE_COMPLETED: &str = "ATTUNE_WASM_FAULT_EXIT_BEFORE_COMPLETED";
+
+/// The environment variable that makes the first `N` `ExecutionCompleted` publications fail.
+pub const FAIL_COMPLETED: &str = "ATTUNE_WASM_FAULT_FAIL_COMPLETED";
+
+/// Exits the process when [`EXIT_BEFORE_COMPLETED`] is set (called after the terminal commit).
+pub fn exit_before_completed(execution: i64) {
+    if std::env::var(EXIT_BEFORE_COMPLETED).is_ok_and(|v| v.trim() == "1") {
+        tracing::warn!(
+            execution,
+            "fault injection: exiting between the terminal commit and ExecutionCompleted"
+        );
+        std::process::exit(86);
+    }
+}
+
+/// Fails one of the first [`FAIL_COMPLETED`] `ExecutionCompleted` publications.
+///
+/// # Errors
+/// [`Error::Broker`] while the configured count lasts.
+pub fn fail_completed(execution: i64) -> Result<(), Error> {
+    static FAILED: AtomicU64 = AtomicU64::new(0);
+    let Some(n) = std::env::var(FAIL_COMPLETED)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    else {
+        return Ok(());
+    };
+    if FAILED.fetch_add(1, Ordering::SeqCst) < n {
+        tracing::warn!(execution, "fault injection: ExecutionCompleted not sent");
+        return Err(Error::Broker("fault injection".into()));
+    }
+    Ok(())
 }

@@ -7,18 +7,20 @@
 //!        ─► protocol (attune.executions, worker.{id}.executions, envelopes)
 //!        ─► service (consume a dispatch, run it through crate::executor, write the result,
 //!                    publish ExecutionStatusChanged / ExecutionCompleted, then ack)
+//! ledger: attune_wasm.completion, which ExecutionCompleted are still to publish
 //! scheduler: `attune-wasm execute`, a stand-in for Attune's scheduler (wasm actions only)
 //! ```
 //!
 //! Secrets come from Attune's own `attune.key` (read only, [`crate::store::AttuneKeys`]) and reach
 //! the guest through the library's two doors; our own tables (the audit trail) live in the
 //! schema [`OWN_SCHEMA`], never in Attune's. A dispatch is acknowledged only after its
-//! execution's terminal status is committed.
+//! execution's terminal status is committed and its `ExecutionCompleted` published.
 
 pub mod attune_db;
 pub mod config;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+pub mod ledger;
 pub mod metrics;
 pub mod protocol;
 pub mod scheduler;

@@ -11,11 +11,13 @@
 //! - Every message is a JSON envelope ([`Envelope`]) published persistent with
 //!   `content_type: application/json`, under publisher confirms.
 
+use lapin::message::Delivery;
 use lapin::options::{
     BasicPublishOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, ExchangeKind};
+use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use serde::{Deserialize, Serialize};
 
 use super::Error;
@@ -36,6 +38,11 @@ pub const COMPLETED_KEY: &str = "execution.completed";
 pub const EXECUTION_REQUESTED: &str = "ExecutionRequested";
 /// Service name in `headers.source_service`.
 pub const SOURCE_SERVICE: &str = "attune-wasm-worker";
+/// AMQP header of a dispatch that the worker put back in its queue after Attune's database
+/// refused the execution's update (fault K5): the refusals so far. Attune's queues are
+/// classic queues, which count no deliveries (`x-delivery-count` is a quorum-queue header),
+/// so the count travels with the message itself and survives a restart of the worker.
+pub const REFUSALS_HEADER: &str = "x-attune-wasm-refusals";
 
 /// The dispatch queue of worker `id`.
 pub fn executions_queue(id: i64) -> String {
@@ -158,6 +165,38 @@ pub struct Completed {
 /// Now as RFC 3339 with microseconds, UTC (`Z`).
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Connects to the broker at `url` (`message_queue.url`, checked by
+/// [`super::config::amqp_url`]); `amqps://` connects over TLS (rustls, the system's trusted
+/// certificates).
+///
+/// # Errors
+/// [`Error::Config`] when `url` is not an AMQP URL; [`Error::Broker`] when the connection
+/// fails: the message names the setting, its scheme, host and port (never the user or the
+/// password), and for `amqps://` says what a TLS failure usually means.
+pub async fn connect(url: &str) -> Result<Connection, Error> {
+    let uri: AMQPUri = url.parse().map_err(|_| {
+        Error::Config("message_queue.url must be an AMQP URL (amqp://user:password@host:port/vhost, or amqps:// for TLS)".into())
+    })?;
+    let (tls, host, port) = (
+        uri.scheme == AMQPScheme::AMQPS,
+        uri.authority.host.clone(),
+        uri.authority.port,
+    );
+    Connection::connect_uri(uri, ConnectionProperties::default())
+        .await
+        .map_err(|e| {
+            if tls {
+                Error::Broker(format!(
+                    "cannot connect to message_queue.url (amqps://{host}:{port}, TLS): {e}; is that port a TLS listener (RabbitMQ's is usually 5671) with a certificate this host trusts?"
+                ))
+            } else {
+                Error::Broker(format!(
+                    "cannot connect to message_queue.url (amqp://{host}:{port}): {e}"
+                ))
+            }
+        })
 }
 
 fn durable_exchange() -> ExchangeDeclareOptions {
@@ -352,9 +391,69 @@ pub async fn publish<T: Serialize>(
     Ok(())
 }
 
+/// The refusal count a dispatch carries ([`REFUSALS_HEADER`]; 0 when it has none).
+pub fn refusals(properties: &BasicProperties) -> u32 {
+    let value = properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(REFUSALS_HEADER).cloned());
+    let count = match value {
+        Some(AMQPValue::LongLongInt(n)) => n,
+        Some(AMQPValue::LongInt(n)) => n.into(),
+        Some(AMQPValue::LongUInt(n)) => n.into(),
+        Some(AMQPValue::ShortInt(n)) => n.into(),
+        Some(AMQPValue::ShortUInt(n)) => n.into(),
+        Some(AMQPValue::ShortShortInt(n)) => n.into(),
+        Some(AMQPValue::ShortShortUInt(n)) => n.into(),
+        _ => 0,
+    };
+    u32::try_from(count).unwrap_or(0)
+}
+
+/// Publishes a copy of `delivery` (same body, properties, exchange and routing key) with
+/// [`REFUSALS_HEADER`] set to `refusals`, mandatory, and waits for the broker's confirmation
+/// (the channel must be in confirm mode). The caller then acknowledges the original.
+///
+/// # Errors
+/// [`Error::Broker`] when the publish fails or is not confirmed, [`Error::NotRouted`] when no
+/// queue took it.
+pub async fn republish(channel: &Channel, delivery: &Delivery, refusals: u32) -> Result<(), Error> {
+    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
+    headers.insert(
+        REFUSALS_HEADER.into(),
+        AMQPValue::LongLongInt(refusals.into()),
+    );
+    let properties = delivery.properties.clone().with_headers(headers);
+    let key = delivery.routing_key.as_str();
+    let confirm = channel
+        .basic_publish(
+            delivery.exchange.clone(),
+            delivery.routing_key.clone(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            &delivery.data,
+            properties,
+        )
+        .await
+        .map_err(|e| Error::Broker(format!("publish to {key} failed: {e}")))?
+        .await
+        .map_err(|e| Error::Broker(format!("publish to {key} not confirmed: {e}")))?;
+    if confirm.is_nack() {
+        return Err(Error::Broker(format!(
+            "the broker refused a message to {key}"
+        )));
+    }
+    if confirm.take_message().is_some() {
+        return Err(Error::NotRouted(key.to_owned()));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
 
     #[test]
@@ -372,6 +471,54 @@ mod tests {
         )
         .unwrap();
         assert_eq!(minimal.payload.execution_id, 1);
+    }
+
+    #[test]
+    fn the_refusal_count_is_read_from_any_integer_header() {
+        assert_eq!(refusals(&BasicProperties::default()), 0);
+        for (value, expected) in [
+            (AMQPValue::LongLongInt(3), 3),
+            (AMQPValue::LongInt(4), 4),
+            (AMQPValue::ShortShortUInt(2), 2),
+            (AMQPValue::LongLongInt(-1), 0),
+            (AMQPValue::LongString("7".into()), 0),
+        ] {
+            let mut headers = FieldTable::default();
+            headers.insert(REFUSALS_HEADER.into(), value);
+            let properties = BasicProperties::default().with_headers(headers);
+            assert_eq!(refusals(&properties), expected);
+        }
+    }
+
+    /// A TLS connection to a port that speaks plain AMQP (as RabbitMQ's 5672 answers a TLS
+    /// hello: its protocol header, then close) fails with an error naming the setting and
+    /// TLS, never the password.
+    #[tokio::test]
+    async fn amqps_to_a_plain_amqp_port_is_a_clear_error_without_the_password() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut hello = [0_u8; 512];
+            let _ = socket.read(&mut hello).await;
+            let _ = socket.write_all(b"AMQP\x00\x00\x09\x01").await;
+            let _ = socket.shutdown().await;
+            hello[0]
+        });
+        let url = format!("amqps://guest:tls-pw-0123456789@127.0.0.1:{port}/%2f");
+        let e = connect(&url).await.err().unwrap().to_string();
+        assert!(
+            e.contains("message_queue.url") && e.contains("TLS") && e.contains(&port.to_string()),
+            "{e}"
+        );
+        assert!(!e.contains("tls-pw-0123456789"), "{e}");
+        // What the client sent first was a TLS handshake record (0x16), not AMQP.
+        let first = tokio::time::timeout(std::time::Duration::from_secs(10), server)
+            .await
+            .expect("the client connected to the port")
+            .unwrap();
+        assert_eq!(first, 0x16);
     }
 
     #[test]

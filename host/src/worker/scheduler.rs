@@ -10,7 +10,6 @@
 use std::time::{Duration, Instant};
 
 use lapin::options::ConfirmSelectOptions;
-use lapin::{Connection, ConnectionProperties};
 use serde_json::Value;
 use sqlx::postgres::PgPool;
 use sqlx::Row;
@@ -99,9 +98,7 @@ pub async fn dispatch(
     .try_get("id")
     .map_err(Error::db)?;
 
-    let conn = Connection::connect(&url, ConnectionProperties::default())
-        .await
-        .map_err(|e| Error::Broker(format!("cannot connect: {e}")))?;
+    let conn = protocol::connect(&url).await?;
     let channel = conn
         .create_channel()
         .await

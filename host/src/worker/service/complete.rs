@@ -1,0 +1,194 @@
+//! The end of an execution: its terminal status and result committed (with the pending row of
+//! the completion ledger, [`super::super::ledger`]), then `ExecutionCompleted` published and
+//! recorded; the dispatch is acknowledged only after that.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::super::attune_db::{self, ActionRow, ExecutionRow};
+use super::super::ledger;
+use super::super::protocol::{self, Envelope};
+use super::super::{Error, Failure};
+use super::delivery::Disposition;
+use super::result::failure_result;
+use super::{Ctx, MAX_BACKOFF};
+
+impl Ctx {
+    /// Commits the terminal status (retrying while the database is unreachable), publishes
+    /// `ExecutionCompleted`, and tells the caller to acknowledge once the broker confirmed it
+    /// (see [`Ctx::publish_completed`]). A result the database refuses is replaced by status
+    /// `failed` with the refusal as its error; when that is refused too,
+    /// [`Disposition::Refused`].
+    pub(super) async fn complete(
+        &self,
+        execution: &ExecutionRow,
+        action: Option<&ActionRow>,
+        expected: &str,
+        status: &str,
+        result: Value,
+        correlation: Option<String>,
+    ) -> Disposition {
+        let id = execution.id;
+        let written = match self.write_terminal(id, expected, status, &result).await {
+            Ok(written) => Ok((status, result, written)),
+            Err(Error::Refused(why)) => {
+                tracing::error!(
+                    execution = id,
+                    "Attune's database refused the result; ending the execution failed instead: {why}"
+                );
+                let duration = result
+                    .get("duration_ms")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                let fallback = failure_result(&Failure::ResultRefused(why), false, duration);
+                match self.write_terminal(id, expected, "failed", &fallback).await {
+                    Ok(written) => Ok(("failed", fallback, written)),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let (status, result, written) = match written {
+            Ok(w) => w,
+            Err(Error::Refused(why)) => return Disposition::Refused(why),
+            Err(e) => {
+                tracing::error!(
+                    execution = id,
+                    "cannot write the result, dispatch requeued: {e}"
+                );
+                return Disposition::Requeue;
+            }
+        };
+        if !written {
+            tracing::warn!(
+                execution = id,
+                "execution changed state while it ran; its result was not written"
+            );
+            return Disposition::Ack;
+        }
+        self.metrics.ended(status);
+        #[cfg(feature = "fault-injection")]
+        super::super::fault::exit_before_completed(id);
+        let action_id = action.map(|a| a.id).or(execution.action).unwrap_or(0);
+        self.publish_completed(execution, action_id, status, result, correlation)
+            .await
+    }
+
+    /// Publishes the `ExecutionCompleted` of an ended execution and records it in the
+    /// completion ledger: [`Disposition::Ack`] once the broker confirmed it, else
+    /// [`Disposition::Requeue`] (the dispatch comes back, and its redelivery publishes the
+    /// completion from the committed row).
+    pub(super) async fn publish_completed(
+        &self,
+        execution: &ExecutionRow,
+        action_id: i64,
+        status: &str,
+        result: Value,
+        correlation: Option<String>,
+    ) -> Disposition {
+        let id = execution.id;
+        let completed = Envelope::new(
+            "ExecutionCompleted",
+            protocol::Completed {
+                execution_id: id,
+                action_id,
+                action_ref: execution.action_ref.clone(),
+                status: status.to_owned(),
+                result: Some(result),
+                completed_at: protocol::now_rfc3339(),
+            },
+            correlation,
+        );
+        #[cfg(feature = "fault-injection")]
+        let injected = super::super::fault::fail_completed(id);
+        #[cfg(not(feature = "fault-injection"))]
+        let injected = Ok(());
+        let published = match injected {
+            Ok(()) => self.publish(protocol::COMPLETED_KEY, &completed).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = published {
+            tracing::warn!(
+                execution = id,
+                "ExecutionCompleted not published, dispatch requeued: {e}"
+            );
+            return Disposition::Requeue;
+        }
+        if self.ledger {
+            self.record_published(id).await;
+        }
+        Disposition::Ack
+    }
+
+    /// Records a confirmed `ExecutionCompleted` in the ledger, retried with backoff (5 times)
+    /// while the database cannot be reached. Not recorded, it is only logged: the dispatch is
+    /// still acknowledged (a redelivery, which the ack makes unlikely, would publish it again).
+    async fn record_published(&self, id: i64) {
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=5 {
+            match ledger::published(&self.pool, id).await {
+                Ok(()) => return,
+                Err(e) if attempt == 5 => tracing::warn!(
+                    execution = id,
+                    "ExecutionCompleted published but not recorded in attune_wasm.completion: {e}"
+                ),
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// `attune_db::finish` (with the pending row of the completion ledger, in one transaction,
+    /// when the ledger is on), retried with backoff (10 times) while the database cannot be
+    /// reached; a refusal is answered at once.
+    async fn write_terminal(
+        &self,
+        id: i64,
+        expected: &str,
+        status: &str,
+        result: &Value,
+    ) -> Result<bool, Error> {
+        let mut delay = Duration::from_millis(100);
+        let mut attempts = 0;
+        loop {
+            let finished = if self.ledger {
+                ledger::finish(&self.pool, self.worker_id, id, expected, status, result).await
+            } else {
+                attune_db::finish(&self.pool, id, expected, status, result).await
+            };
+            match finished {
+                Err(e @ Error::Database(_)) if attempts < 10 => {
+                    attempts += 1;
+                    tracing::error!(execution = id, "cannot write the result, retrying: {e}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(MAX_BACKOFF);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Publishes on the current channel, waiting (up to ~60 s) for a reconnection.
+    pub(super) async fn publish<T: Serialize>(
+        &self,
+        key: &str,
+        envelope: &Envelope<T>,
+    ) -> Result<(), Error> {
+        let mut last = Error::Broker("no broker connection".into());
+        for _ in 0..240 {
+            let channel = self.publisher.borrow().clone();
+            if let Some(channel) = channel {
+                match protocol::publish(&channel, key, envelope, false).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => last = e,
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Err(last)
+    }
+}
