@@ -68,6 +68,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use tokio::sync::mpsc;
 
+use attune_wasm::worker::attune_db;
 use attune_wasm::worker::protocol::{self, Envelope, ExecutionRequested};
 
 /// The workers' `security.encryption_key` (Attune's password), scratch only.
@@ -302,10 +303,9 @@ impl Scratch {
         Ok(scratch)
     }
 
+    /// A pool with Attune's `search_path` (its triggers name tables unqualified).
     async fn pool(&self, n: u32) -> Result<PgPool> {
-        Ok(PgPoolOptions::new()
-            .max_connections(n)
-            .connect(&self.db_url)
+        Ok(attune_db::connect(&self.db_url, n)
             .await
             .context("connect to the scratch database")?)
     }
@@ -468,6 +468,8 @@ struct Phase {
     secs: f64,
     latencies: Vec<Duration>,
     cpu_secs: f64,
+    /// CPU of this process (the stand-in scheduler and executor consumers, or the spawning).
+    own_cpu_secs: f64,
     load: String,
 }
 
@@ -753,13 +755,13 @@ fn real_python() -> Result<PathBuf> {
 
 fn table(phases: &[Phase]) -> String {
     let mut out = String::from(
-        "| model | workers | in flight | executions | exec/s | p50 ms | p99 ms | CPU ms/exec | failed | load (1/5/15 min) |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        "| model | workers | in flight | executions | exec/s | p50 ms | p99 ms | CPU ms/exec | bench CPU ms/exec | failed | load (1/5/15 min) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for p in phases {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.3} | {} | {} |",
+            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.3} | {:.3} | {} | {} |",
             p.label,
             p.workers.map_or_else(|| "—".to_owned(), |n| n.to_string()),
             p.window,
@@ -768,6 +770,7 @@ fn table(phases: &[Phase]) -> String {
             p.percentile(50.0),
             p.percentile(99.0),
             p.cpu_secs * 1e3 / p.count as f64,
+            p.own_cpu_secs * 1e3 / p.count as f64,
             p.failed,
             p.load,
         );
@@ -851,6 +854,7 @@ async fn main() -> Result<()> {
             let jobs = schedule(&pool, &ids, count).await?;
             let load = loadavg();
             let cpu = scratch.workers_cpu();
+            let own = cpu_secs("self", false);
             let (secs, latencies, failed) =
                 fleet_loop(&scheduler, &mut done, &jobs, window, &stop).await?;
             let phase = Phase {
@@ -862,6 +866,7 @@ async fn main() -> Result<()> {
                 secs,
                 latencies,
                 cpu_secs: scratch.workers_cpu() - cpu,
+                own_cpu_secs: cpu_secs("self", false) - own,
                 load,
             };
             eprintln!("{}", table(std::slice::from_ref(&phase)).lines().last().unwrap_or(""));
@@ -876,6 +881,7 @@ async fn main() -> Result<()> {
         for &window in &windows {
             let load = loadavg();
             let cpu = cpu_secs("self", true);
+            let own = cpu_secs("self", false);
             let (python, script, stop) = (python.clone(), script.clone(), Arc::clone(&stop));
             let count = args.python_executions;
             let (secs, latencies, failed) = tokio::task::spawn_blocking(move || {
@@ -891,6 +897,7 @@ async fn main() -> Result<()> {
                 secs,
                 latencies,
                 cpu_secs: cpu_secs("self", true) - cpu,
+                own_cpu_secs: cpu_secs("self", false) - own,
                 load,
             };
             eprintln!("{}", table(std::slice::from_ref(&phase)).lines().last().unwrap_or(""));
