@@ -197,6 +197,37 @@ fn cpu_secs(pid: &str, children: bool) -> f64 {
     ticks as f64 / 100.0
 }
 
+/// CPU seconds of `pids` together.
+fn cpu_of(pids: &[String]) -> f64 {
+    pids.iter().map(|p| cpu_secs(p, false)).sum()
+}
+
+/// Processes whose command name is `name` (`/proc/*/comm`).
+fn pids_of(name: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let pid = e.ok()?.file_name().into_string().ok()?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim() == name).then_some(pid)
+    })
+    .collect()
+}
+
+/// The PostgreSQL backends connected to database `db` (PostgreSQL runs on this machine).
+async fn backends(pool: &PgPool, db: &str) -> Result<Vec<String>> {
+    Ok(
+        sqlx::query("SELECT pid FROM pg_stat_activity WHERE datname = $1")
+            .bind(db)
+            .fetch_all(pool)
+            .await?
+            .iter()
+            .map(|r| r.get::<i32, _>("pid").to_string())
+            .collect(),
+    )
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .unwrap_or_default()
@@ -259,7 +290,16 @@ impl Scratch {
         scratch.db.clone_from(&name);
         rabbitmqctl(&["-q", "add_vhost", &name])?;
         scratch.vhost.clone_from(&name);
-        rabbitmqctl(&["-q", "set_permissions", "-p", &name, "guest", ".*", ".*", ".*"])?;
+        rabbitmqctl(&[
+            "-q",
+            "set_permissions",
+            "-p",
+            &name,
+            "guest",
+            ".*",
+            ".*",
+            ".*",
+        ])?;
 
         let actions = scratch.dir.path().join("packs/bench/actions");
         std::fs::create_dir_all(&actions)?;
@@ -282,7 +322,14 @@ impl Scratch {
                       VALUES ($1, $2::text::attune.owner_type_enum, $3, $1, $4, $5, $6::text::jsonb)";
         for (name, owner, pack, encrypted, hash, value) in [
             ("api_key", "system", None, true, Some(hash), json!(blob)),
-            ("db_password", "pack", Some(1_i64), false, None, json!(DB_PASSWORD)),
+            (
+                "db_password",
+                "pack",
+                Some(1_i64),
+                false,
+                None,
+                json!(DB_PASSWORD),
+            ),
             ("region", "pack", Some(1), false, None, json!(REGION)),
         ] {
             sqlx::query(insert)
@@ -332,7 +379,10 @@ impl Scratch {
                 .env("ATTUNE__SECURITY__ENCRYPTION_KEY", PASSWORD)
                 .env("ATTUNE__PACKS_BASE_DIR", self.dir.path().join("packs"))
                 .env("ATTUNE__WORKER__NAME", format!("fleet-bench-{i}"))
-                .env("ATTUNE__WORKER__MAX_CONCURRENT_TASKS", self.slots.to_string())
+                .env(
+                    "ATTUNE__WORKER__MAX_CONCURRENT_TASKS",
+                    self.slots.to_string(),
+                )
                 .arg("worker")
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
@@ -454,8 +504,19 @@ impl Drop for Scratch {
 /// An `ExecutionCompleted` as the completion consumer received it.
 struct Done {
     id: i64,
-    status: String,
+    /// The terminal status, or `None` for the `ExecutionStatusChanged` to `running`.
+    status: Option<String>,
     at: Instant,
+}
+
+/// What a closed loop measured.
+struct Measured {
+    secs: f64,
+    /// Dispatch published → `ExecutionCompleted` delivered (or the python3 process ended).
+    latencies: Vec<Duration>,
+    /// Dispatch published → `ExecutionStatusChanged` (running) delivered.
+    to_running: Vec<Duration>,
+    failed: usize,
 }
 
 /// One phase's figures.
@@ -464,37 +525,45 @@ struct Phase {
     workers: Option<usize>,
     window: usize,
     count: usize,
-    failed: usize,
-    secs: f64,
-    latencies: Vec<Duration>,
+    run: Measured,
+    /// CPU of the workers (or of the python3 processes).
     cpu_secs: f64,
     /// CPU of this process (the stand-in scheduler and executor consumers, or the spawning).
     own_cpu_secs: f64,
+    /// CPU of the PostgreSQL backends serving the scratch database.
+    pg_cpu_secs: f64,
+    /// CPU of RabbitMQ (`beam.smp`: the whole broker, other users' traffic included).
+    mq_cpu_secs: f64,
     load: String,
 }
 
 impl Phase {
     fn rate(&self) -> f64 {
-        self.count as f64 / self.secs
+        self.count as f64 / self.run.secs
     }
 
     fn percentile(&self, p: f64) -> f64 {
-        let mut v = self.latencies.clone();
-        v.sort_unstable();
-        if v.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
-        v[rank.clamp(1, v.len()) - 1].as_secs_f64() * 1e3
+        percentile(&self.run.latencies, p)
     }
+}
+
+/// The `p`-th percentile of `latencies` in ms (nearest rank).
+fn percentile(latencies: &[Duration], p: f64) -> f64 {
+    let mut v = latencies.to_vec();
+    v.sort_unstable();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    v[rank.clamp(1, v.len()) - 1].as_secs_f64() * 1e3
 }
 
 /// Declares Attune's executor queues and consumes them: status changes acknowledged and
 /// dropped, completions sent to `done`.
 async fn executor_consumers(conn: &Connection, done: mpsc::UnboundedSender<Done>) -> Result<()> {
-    for (queue, key, to_done) in [
-        (STATUS_QUEUE, protocol::STATUS_CHANGED_KEY, false),
-        (COMPLETED_QUEUE, protocol::COMPLETED_KEY, true),
+    for (queue, key) in [
+        (STATUS_QUEUE, protocol::STATUS_CHANGED_KEY),
+        (COMPLETED_QUEUE, protocol::COMPLETED_KEY),
     ] {
         let channel = conn.create_channel().await?;
         let mut dlx = FieldTable::default();
@@ -537,11 +606,21 @@ async fn executor_consumers(conn: &Connection, done: mpsc::UnboundedSender<Done>
             let _channel = channel;
             while let Some(Ok(delivery)) = consumer.next().await {
                 let at = Instant::now();
-                if to_done {
-                    if let Ok(e) = serde_json::from_slice::<Envelope<Value>>(&delivery.data) {
-                        let id = e.payload["execution_id"].as_i64().unwrap_or(-1);
+                if let Ok(e) = serde_json::from_slice::<Envelope<Value>>(&delivery.data) {
+                    let id = e.payload["execution_id"].as_i64().unwrap_or(-1);
+                    if e.message_type == "ExecutionCompleted" {
                         let status = e.payload["status"].as_str().unwrap_or("?").to_owned();
-                        let _ = done.send(Done { id, status, at });
+                        let _ = done.send(Done {
+                            id,
+                            status: Some(status),
+                            at,
+                        });
+                    } else if e.payload["new_status"] == "running" {
+                        let _ = done.send(Done {
+                            id,
+                            status: None,
+                            at,
+                        });
                     }
                 }
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
@@ -610,7 +689,10 @@ async fn schedule(pool: &PgPool, workers: &[i64], count: usize) -> Result<Vec<(i
     .bind(i64::try_from(count)?)
     .fetch_all(pool)
     .await?;
-    let mut out: Vec<(i64, i64)> = rows.iter().map(|r| (r.get("id"), r.get("worker"))).collect();
+    let mut out: Vec<(i64, i64)> = rows
+        .iter()
+        .map(|r| (r.get("id"), r.get("worker")))
+        .collect();
     out.sort_unstable();
     Ok(out)
 }
@@ -622,9 +704,10 @@ async fn fleet_loop(
     jobs: &[(i64, i64)],
     window: usize,
     stop: &AtomicBool,
-) -> Result<(f64, Vec<Duration>, usize)> {
+) -> Result<Measured> {
     let mut sent: HashMap<i64, Instant> = HashMap::new();
     let mut latencies = Vec::with_capacity(jobs.len());
+    let mut to_running = Vec::with_capacity(jobs.len());
     let mut failed = 0;
     let mut next = 0;
     let params = |id: i64| json!({ "name": format!("bench {id}") });
@@ -654,11 +737,17 @@ async fn fleet_loop(
             bail!("the completion consumer stopped");
         };
         last = Instant::now();
+        let Some(status) = message.status else {
+            if let Some(t0) = sent.get(&message.id) {
+                to_running.push(message.at - *t0);
+            }
+            continue;
+        };
         let Some(t0) = sent.remove(&message.id) else {
             continue;
         };
         latencies.push(message.at - t0);
-        if message.status != "completed" {
+        if status != "completed" {
             failed += 1;
         }
         if next < jobs.len() {
@@ -667,7 +756,12 @@ async fn fleet_loop(
             next += 1;
         }
     }
-    Ok((start.elapsed().as_secs_f64(), latencies, failed))
+    Ok(Measured {
+        secs: start.elapsed().as_secs_f64(),
+        latencies,
+        to_running,
+        failed,
+    })
 }
 
 /// One python3 process per execution, `window` at a time (one thread each); `count` of them.
@@ -679,7 +773,7 @@ fn python_loop(
     count: usize,
     window: usize,
     stop: &AtomicBool,
-) -> Result<(f64, Vec<Duration>, usize)> {
+) -> Result<Measured> {
     let run_one = |i: usize| -> Result<(Duration, bool)> {
         let mut line = json!({
             "name": format!("bench {i}"),
@@ -738,7 +832,12 @@ fn python_loop(
         latencies.push(latency);
         failed += usize::from(!ok);
     }
-    Ok((secs, latencies, failed))
+    Ok(Measured {
+        secs,
+        latencies,
+        to_running: Vec::new(),
+        failed,
+    })
 }
 
 /// The interpreter `python3` on PATH resolves to (past a pyenv shim or a wrapper script).
@@ -755,13 +854,13 @@ fn real_python() -> Result<PathBuf> {
 
 fn table(phases: &[Phase]) -> String {
     let mut out = String::from(
-        "| model | workers | in flight | executions | exec/s | p50 ms | p99 ms | CPU ms/exec | bench CPU ms/exec | failed | load (1/5/15 min) |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        "| model | workers | in flight | executions | exec/s | p50 ms | p99 ms | p50 to running ms | CPU ms/exec: workers or python3 | PostgreSQL | RabbitMQ | bench | failed | load (1/5/15 min) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for p in phases {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.3} | {:.3} | {} | {} |",
+            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
             p.label,
             p.workers.map_or_else(|| "—".to_owned(), |n| n.to_string()),
             p.window,
@@ -769,9 +868,16 @@ fn table(phases: &[Phase]) -> String {
             p.rate(),
             p.percentile(50.0),
             p.percentile(99.0),
+            if p.run.to_running.is_empty() {
+                "—".to_owned()
+            } else {
+                format!("{:.2}", percentile(&p.run.to_running, 50.0))
+            },
             p.cpu_secs * 1e3 / p.count as f64,
+            p.pg_cpu_secs * 1e3 / p.count as f64,
+            p.mq_cpu_secs * 1e3 / p.count as f64,
             p.own_cpu_secs * 1e3 / p.count as f64,
-            p.failed,
+            p.run.failed,
             p.load,
         );
     }
@@ -800,7 +906,10 @@ async fn main() -> Result<()> {
         workspace().join("examples/target/wasm32-wasip2/release/worker-action.wasm")
     });
     if !action.is_file() {
-        bail!("no action at {}: scripts/build-examples.sh", action.display());
+        bail!(
+            "no action at {}: scripts/build-examples.sh",
+            action.display()
+        );
     }
     let python = if args.python_executions > 0 {
         Some(real_python()?)
@@ -836,6 +945,7 @@ async fn main() -> Result<()> {
             .map_or_else(|| "(none)".to_owned(), |p| p.display().to_string())
     );
 
+    let rabbitmq = pids_of("beam.smp");
     let mut phases = Vec::new();
     let mut windows = Vec::new();
     for &n in &args.workers {
@@ -851,25 +961,38 @@ async fn main() -> Result<()> {
             ("wasm worker, saturated", window, args.executions),
             ("wasm worker, one at a time", 1, args.sequential),
         ] {
+            if count == 0 {
+                continue;
+            }
             let jobs = schedule(&pool, &ids, count).await?;
             let load = loadavg();
-            let cpu = scratch.workers_cpu();
-            let own = cpu_secs("self", false);
-            let (secs, latencies, failed) =
-                fleet_loop(&scheduler, &mut done, &jobs, window, &stop).await?;
+            let pg = backends(&pool, &scratch.db).await?;
+            let (cpu, own, pg0, mq0) = (
+                scratch.workers_cpu(),
+                cpu_secs("self", false),
+                cpu_of(&pg),
+                cpu_of(&rabbitmq),
+            );
+            let run = fleet_loop(&scheduler, &mut done, &jobs, window, &stop).await?;
             let phase = Phase {
                 label: label.to_owned(),
                 workers: Some(n),
                 window,
                 count,
-                failed,
-                secs,
-                latencies,
+                run,
                 cpu_secs: scratch.workers_cpu() - cpu,
                 own_cpu_secs: cpu_secs("self", false) - own,
+                pg_cpu_secs: cpu_of(&pg) - pg0,
+                mq_cpu_secs: cpu_of(&rabbitmq) - mq0,
                 load,
             };
-            eprintln!("{}", table(std::slice::from_ref(&phase)).lines().last().unwrap_or(""));
+            eprintln!(
+                "{}",
+                table(std::slice::from_ref(&phase))
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            );
             phases.push(phase);
         }
         scratch.stop_workers();
@@ -884,7 +1007,7 @@ async fn main() -> Result<()> {
             let own = cpu_secs("self", false);
             let (python, script, stop) = (python.clone(), script.clone(), Arc::clone(&stop));
             let count = args.python_executions;
-            let (secs, latencies, failed) = tokio::task::spawn_blocking(move || {
+            let run = tokio::task::spawn_blocking(move || {
                 python_loop(&python, &script, count, window, &stop)
             })
             .await??;
@@ -893,14 +1016,20 @@ async fn main() -> Result<()> {
                 workers: None,
                 window,
                 count: args.python_executions,
-                failed,
-                secs,
-                latencies,
+                run,
                 cpu_secs: cpu_secs("self", true) - cpu,
                 own_cpu_secs: cpu_secs("self", false) - own,
+                pg_cpu_secs: 0.0,
+                mq_cpu_secs: 0.0,
                 load,
             };
-            eprintln!("{}", table(std::slice::from_ref(&phase)).lines().last().unwrap_or(""));
+            eprintln!(
+                "{}",
+                table(std::slice::from_ref(&phase))
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            );
             phases.push(phase);
         }
     }
@@ -928,7 +1057,7 @@ async fn main() -> Result<()> {
     if nacked > 0 {
         bail!("{nacked} dispatches were not confirmed by the broker");
     }
-    if phases.iter().any(|p| p.failed > 0) {
+    if phases.iter().any(|p| p.run.failed > 0) {
         bail!("some executions did not complete (column failed)");
     }
     Ok(())
