@@ -140,6 +140,10 @@ struct Args {
     /// `RUST_LOG` of the workers (unset: the worker's default, warn).
     #[arg(long)]
     log: Option<String>,
+    /// `synchronous_commit` of the scratch database (diagnostic: `off` shows what the WAL
+    /// flushes of each commit cost; Attune's database keeps PostgreSQL's default, `on`).
+    #[arg(long)]
+    synchronous_commit: Option<String>,
 }
 
 fn workspace() -> PathBuf {
@@ -286,8 +290,18 @@ impl Scratch {
         sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
             .execute(&admin)
             .await?;
-        admin.close().await;
         scratch.db.clone_from(&name);
+        if let Some(mode) = &args.synchronous_commit {
+            if !["on", "off", "local", "remote_write", "remote_apply"].contains(&mode.as_str()) {
+                bail!("--synchronous-commit: on, off, local, remote_write or remote_apply");
+            }
+            sqlx::raw_sql(&format!(
+                "ALTER DATABASE {name} SET synchronous_commit = {mode}"
+            ))
+            .execute(&admin)
+            .await?;
+        }
+        admin.close().await;
         rabbitmqctl(&["-q", "add_vhost", &name])?;
         scratch.vhost.clone_from(&name);
         rabbitmqctl(&[
