@@ -128,17 +128,10 @@ pub(super) fn classify(e: wasmtime::Error, memory_hit: bool, limits: Limits) -> 
         Some(Trap::Interrupt) => Err(Error::Timeout(limits.timeout)),
         Some(Trap::OutOfFuel) => Err(Error::OutOfFuel(limits.fuel.unwrap_or(0))),
         Some(trap) => Err(Error::Trap(trap.to_string())),
-        None => {
-            let text = format!("{e:#}");
-            if text.contains("unknown import") || text.contains("matching implementation") {
-                Err(Error::Link {
-                    name: "guest".into(),
-                    reason: text,
-                })
-            } else {
-                Err(Error::Trap(root_cause_line(&e)))
-            }
-        }
+        // Imports were resolved when the guest was loaded (`instantiate_pre`, see
+        // `Runtime::compile`: a missing one is `Error::Link` there), so nothing here is a link
+        // error; what is left is a host call's failure or a trap of another kind.
+        None => Err(Error::Trap(root_cause_line(&e))),
     }
 }
 
