@@ -2607,3 +2607,111 @@ async fn k5_the_refusal_count_survives_a_restart_of_the_worker() {
     );
     assert_eq!(fleet.queued(worker).await, 0);
 }
+
+/// Attune's API cancels a running execution by setting it `canceling`, then sending
+/// `ExecutionCancelRequested` (its `cancel_execution` handler): the worker stops the guest and
+/// ends it `cancelled` from `canceling` (it wrote nothing while it expected `running` only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_through_attunes_api_status_canceling_ends_cancelled() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    fleet.start_worker("wasm-worker-api-cancel").await;
+    let pool = fleet.pool().await;
+    let worker_id = fleet.worker_id(&pool, "wasm-worker-api-cancel").await;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO attune.execution (action, action_ref, config, status, worker, timeout_seconds)
+         VALUES (1, 'demo.greet', '{\"mode\":\"spin\"}'::jsonb, 'scheduled', $1, 60) RETURNING id",
+    )
+    .bind(worker_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let message = |kind: &str| {
+        json!({"message_type": kind, "payload": {"execution_id": id, "worker_id": worker_id}})
+            .to_string()
+    };
+    let status = || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, String>(
+                "SELECT status::text FROM attune.execution WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    fleet
+        .publish_raw(
+            &attune_wasm::worker::protocol::dispatch_key(worker_id),
+            message("ExecutionRequested").as_bytes(),
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status().await != "running" {
+        assert!(Instant::now() < deadline, "never ran: {}", fleet.log(0));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sqlx::query("UPDATE attune.execution SET status = 'canceling' WHERE id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    fleet
+        .publish_raw(
+            &attune_wasm::worker::protocol::cancel_key(worker_id),
+            message("ExecutionCancelRequested").as_bytes(),
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = status().await;
+        if now != "canceling" {
+            assert_eq!(now, "cancelled", "{}", fleet.log(0));
+            break;
+        }
+        assert!(Instant::now() < deadline, "stayed canceling: {}", fleet.log(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An `attune.key` row with an infinite time (`created = 'infinity'`, a hand-edited row) is a
+/// corrupt row of that name: the execution still ends (it used to panic inside sqlx's time
+/// decoding and stay `running`, its dispatch never answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attune_key_with_an_infinite_time_is_corrupt_and_the_execution_ends() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    let pool = fleet.pool().await;
+    sqlx::query("UPDATE attune.key SET created = 'infinity' WHERE name = 'db_password'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    fleet.start_worker("wasm-worker-infinity").await;
+    let worker_id = fleet.worker_id(&pool, "wasm-worker-infinity").await;
+    let id = fleet
+        .dispatch_new(&pool, worker_id, "demo.greet", &json!({"name": "x"}), 30)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status: String =
+            sqlx::query_scalar("SELECT status::text FROM attune.execution WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        if status == "completed" || status == "failed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stayed {status}: {}", fleet.log(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = fleet.log(0);
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(log.contains("created or updated is not a finite time"), "{log}");
+}

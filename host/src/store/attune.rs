@@ -9,8 +9,6 @@ use sqlx::postgres::PgPool;
 use sqlx::Row;
 
 use super::backend::{Backend, BoxFuture};
-use chrono::{DateTime, Utc};
-
 use super::{KeyHash, Result, SecretRow, Store, StoredValue, Timestamp, Visible};
 use crate::secrets::names::{ActionRef, Owner, PackRef, SecretName};
 
@@ -33,7 +31,10 @@ impl AttuneKeys {
         let rows = sqlx::query(
             "SELECT k.owner_type::text AS owner_type, k.name, k.encrypted,
                     k.encryption_key_hash, to_jsonb(k.value)::text AS value,
-                    k.created, k.updated
+                    CASE WHEN isfinite(k.created) THEN to_char(k.created AT TIME ZONE 'UTC',
+                        'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') END AS created,
+                    CASE WHEN isfinite(k.updated) THEN to_char(k.updated AT TIME ZONE 'UTC',
+                        'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') END AS updated
                FROM key k JOIN action a ON a.ref = $1
               WHERE k.owner_type = 'system'
                  OR (k.owner_type = 'pack' AND k.owner_pack = a.pack)
@@ -77,8 +78,12 @@ fn key_row(row: &sqlx::postgres::PgRow, action: &ActionRef) -> Result<Visible, S
     let encrypted: bool = row.try_get("encrypted").map_err(get_err)?;
     let key_hash: Option<String> = row.try_get("encryption_key_hash").map_err(get_err)?;
     let value: String = row.try_get("value").map_err(get_err)?;
-    let created: DateTime<Utc> = row.try_get("created").map_err(get_err)?;
-    let updated: DateTime<Utc> = row.try_get("updated").map_err(get_err)?;
+    // As text: an infinite or out-of-range time (a hand-edited row) makes the row corrupt,
+    // never a decoding panic (sqlx's chrono decoding of `infinity` overflows).
+    let created: Option<String> = row.try_get("created").map_err(get_err)?;
+    let updated: Option<String> = row.try_get("updated").map_err(get_err)?;
+    let time = |text: Option<String>| text.as_deref().and_then(Timestamp::parse);
+    let (created, updated) = (time(created), time(updated));
     let shown = name.escape_default().to_string();
     let name = SecretName::new(&name).map_err(|e| format!("key {shown:?}: {e}"))?;
     let owner = match owner_type.as_str() {
@@ -102,6 +107,15 @@ fn key_row(row: &sqlx::postgres::PgRow, action: &ActionRef) -> Result<Visible, S
         ),
         (_, Err(_)) => (String::new(), Some("the value column is not JSON")),
     };
+    let (corrupt, created, updated) = match (corrupt, created, updated) {
+        (None, Some(created), Some(updated)) => (None, created, updated),
+        (None, _, _) => (
+            Some("created or updated is not a finite time"),
+            Timestamp::now(),
+            Timestamp::now(),
+        ),
+        (why, _, _) => (why, Timestamp::now(), Timestamp::now()),
+    };
     if let Some(why) = corrupt {
         tracing::warn!(action = %action, "attune.key row not delivered: key {shown:?}: {why}");
         return Ok(Visible::Corrupt {
@@ -119,7 +133,7 @@ fn key_row(row: &sqlx::postgres::PgRow, action: &ActionRef) -> Result<Visible, S
         } else {
             StoredValue::Plain(value)
         },
-        created: Timestamp::from(created),
-        updated: Timestamp::from(updated),
+        created,
+        updated,
     }))
 }

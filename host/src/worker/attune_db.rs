@@ -221,7 +221,8 @@ pub async fn finish<'e, E: sqlx::PgExecutor<'e>>(
 ) -> Result<bool, Error> {
     let done = sqlx::query(
         "UPDATE execution SET status = $3::text::execution_status_enum, result = $4::text::jsonb
-         WHERE id = $1 AND status = $2::text::execution_status_enum",
+         WHERE id = $1 AND (status = $2::text::execution_status_enum
+                            OR ($2::text = 'running' AND status = 'canceling'))",
     )
     .bind(id)
     .bind(expected)
