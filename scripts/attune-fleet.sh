@@ -27,6 +27,18 @@ p1=examples/target/wasm32-wasip1/release/worker-action.wasm
 
 db="aw_fleet_$$"
 vhost=""
+work=""
+# Cleanup is armed before anything is created, so a failed set-up leaves nothing behind.
+pids=()
+stop() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  psql "$pg_admin" -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
+  [ -z "$vhost" ] || rabbitmqctl -q delete_vhost "$vhost" || true
+  [ -z "$work" ] || rm -rf "$work"
+}
+[ "${KEEP:-0}" = 1 ] || trap stop EXIT
+
 if [ -n "${AMQP_URL:-}" ]; then
   amqp=$AMQP_URL
 else
@@ -65,16 +77,6 @@ export ATTUNE__PACKS_BASE_DIR="$work/packs"
 export ATTUNE__SECURITY__ENCRYPTION_KEY="demo-fleet-password-of-32-bytes-or-more"
 export ATTUNE__WORKER__HEARTBEAT_INTERVAL=2
 export ATTUNE__DATA_DIR="$work/data"
-
-pids=()
-stop() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  psql "$pg_admin" -q -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" || true
-  [ -z "$vhost" ] || rabbitmqctl -q delete_vhost "$vhost" || true
-  rm -rf "$work"
-}
-[ "${KEEP:-0}" = 1 ] || trap stop EXIT
 
 for i in $(seq 1 "$n"); do
   RUST_LOG=info ATTUNE__WORKER__NAME="wasm-worker-$i" "$bin" worker >"$work/logs/worker-$i.log" 2>&1 &

@@ -24,9 +24,11 @@
 //! The command line (`attune-wasm`, `host/src/cli/`) belongs to the binary: it is built on the
 //! API of this library, not part of it.
 //!
-//! Secrets are decrypted on the host only and reach a guest through two doors: the WIT import
-//! `attune:action/secrets.get-secret` (components, `wit/action.wit`) and `SECRET_*` variables
-//! of a WASI environment built from an explicit list (never the host's own environment).
+//! Secrets are decrypted on the host only and reach a guest through three doors: the WIT import
+//! `attune:action/secrets.get-secret` (components, `wit/action.wit`), the standard
+//! `wasi:config/store` (`get`, `get-all`; components, `wit/deps/config/`; `get-all` can be
+//! refused with [`Executor::with_config_get_all`]) and `SECRET_*` variables of a WASI
+//! environment built from an explicit list (never the host's own environment).
 //! Plaintexts are [`secrecy::SecretString`]s held by the execution's store and zeroized when it
 //! is dropped.
 //!

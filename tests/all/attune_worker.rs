@@ -2673,7 +2673,11 @@ async fn a_cancel_through_attunes_api_status_canceling_ends_cancelled() {
             assert_eq!(now, "cancelled", "{}", fleet.log(0));
             break;
         }
-        assert!(Instant::now() < deadline, "stayed canceling: {}", fleet.log(0));
+        assert!(
+            Instant::now() < deadline,
+            "stayed canceling: {}",
+            fleet.log(0)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -2708,10 +2712,17 @@ async fn an_attune_key_with_an_infinite_time_is_corrupt_and_the_execution_ends()
         if status == "completed" || status == "failed" {
             break;
         }
-        assert!(Instant::now() < deadline, "stayed {status}: {}", fleet.log(0));
+        assert!(
+            Instant::now() < deadline,
+            "stayed {status}: {}",
+            fleet.log(0)
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let log = fleet.log(0);
     assert!(!log.contains("panicked"), "{log}");
-    assert!(log.contains("created or updated is not a finite time"), "{log}");
+    assert!(
+        log.contains("created or updated is not a finite time"),
+        "{log}"
+    );
 }

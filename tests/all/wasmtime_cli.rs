@@ -108,7 +108,14 @@ impl Cli {
         let mut c = Command::new(&self.wasmtime);
         c.env_clear()
             .env("XDG_CACHE_HOME", self.dir.path().join("cache"))
-            .args(["run", "-S", "config"]);
+            .arg("run");
+        // wasi:config for components only: wasmtime refuses `-S config` for a core module
+        // ("Cannot enable wasi-config for core wasm modules"). A component's header has layer 1
+        // (bytes 6..8 of the preamble, after the version).
+        let header = std::fs::read(file).unwrap_or_default();
+        if header.get(6..8) == Some(&[1, 0]) {
+            c.args(["-S", "config"]);
+        }
         for (k, v) in env {
             c.arg("--env").arg(format!("{k}={v}"));
         }

@@ -9,10 +9,12 @@
 //!                    publish ExecutionStatusChanged / ExecutionCompleted, then ack)
 //! ledger: attune_wasm.completion, which ExecutionCompleted are still to publish
 //! scheduler: `attune-wasm execute`, a stand-in for Attune's scheduler (wasm actions only)
+//! metrics: opt-in Prometheus counters (`worker.metrics_address`)
+//! fault: test-only fault hooks (feature `fault-injection`, never in a plain build)
 //! ```
 //!
 //! Secrets come from Attune's own `attune.key` (read only, [`crate::store::AttuneKeys`]) and reach
-//! the guest through the library's two doors; our own tables (the audit trail) live in the
+//! the guest through the library's three doors; our own tables (the audit trail) live in the
 //! schema [`OWN_SCHEMA`], never in Attune's. A dispatch is acknowledged only after its
 //! execution's terminal status is committed and its `ExecutionCompleted` published.
 

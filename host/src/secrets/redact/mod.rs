@@ -30,6 +30,10 @@
 //! form (often nothing), so output that cannot be part of a secret passes at once. Cost is
 //! linear in the output.
 //!
+//! Files: `forms` (the encodings above), `stream` (the streaming masker: a direct search by
+//! first bytes, falling back to the `automaton`, an Aho-Corasick automaton built only when
+//! needed).
+//!
 //! # Best effort
 //! Like any CI runner's masking, this is a guard against accidents, not against a guest that
 //! means to leak: hex, reversed or otherwise transformed values, a value printed in pieces

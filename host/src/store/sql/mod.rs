@@ -3,7 +3,8 @@
 //! dialects differ (the database clock, how an upsert tells an insert, time columns as text,
 //! what follows a write, change notifications) come from a [`Dialect`]. Opening (files and
 //! locks, schemas and migrations) stays with each dialect ([`super::sqlite`],
-//! [`super::postgres`]).
+//! [`super::postgres`]). `statements` builds each statement's text once per dialect;
+//! `forward` implements the `Backend` trait for each dialect over this one implementation.
 
 use std::future::Future;
 use std::path::Path;
