@@ -88,7 +88,12 @@ pub(super) const MAX_STRAY_CANCELS: usize = 10_000;
 /// after [`STRAY_CANCEL_TTL`], and the oldest dropped past [`MAX_STRAY_CANCELS`] (a cancel
 /// for an execution this worker never receives would otherwise stay forever).
 #[derive(Default)]
-pub(super) struct Cancels(Mutex<HashMap<i64, Entry>>);
+pub(super) struct Cancels {
+    map: Mutex<HashMap<i64, Entry>>,
+    /// Set by [`Cancels::cancel_all`]: a run that registers later (its dispatch was taken,
+    /// its guest not started yet) is cancelled at once, never left running past shutdown.
+    all: std::sync::atomic::AtomicBool,
+}
 
 /// One execution's cancel handle.
 struct Entry {
@@ -102,7 +107,7 @@ struct Entry {
 impl Cancels {
     fn map(&self) -> MutexGuard<'_, HashMap<i64, Entry>> {
         // A poisoned lock only means a panic while inserting or removing; the map is valid.
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The cancel handle of a run of execution `id` starting now: the one of an earlier
@@ -115,6 +120,9 @@ impl Cancels {
             since: Instant::now(),
         });
         entry.running = true;
+        if self.all.load(std::sync::atomic::Ordering::SeqCst) {
+            entry.cancel.cancel();
+        }
         entry.cancel.clone()
     }
 
@@ -157,7 +165,10 @@ impl Cancels {
 
     /// Cancels every run (shutdown timeout).
     pub(super) fn cancel_all(&self) {
-        for entry in self.map().values() {
+        let map = self.map();
+        // Under the lock: a run registering now sees the flag or is in the map.
+        self.all.store(true, std::sync::atomic::Ordering::SeqCst);
+        for entry in map.values() {
             entry.cancel.cancel();
         }
     }
@@ -166,6 +177,18 @@ impl Cancels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_registering_after_cancel_all_starts_cancelled() {
+        let cancels = Cancels::default();
+        let before = cancels.running(1);
+        cancels.cancel_all();
+        assert!(before.is_cancelled());
+        assert!(
+            cancels.running(2).is_cancelled(),
+            "taken before shutdown, started after"
+        );
+    }
 
     #[test]
     fn stray_cancel_requests_expire_and_are_capped() {
