@@ -2692,10 +2692,17 @@ async fn an_attune_key_with_an_infinite_time_is_corrupt_and_the_execution_ends()
     }
     let mut fleet = Fleet::new().await;
     let pool = fleet.pool().await;
-    sqlx::query("UPDATE attune.key SET created = 'infinity' WHERE name = 'db_password'")
-        .execute(&pool)
+    // Attune's key trigger looks its tables up by the search path.
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL search_path TO attune")
+        .execute(&mut *tx)
         .await
         .unwrap();
+    sqlx::query("UPDATE key SET created = 'infinity' WHERE name = 'db_password'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
     fleet.start_worker("wasm-worker-infinity").await;
     let worker_id = fleet.worker_id(&pool, "wasm-worker-infinity").await;
     let id = fleet
