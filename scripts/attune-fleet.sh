@@ -95,5 +95,15 @@ for i in $(seq 1 "$n"); do
 done
 "$bin" execute --action demo.classic --params '{"name": "core module"}' --wait
 if [ "${KEEP:-0}" = 1 ]; then
-  echo "kept: database $db, vhost ${vhost:-(given)}, workers ${pids[*]}; stop them with kill -TERM"
+  # The scratch vhost's URL holds only RabbitMQ's local demo account; a given AMQP_URL is not echoed.
+  [ -n "$vhost" ] && amqp_shown=$amqp || amqp_shown='$AMQP_URL'
+  cat <<EOF
+kept: database $db, vhost ${vhost:-(given)}, workers ${pids[*]}, logs in $work/logs
+more executions:
+  export ATTUNE__DATABASE__URL=$db_url ATTUNE__MESSAGE_QUEUE__URL=$amqp_shown
+  $bin execute --action demo.greet --params '{"name": "again"}' --wait
+clean up:
+  kill -TERM ${pids[*]}
+  psql $pg_admin -c 'DROP DATABASE $db WITH (FORCE)'${vhost:+; rabbitmqctl delete_vhost $vhost}; rm -rf $work
+EOF
 fi

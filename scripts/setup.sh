@@ -9,6 +9,8 @@
 # - componentize-js, to build the JavaScript action (npm ci in examples/js-action, from its
 #   package-lock.json; ~15 s, needs Node.js/npm).
 # cargo installs into ~/.cargo/bin: put it on PATH (scripts/test.sh does).
+# A tool whose tests are skipped (tests/all/external.rs: ATTUNE_TEST_WASMTIME_CLI=skip for
+# wasmtime and wac, ATTUNE_TEST_PYTHON=skip, ATTUNE_TEST_JS=skip) is not installed.
 set -euo pipefail
 
 WASMTIME_VERSION=48.0.8
@@ -29,26 +31,39 @@ have() {
     "$tool" "$@" 2>/dev/null | grep -qE "(^|[^0-9.])${version//./\\.}([^0-9.]|$)"
 }
 
-if have wasmtime "$WASMTIME_VERSION" --version; then
+# `skipped VAR`: true (with a line saying so) when VAR=skip.
+skipped() {
+  [ "${!1:-}" = skip ] && echo "$1=skip: not installing what its tests need"
+}
+
+if skipped ATTUNE_TEST_WASMTIME_CLI; then
+  :
+elif have wasmtime "$WASMTIME_VERSION" --version; then
   echo "wasmtime $WASMTIME_VERSION already installed"
 else
   cargo install wasmtime-cli --version "$WASMTIME_VERSION" --locked
 fi
 
-if have wac "$WAC_VERSION" --version; then
+if skipped ATTUNE_TEST_WASMTIME_CLI; then
+  :
+elif have wac "$WAC_VERSION" --version; then
   echo "wac $WAC_VERSION already installed"
 else
   cargo install wac-cli --version "$WAC_VERSION" --locked
 fi
 
-if have componentize-py "$COMPONENTIZE_PY_VERSION" --version; then
+if skipped ATTUNE_TEST_PYTHON; then
+  :
+elif have componentize-py "$COMPONENTIZE_PY_VERSION" --version; then
   echo "componentize-py $COMPONENTIZE_PY_VERSION already installed"
 else
   python3 -m pip install "componentize-py==$COMPONENTIZE_PY_VERSION"
 fi
 
 # node_modules is current when it was installed from this very package-lock.json.
-if cmp -s "$js_action/package-lock.json" "$js_action/node_modules/.installed-from-package-lock.json"; then
+if skipped ATTUNE_TEST_JS; then
+  :
+elif cmp -s "$js_action/package-lock.json" "$js_action/node_modules/.installed-from-package-lock.json"; then
   echo "componentize-js $COMPONENTIZE_JS_VERSION already installed"
 elif command -v npm >/dev/null 2>&1; then
   grep -q "\"version\": \"$COMPONENTIZE_JS_VERSION\"" "$js_action/package-lock.json"
