@@ -144,6 +144,10 @@ struct Args {
     /// flushes of each commit cost; Attune's database keeps PostgreSQL's default, `on`).
     #[arg(long)]
     synchronous_commit: Option<String>,
+    /// Seconds to wait before reading `pg_stat_database` at each end of a wasm phase (a
+    /// PostgreSQL 15 backend that went idle may hold its counters up to 10 s).
+    #[arg(long, default_value_t = 11)]
+    stats_wait: u64,
 }
 
 fn workspace() -> PathBuf {
@@ -217,6 +221,18 @@ fn pids_of(name: &str) -> Vec<String> {
         (comm.trim() == name).then_some(pid)
     })
     .collect()
+}
+
+/// Transactions committed in database `db` so far (`pg_stat_database.xact_commit`: every
+/// transaction, read-only ones included, as the backends have reported them).
+async fn xact_commits(pool: &PgPool, db: &str) -> Result<i64> {
+    Ok(
+        sqlx::query("SELECT xact_commit FROM pg_stat_database WHERE datname = $1")
+            .bind(db)
+            .fetch_one(pool)
+            .await?
+            .get::<i64, _>("xact_commit"),
+    )
 }
 
 /// The PostgreSQL backends connected to database `db` (PostgreSQL runs on this machine).
@@ -548,6 +564,8 @@ struct Phase {
     pg_cpu_secs: f64,
     /// CPU of RabbitMQ (`beam.smp`: the whole broker, other users' traffic included).
     mq_cpu_secs: f64,
+    /// Transactions committed in the scratch database during the phase (`None`: not measured).
+    pg_commits: Option<i64>,
     load: String,
 }
 
@@ -868,13 +886,13 @@ fn real_python() -> Result<PathBuf> {
 
 fn table(phases: &[Phase]) -> String {
     let mut out = String::from(
-        "| model | workers | in flight | executions | exec/s | p50 ms | p99 ms | p50 to running ms | CPU ms/exec: workers or python3 | PostgreSQL | RabbitMQ | bench | failed | load (1/5/15 min) |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
+        "| model | workers | in flight | executions | exec/s | p50 ms | p99 ms | p50 to running ms | CPU ms/exec: workers or python3 | PostgreSQL | RabbitMQ | bench | PostgreSQL commits/exec | failed | load (1/5/15 min) |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for p in phases {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} |",
+            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
             p.label,
             p.workers.map_or_else(|| "—".to_owned(), |n| n.to_string()),
             p.window,
@@ -891,6 +909,10 @@ fn table(phases: &[Phase]) -> String {
             p.pg_cpu_secs * 1e3 / p.count as f64,
             p.mq_cpu_secs * 1e3 / p.count as f64,
             p.own_cpu_secs * 1e3 / p.count as f64,
+            p.pg_commits.map_or_else(
+                || "—".to_owned(),
+                |n| format!("{:.2}", n as f64 / p.count as f64)
+            ),
             p.run.failed,
             p.load,
         );
@@ -979,8 +1001,11 @@ async fn main() -> Result<()> {
                 continue;
             }
             let jobs = schedule(&pool, &ids, count).await?;
-            let load = loadavg();
             let pg = backends(&pool, &scratch.db).await?;
+            let stats_wait = Duration::from_secs(args.stats_wait);
+            tokio::time::sleep(stats_wait).await;
+            let commits = xact_commits(&pool, &scratch.db).await?;
+            let load = loadavg();
             let (cpu, own, pg0, mq0) = (
                 scratch.workers_cpu(),
                 cpu_secs("self", false),
@@ -988,16 +1013,26 @@ async fn main() -> Result<()> {
                 cpu_of(&rabbitmq),
             );
             let run = fleet_loop(&scheduler, &mut done, &jobs, window, &stop).await?;
+            let cpu_after = (
+                scratch.workers_cpu(),
+                cpu_secs("self", false),
+                cpu_of(&pg),
+                cpu_of(&rabbitmq),
+            );
+            tokio::time::sleep(stats_wait).await;
+            // Minus this read's own transaction.
+            let pg_commits = xact_commits(&pool, &scratch.db).await? - commits - 1;
             let phase = Phase {
                 label: label.to_owned(),
                 workers: Some(n),
                 window,
                 count,
                 run,
-                cpu_secs: scratch.workers_cpu() - cpu,
-                own_cpu_secs: cpu_secs("self", false) - own,
-                pg_cpu_secs: cpu_of(&pg) - pg0,
-                mq_cpu_secs: cpu_of(&rabbitmq) - mq0,
+                cpu_secs: cpu_after.0 - cpu,
+                own_cpu_secs: cpu_after.1 - own,
+                pg_cpu_secs: cpu_after.2 - pg0,
+                mq_cpu_secs: cpu_after.3 - mq0,
+                pg_commits: Some(pg_commits),
                 load,
             };
             eprintln!(
@@ -1035,6 +1070,7 @@ async fn main() -> Result<()> {
                 own_cpu_secs: cpu_secs("self", false) - own,
                 pg_cpu_secs: 0.0,
                 mq_cpu_secs: 0.0,
+                pg_commits: None,
                 load,
             };
             eprintln!(
