@@ -27,7 +27,17 @@ impl AttuneKeys {
         Store::read_only(Arc::new(Self { pool }))
     }
 
+    /// The rows `action` may see. Read only, so tried a second time at once when the first
+    /// attempt met a connection that had died in the pool (the pool does not check a
+    /// recently used connection before handing it out, see [`crate::worker::attune_db::connect`]).
     async fn rows(&self, action: &ActionRef) -> Result<Vec<Visible>> {
+        match self.query(action).await {
+            Err(e) if connection_lost(&e) => self.query(action).await,
+            done => done,
+        }
+    }
+
+    async fn query(&self, action: &ActionRef) -> Result<Vec<Visible>> {
         let rows = sqlx::query(
             "SELECT k.owner_type::text AS owner_type, k.name, k.encrypted,
                     k.encryption_key_hash, to_jsonb(k.value)::text AS value,
@@ -65,6 +75,22 @@ impl Backend for AttuneKeys {
 
     fn visible_to<'a>(&'a self, action: &'a ActionRef) -> BoxFuture<'a, Result<Vec<Visible>>> {
         Box::pin(self.rows(action))
+    }
+}
+
+/// Whether `e` is the loss of the connection rather than an answer to the statement: an I/O
+/// error, or the server's SQLSTATE class 08 (connection exception) or 57P01–57P03 (the
+/// backend terminated, the server shutting down or not yet accepting connections).
+fn connection_lost(e: &super::Error) -> bool {
+    let super::Error::Query(e) = e else {
+        return false;
+    };
+    match e {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || ["57P01", "57P02", "57P03"].contains(&&*c)),
+        _ => false,
     }
 }
 

@@ -18,7 +18,20 @@ pub const SCHEMA: &str = "attune";
 /// Statuses after which the worker never touches an execution again.
 pub const TERMINAL: &[&str] = &["completed", "failed", "cancelled", "timeout", "abandoned"];
 
+/// A pooled connection idle for at least this long is checked (a round trip) before it is
+/// handed out; one used more recently is handed out as is.
+pub const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
+
 /// A pool on Attune's database with `search_path = attune, public` (as Attune's services use).
+///
+/// sqlx's default check of every connection before each acquire (`test_before_acquire`: a
+/// round trip per statement) is replaced by a check of connections idle for
+/// [`CHECK_IDLE_AFTER`] or longer: on a busy worker the connections are never idle that long,
+/// after a quiet spell (where a server restart or an idle-timeout of the network is likely)
+/// the first acquire still finds a dead connection and replaces it. A connection that died
+/// while the pool was busy fails the one statement it is used for; sqlx then discards it (its
+/// check on release fails), and the worker's paths handle that statement's error as any lost
+/// connection (requeue, retry, or, for the secrets read, one immediate retry).
 ///
 /// # Errors
 /// [`Error::Database`] when the URL is malformed or the database cannot be reached.
@@ -29,6 +42,16 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
     PgPoolOptions::new()
         .max_connections(max_connections.max(1))
         .acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= CHECK_IDLE_AFTER {
+                    // An error closes this connection; the pool tries another or opens one.
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await
         .map_err(Error::db)
