@@ -2733,3 +2733,99 @@ async fn an_attune_key_with_an_infinite_time_is_corrupt_and_the_execution_ends()
         "{log}"
     );
 }
+
+/// A core module printing `line` (and a newline) on stdout.
+fn printing_module(line: &str) -> Vec<u8> {
+    let escaped: String = line
+        .bytes()
+        .chain(std::iter::once(b'\n'))
+        .map(|b| format!("\\{b:02x}"))
+        .collect();
+    wat::parse_str(format!(
+        r#"(module
+             (import "wasi_snapshot_preview1" "fd_write"
+               (func $fd_write (param i32 i32 i32 i32) (result i32)))
+             (memory (export "memory") 1)
+             (data (i32.const 64) "{escaped}")
+             (func (export "_start")
+               (i32.store (i32.const 0) (i32.const 64))
+               (i32.store (i32.const 4) (i32.const {len}))
+               (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+        len = line.len() + 1
+    ))
+    .unwrap()
+}
+
+/// The worker reads an action file once per version (the compiled guest is kept by path,
+/// inode, size and times): a file replaced by a rename, then rewritten in place, between
+/// executions runs its new code each time, also after the previous version was remembered
+/// (it had settled, see `worker::action_files::SETTLE`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_action_file_runs_its_new_code() {
+    if skipped() {
+        return;
+    }
+    use attune_wasm::worker::action_files::SETTLE;
+    let mut fleet = Fleet::new().await;
+    let pool = fleet.pool().await;
+    sqlx::query(
+        "INSERT INTO attune.action (ref, pack, pack_ref, label, entrypoint, runtime)
+         VALUES ('demo.swap', 1, 'demo', 'Swap', 'swap.wasm', 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let actions = fleet.dir.path().join("packs/demo/actions");
+    let file = actions.join("swap.wasm");
+    let write = |bytes: &[u8]| {
+        // Modified an hour ago; its change time stays now, so it settles after SETTLE.
+        std::fs::write(&file, bytes).unwrap();
+        File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(3600))
+            .unwrap();
+    };
+    write(&printing_module(r#"{"version":1}"#));
+    let written = Instant::now();
+    fleet.start_worker("wasm-worker-swap").await;
+    let worker = fleet.worker_id(&pool, "wasm-worker-swap").await;
+    async fn run(fleet: &Fleet, pool: &sqlx::PgPool, worker: i64) -> Value {
+        let id = fleet
+            .dispatch_new(pool, worker, "demo.swap", &json!({}), 60)
+            .await;
+        let (status, result) = Fleet::wait_left(pool, id, &["scheduled", "running"], 60).await;
+        assert_eq!(status, "completed", "{result}");
+        result["data"].clone()
+    }
+    let settle = |since: Instant| async move {
+        if let Some(left) = (SETTLE + Duration::from_millis(200)).checked_sub(since.elapsed()) {
+            tokio::time::sleep(left).await;
+        }
+    };
+    settle(written).await;
+    // Read, remembered (settled), then served without a read.
+    for _ in 0..2 {
+        assert_eq!(run(&fleet, &pool, worker).await, json!({"version": 1}));
+    }
+
+    // Replaced by a rename: another inode.
+    let next = actions.join("swap.next");
+    std::fs::write(&next, printing_module(r#"{"version":2}"#)).unwrap();
+    std::fs::rename(&next, &file).unwrap();
+    assert_eq!(run(&fleet, &pool, worker).await, json!({"version": 2}));
+    let renamed = Instant::now();
+    settle(renamed).await;
+    assert_eq!(run(&fleet, &pool, worker).await, json!({"version": 2}));
+
+    // Rewritten in place (same inode), an old modification time.
+    let inode = |p: &PathBuf| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    let before = inode(&file);
+    write(&printing_module(r#"{"version":3,"in_place":true}"#));
+    assert_eq!(inode(&file), before);
+    assert_eq!(
+        run(&fleet, &pool, worker).await,
+        json!({"version": 3, "in_place": true})
+    );
+}

@@ -103,6 +103,12 @@ impl Runtime {
         Ok(guest)
     }
 
+    /// The guest [`Runtime::load`] holds compiled from content whose SHA-256 is `hash`, if it
+    /// still holds it (it keeps the [`MAX_CACHED_GUESTS`] most recently loaded).
+    pub fn loaded(&self, hash: &[u8; 32]) -> Option<Guest> {
+        self.cached(hash)
+    }
+
     /// Number of guests [`Runtime::load`] holds compiled.
     pub fn cached_guests(&self) -> usize {
         self.guests().entries.len()

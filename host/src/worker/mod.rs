@@ -7,6 +7,7 @@
 //!        ─► protocol (attune.executions, worker.{id}.executions, envelopes)
 //!        ─► service (consume a dispatch, run it through crate::executor, write the result,
 //!                    publish ExecutionStatusChanged / ExecutionCompleted, then ack)
+//! action_files: each action file read and hashed once per version (path, inode, size, times)
 //! ledger: attune_wasm.completion, which ExecutionCompleted are still to publish
 //! scheduler: `attune-wasm execute`, a stand-in for Attune's scheduler (wasm actions only)
 //! metrics: opt-in Prometheus counters (`worker.metrics_address`)
@@ -18,6 +19,7 @@
 //! schema [`OWN_SCHEMA`], never in Attune's. A dispatch is acknowledged only after its
 //! execution's terminal status is committed and its `ExecutionCompleted` published.
 
+pub mod action_files;
 pub mod attune_db;
 pub mod config;
 #[cfg(feature = "fault-injection")]

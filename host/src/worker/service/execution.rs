@@ -5,6 +5,7 @@
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::super::action_files::Lookup;
 use super::super::attune_db::{self, ActionRow, ExecutionRow};
 use super::super::protocol::{self, Envelope};
 use super::super::{Error, Failure};
@@ -134,14 +135,15 @@ impl Ctx {
         let action_ref = ActionRef::new(&action.action_ref)
             .map_err(|_| Failure::BadRef(action.action_ref.escape_default().to_string()))?;
         let path = action_file(&self.packs_base_dir, &action.pack_ref, &action.entrypoint)?;
-        let bytes = tokio::fs::read(&path).await.map_err(|e| Failure::Read {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let name = path.display().to_string();
-        // Compiling is CPU-bound; a cached guest (same content) returns at once.
-        let guest = tokio::task::block_in_place(|| self.executor.runtime().load(&name, &bytes))
-            .map_err(executor::Error::Runtime)?;
+        // One `stat` (the file is on local disk) when the file is the version last read;
+        // else read, and compiled unless its content was (blocking).
+        let guest = match self.action_files.lookup(self.executor.runtime(), &path)? {
+            Lookup::Known(guest) => guest,
+            Lookup::Unknown(identity) => tokio::task::block_in_place(|| {
+                self.action_files
+                    .read(self.executor.runtime(), &path, identity)
+            })?,
+        };
         let timeout = [execution.timeout_seconds, action.timeout_seconds]
             .into_iter()
             .flatten()

@@ -47,6 +47,7 @@ use serde_json::json;
 use sqlx::postgres::PgPool;
 use tokio::sync::watch;
 
+use super::action_files::ActionFiles;
 use super::config::{WorkerConfig, RUNTIME_NAME};
 use super::metrics::{self, Metrics};
 use super::{attune_db, ledger, Error, OWN_SCHEMA};
@@ -157,6 +158,7 @@ pub async fn run(mut cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> 
         worker_id,
         ledger,
         publisher,
+        action_files: ActionFiles::default(),
         max_stdout: cfg.max_stdout,
         max_stderr: cfg.max_stderr,
         packs_base_dir: cfg.packs_base_dir.clone(),
@@ -187,6 +189,8 @@ struct Ctx {
     ledger: bool,
     /// The channel (confirm mode) results are published on; replaced on reconnection.
     publisher: watch::Sender<Option<lapin::Channel>>,
+    /// The compiled guest of each action file, by path and version.
+    action_files: ActionFiles,
     max_stdout: u64,
     max_stderr: u64,
     packs_base_dir: PathBuf,
