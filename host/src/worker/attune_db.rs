@@ -158,20 +158,24 @@ pub async fn execution(pool: &PgPool, id: i64) -> Result<Option<ExecutionRow>, E
     .fetch_optional(pool)
     .await
     .map_err(Error::db)?;
-    row.map(|r| {
-        Ok(ExecutionRow {
-            id: r.try_get("id")?,
-            action: r.try_get("action")?,
-            action_ref: r.try_get("action_ref")?,
-            config: r
-                .try_get::<Option<String>, _>("config")?
-                .and_then(|text| serde_json::from_str(&text).ok()),
-            status: r.try_get("status")?,
-            timeout_seconds: r.try_get("timeout_seconds")?,
-        })
+    row.as_ref()
+        .map(execution_row)
+        .transpose()
+        .map_err(Error::db)
+}
+
+/// An [`ExecutionRow`] from the columns of that name.
+fn execution_row(r: &sqlx::postgres::PgRow) -> Result<ExecutionRow, sqlx::Error> {
+    Ok(ExecutionRow {
+        id: r.try_get("id")?,
+        action: r.try_get("action")?,
+        action_ref: r.try_get("action_ref")?,
+        config: r
+            .try_get::<Option<String>, _>("config")?
+            .and_then(|text| serde_json::from_str(&text).ok()),
+        status: r.try_get("status")?,
+        timeout_seconds: r.try_get("timeout_seconds")?,
     })
-    .transpose()
-    .map_err(Error::db)
 }
 
 /// The action of `execution`: by id, else by ref (an action deleted and registered again).
@@ -202,31 +206,85 @@ pub async fn action(pool: &PgPool, execution: &ExecutionRow) -> Result<Option<Ac
     .map_err(Error::db)
 }
 
-/// Moves a dispatched execution to `running` (owned by `worker`), when it is still
-/// `requested`, `scheduling` or `scheduled`; answers the status it had, or `None` when it was
-/// in another state (someone else moved it).
+/// What [`claim`] found: the execution moved to `running`, or as it was.
+#[derive(Debug)]
+pub enum Claimed {
+    /// It was `requested`, `scheduling` or `scheduled` and is now `running`, owned by the
+    /// worker; `execution.status` is the status it had, and `action` its action row (`None`
+    /// when the action is not in `attune.action`).
+    Started {
+        /// The row (with the status it had).
+        execution: ExecutionRow,
+        /// Its action.
+        action: Option<ActionRow>,
+    },
+    /// It was in another state (ended, running, being cancelled) and was left as it is.
+    Found(ExecutionRow),
+}
+
+/// Loads execution `id` and, when it is still `requested`, `scheduling` or `scheduled`, moves
+/// it to `running` (owned by `worker`) and loads its action, all in one statement (one round
+/// trip, one transaction): the start of every dispatch. `None` when the execution does not
+/// exist.
 ///
 /// # Errors
 /// [`Error::Refused`] when the database refuses the update (a constraint, a trigger),
 /// [`Error::Database`] when it cannot be reached.
-pub async fn start(pool: &PgPool, id: i64, worker: i64) -> Result<Option<String>, Error> {
+pub async fn claim(pool: &PgPool, id: i64, worker: i64) -> Result<Option<Claimed>, Error> {
     let row = sqlx::query(
-        "WITH prev AS (SELECT status FROM execution WHERE id = $1 FOR UPDATE)
-         UPDATE execution e
-            SET status = 'running', started_at = now(), worker = $2
-           FROM prev
-          WHERE e.id = $1 AND prev.status IN ('requested', 'scheduling', 'scheduled')
-         RETURNING prev.status::text AS previous",
+        "WITH prev AS (SELECT id, status FROM execution WHERE id = $1 FOR UPDATE),
+              started AS (
+                UPDATE execution e
+                   SET status = 'running', started_at = now(), worker = $2
+                  FROM prev
+                 WHERE e.id = prev.id AND prev.status IN ('requested', 'scheduling', 'scheduled')
+                RETURNING e.id)
+         SELECT e.id, e.action, e.action_ref, e.config::text AS config,
+                prev.status::text AS status, e.timeout_seconds, s.id IS NOT NULL AS started,
+                a.id AS a_id, a.ref AS a_ref, a.pack_ref AS a_pack_ref,
+                a.entrypoint AS a_entrypoint, a.timeout_seconds AS a_timeout_seconds
+           FROM prev JOIN execution e ON e.id = prev.id
+           LEFT JOIN started s ON s.id = prev.id
+           LEFT JOIN LATERAL (
+                SELECT id, ref, pack_ref, entrypoint, timeout_seconds FROM action
+                 WHERE (e.action IS NOT NULL AND id = e.action)
+                    OR (e.action IS NULL AND ref = e.action_ref)
+                 LIMIT 1) a ON s.id IS NOT NULL",
     )
     .bind(id)
     .bind(worker)
     .fetch_optional(pool)
     .await
     .map_err(Error::statement)?;
-    row.map(|r| r.try_get("previous"))
-        .transpose()
-        .map_err(Error::db)
+    let Some(r) = row else {
+        return Ok(None);
+    };
+    let claimed = || -> Result<Claimed, sqlx::Error> {
+        let execution = execution_row(&r)?;
+        if !r.try_get::<bool, _>("started")? {
+            return Ok(Claimed::Found(execution));
+        }
+        let action = match r.try_get::<Option<i64>, _>("a_id")? {
+            Some(id) => Some(ActionRow {
+                id,
+                action_ref: r.try_get("a_ref")?,
+                pack_ref: r.try_get("a_pack_ref")?,
+                entrypoint: r.try_get("a_entrypoint")?,
+                timeout_seconds: r.try_get("a_timeout_seconds")?,
+            }),
+            None => None,
+        };
+        Ok(Claimed::Started { execution, action })
+    };
+    claimed().map(Some).map_err(Error::db)
 }
+
+/// The statement of [`finish`]: `$1` the id, `$2` the expected status, `$3` the terminal
+/// status, `$4` the result as JSON text (the completion ledger embeds it in its own).
+pub(crate) const FINISH: &str =
+    "UPDATE execution SET status = $3::text::execution_status_enum, result = $4::text::jsonb
+      WHERE id = $1 AND (status = $2::text::execution_status_enum
+                         OR ($2::text = 'running' AND status = 'canceling'))";
 
 /// Writes the terminal `status` and `result` of execution `id`, when its status is still
 /// `expected`; `false` when it was not (another writer ended it first). `db` is the pool or a
@@ -242,18 +300,14 @@ pub async fn finish<'e, E: sqlx::PgExecutor<'e>>(
     status: &str,
     result: &serde_json::Value,
 ) -> Result<bool, Error> {
-    let done = sqlx::query(
-        "UPDATE execution SET status = $3::text::execution_status_enum, result = $4::text::jsonb
-         WHERE id = $1 AND (status = $2::text::execution_status_enum
-                            OR ($2::text = 'running' AND status = 'canceling'))",
-    )
-    .bind(id)
-    .bind(expected)
-    .bind(status)
-    .bind(result.to_string())
-    .execute(db)
-    .await
-    .map_err(Error::statement)?;
+    let done = sqlx::query(FINISH)
+        .bind(id)
+        .bind(expected)
+        .bind(status)
+        .bind(result.to_string())
+        .execute(db)
+        .await
+        .map_err(Error::statement)?;
     Ok(done.rows_affected() == 1)
 }
 

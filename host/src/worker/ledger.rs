@@ -2,15 +2,19 @@
 //! `ExecutionCompleted` reached the broker. One table of our own,
 //! `attune_wasm.completion` (schema [`OWN_SCHEMA`], never Attune's), written in the same
 //! transaction as the terminal status (a pending row) and again once the broker confirmed the
-//! message (its `published` time).
+//! message (its `published` time). The `published` times are not a transaction of their own
+//! per execution: the worker keeps the confirmed ids in memory and writes them with its next
+//! terminal commit (same statement), or by themselves after a short delay when no execution
+//! ends meanwhile, and before it reads the ledger (a redelivery, a reconnection) or stops.
 //!
 //! This makes `ExecutionCompleted` at-least-once with no duplicate in the normal paths: a
 //! dispatch is acknowledged only once its completion is published; a redelivered dispatch
 //! whose execution is terminal publishes the completion from the committed row when the
 //! ledger says it is pending, and is skipped when it says published (or when the ledger has no
 //! row: the execution was ended by someone else). What is left is one window: the worker
-//! stops between the broker's confirmation and the `published` write (or that write fails);
-//! the redelivery then publishes a second `ExecutionCompleted` for the execution (Attune's
+//! dies between the broker's confirmation and the `published` write (a few milliseconds under
+//! load, at most that delay when idle), or that write fails; at its restart it then publishes
+//! a second `ExecutionCompleted` for the execution (Attune's
 //! completion listener releases the action's slot by execution id, so a second one finds no
 //! slot and changes nothing there).
 //!
@@ -58,12 +62,13 @@ pub async fn ensure(pool: &PgPool) -> Result<(), Error> {
     tx.commit().await.map_err(Error::db)
 }
 
-/// [`attune_db::finish`] and, when it wrote, the pending ledger row of execution `id`
-/// (ended by `worker`), in one transaction.
+/// [`attune_db::finish`] and, when it wrote, the pending ledger row of execution `id` (ended
+/// by `worker`), with the publication times of the executions `published` (confirmed by the
+/// broker since the last such write), in one statement: one transaction, one round trip.
 ///
 /// # Errors
 /// As [`attune_db::finish`]: [`Error::Refused`] for a refused statement, [`Error::Database`]
-/// when the database cannot be reached.
+/// when the database cannot be reached. Nothing is written then (`published` included).
 pub async fn finish(
     pool: &PgPool,
     worker: i64,
@@ -71,37 +76,50 @@ pub async fn finish(
     expected: &str,
     status: &str,
     result: &serde_json::Value,
+    published: &[i64],
 ) -> Result<bool, Error> {
-    let mut tx = pool.begin().await.map_err(Error::db)?;
-    if !attune_db::finish(&mut *tx, id, expected, status, result).await? {
-        return Ok(false);
-    }
-    sqlx::query(
-        "INSERT INTO attune_wasm.completion (execution_id, worker, status) VALUES ($1, $2, $3)
-         ON CONFLICT (execution_id) DO UPDATE
-           SET worker = EXCLUDED.worker, status = EXCLUDED.status, committed = now(),
-               published = NULL",
-    )
-    .bind(id)
-    .bind(worker)
-    .bind(status)
-    .execute(&mut *tx)
-    .await
-    .map_err(Error::statement)?;
-    tx.commit().await.map_err(Error::statement)?;
-    Ok(true)
+    static STATEMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "WITH finished AS ({} RETURNING id),
+              pending AS (
+                INSERT INTO attune_wasm.completion (execution_id, worker, status)
+                SELECT id, $5, $3 FROM finished
+                ON CONFLICT (execution_id) DO UPDATE
+                  SET worker = EXCLUDED.worker, status = EXCLUDED.status, committed = now(),
+                      published = NULL),
+              marked AS (
+                UPDATE attune_wasm.completion SET published = now()
+                 WHERE execution_id = ANY($6) AND execution_id <> $1 AND published IS NULL)
+         SELECT count(*) AS n FROM finished",
+            attune_db::FINISH
+        )
+    });
+    let row = sqlx::query(STATEMENT.as_str())
+        .bind(id)
+        .bind(expected)
+        .bind(status)
+        .bind(result.to_string())
+        .bind(worker)
+        .bind(published)
+        .fetch_one(pool)
+        .await
+        .map_err(Error::statement)?;
+    Ok(row.try_get::<i64, _>("n").map_err(Error::db)? == 1)
 }
 
-/// Records that the `ExecutionCompleted` of execution `id` was confirmed by the broker.
+/// Records that the `ExecutionCompleted` of the executions `ids` were confirmed by the broker.
 ///
 /// # Errors
 /// [`Error::Database`].
-pub async fn published(pool: &PgPool, id: i64) -> Result<(), Error> {
-    sqlx::query("UPDATE attune_wasm.completion SET published = now() WHERE execution_id = $1")
-        .bind(id)
-        .execute(pool)
-        .await
-        .map_err(Error::db)?;
+pub async fn published(pool: &PgPool, ids: &[i64]) -> Result<(), Error> {
+    sqlx::query(
+        "UPDATE attune_wasm.completion SET published = now()
+          WHERE execution_id = ANY($1) AND published IS NULL",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await
+    .map_err(Error::db)?;
     Ok(())
 }
 

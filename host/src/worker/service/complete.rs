@@ -15,6 +15,10 @@ use super::delivery::Disposition;
 use super::result::failure_result;
 use super::{Ctx, MAX_BACKOFF};
 
+/// How long a confirmed completion waits for a terminal commit to take its record along
+/// before it is recorded by itself.
+const RECORD_DELAY: Duration = Duration::from_millis(100);
+
 impl Ctx {
     /// Commits the terminal status (retrying while the database is unreachable), publishes
     /// `ExecutionCompleted`, and tells the caller to acknowledge once the broker confirmed it
@@ -117,23 +121,46 @@ impl Ctx {
             return Disposition::Requeue;
         }
         if self.ledger {
-            self.record_published(id).await;
+            self.published().push(id);
+            self.published_added.notify_one();
         }
         Disposition::Ack
     }
 
-    /// Records a confirmed `ExecutionCompleted` in the ledger, retried with backoff (5 times)
-    /// while the database cannot be reached. Not recorded, it is only logged: the dispatch is
-    /// still acknowledged (a redelivery, which the ack makes unlikely, would publish it again).
-    async fn record_published(&self, id: i64) {
+    /// Executions whose `ExecutionCompleted` the broker confirmed and the ledger does not
+    /// record yet.
+    fn published(&self) -> std::sync::MutexGuard<'_, Vec<i64>> {
+        // A poisoned lock only means a panic while pushing or taking; the list is valid.
+        self.published
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records the confirmed `ExecutionCompleted` not recorded yet in the ledger, retried with
+    /// backoff (5 times) while the database cannot be reached. Not recorded, it is only
+    /// logged: the dispatches were acknowledged (the worker would publish them again only
+    /// from [`Ctx::publish_pending`], after a restart).
+    pub(super) async fn record_published(&self) {
+        // Left in the list until written (this future may be dropped while it waits; a
+        // terminal commit that takes them meanwhile writes them again, which changes nothing).
+        let ids = self.published().clone();
+        if ids.is_empty() {
+            return;
+        }
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=5 {
-            match ledger::published(&self.pool, id).await {
-                Ok(()) => return,
-                Err(e) if attempt == 5 => tracing::warn!(
-                    execution = id,
-                    "ExecutionCompleted published but not recorded in attune_wasm.completion: {e}"
-                ),
+            match ledger::published(&self.pool, &ids).await {
+                Ok(()) => {
+                    self.published().retain(|id| !ids.contains(id));
+                    return;
+                }
+                Err(e) if attempt == 5 => {
+                    self.published().retain(|id| !ids.contains(id));
+                    tracing::warn!(
+                        executions = ?ids,
+                        "ExecutionCompleted published but not recorded in attune_wasm.completion: {e}"
+                    );
+                }
                 Err(_) => {
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(MAX_BACKOFF);
@@ -142,8 +169,28 @@ impl Ctx {
         }
     }
 
-    /// `attune_db::finish` (with the pending row of the completion ledger, in one transaction,
-    /// when the ledger is on), retried with backoff (10 times) while the database cannot be
+    /// Records confirmed completions [`RECORD_DELAY`] after the first one that no terminal
+    /// commit took along (an idle worker); runs until aborted.
+    pub(super) async fn record_published_loop(&self) {
+        loop {
+            self.published_added.notified().await;
+            tokio::time::sleep(RECORD_DELAY).await;
+            self.record_published().await;
+        }
+    }
+
+    /// Whether the ledger says the `ExecutionCompleted` of `id` is still to publish, after
+    /// recording the confirmed ones this process holds.
+    ///
+    /// # Errors
+    /// [`Error::Database`].
+    pub(super) async fn completion_pending(&self, id: i64) -> Result<bool, Error> {
+        self.record_published().await;
+        ledger::pending(&self.pool, id).await
+    }
+
+    /// `attune_db::finish` (with the pending row of the completion ledger and the publication
+    /// times of the confirmed completions, in one statement, when the ledger is on), retried with backoff (10 times) while the database cannot be
     /// reached; a refusal is answered at once.
     async fn write_terminal(
         &self,
@@ -156,7 +203,22 @@ impl Ctx {
         let mut attempts = 0;
         loop {
             let finished = if self.ledger {
-                ledger::finish(&self.pool, self.worker_id, id, expected, status, result).await
+                // Confirmed completions recorded by the same statement (put back on failure).
+                let published = std::mem::take(&mut *self.published());
+                let finished = ledger::finish(
+                    &self.pool,
+                    self.worker_id,
+                    id,
+                    expected,
+                    status,
+                    result,
+                    &published,
+                )
+                .await;
+                if finished.is_err() {
+                    self.published().extend(published);
+                }
+                finished
             } else {
                 attune_db::finish(&self.pool, id, expected, status, result).await
             };

@@ -9,10 +9,10 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::super::attune_db::{self, ExecutionRow, TERMINAL};
+use super::super::attune_db::{self, Claimed, ExecutionRow, TERMINAL};
 use super::super::ledger;
 use super::super::protocol::{self, Envelope, ExecutionRequested};
-use super::super::Failure;
+use super::super::{Error, Failure};
 use super::consume::answer_failure;
 use super::{Ctx, MAX_REFUSALS};
 
@@ -232,7 +232,7 @@ impl Ctx {
     async fn ended(&self, execution: &ExecutionRow, correlation: Option<String>) -> Disposition {
         let id = execution.id;
         let pending = if self.ledger {
-            match ledger::pending(&self.pool, id).await {
+            match self.completion_pending(id).await {
                 Ok(pending) => pending,
                 Err(e) => {
                     tracing::error!(
@@ -315,7 +315,7 @@ impl Ctx {
                 Ok(Some(e)) if TERMINAL.contains(&e.status.as_str()) => e,
                 _ => continue,
             };
-            if matches!(ledger::pending(&self.pool, id).await, Ok(true)) {
+            if matches!(self.completion_pending(id).await, Ok(true)) {
                 self.publish_from_row(&execution, None).await;
             }
         }
@@ -338,8 +338,12 @@ impl Ctx {
                 }
             }
         };
-        let execution = match attune_db::execution(&self.pool, id).await {
-            Ok(Some(e)) => e,
+        // Loaded, and moved to `running` with its action loaded when it may start.
+        let execution = match attune_db::claim(&self.pool, id, self.worker_id).await {
+            Ok(Some(Claimed::Started { execution, action })) => {
+                return self.run_execution(execution, action, correlation).await;
+            }
+            Ok(Some(Claimed::Found(e))) => e,
             Ok(None) => {
                 tracing::error!(
                     execution = id,
@@ -347,6 +351,7 @@ impl Ctx {
                 );
                 return Disposition::DeadLetter;
             }
+            Err(Error::Refused(why)) => return Disposition::Refused(why),
             Err(e) => {
                 tracing::error!(
                     execution = id,
@@ -378,7 +383,13 @@ impl Ctx {
                 )
                 .await
             }
-            _ => self.run_execution(execution, correlation).await,
+            _ => {
+                tracing::info!(
+                    execution = id,
+                    "execution changed state before it started: dispatch acknowledged and skipped"
+                );
+                Disposition::Ack
+            }
         }
     }
 }

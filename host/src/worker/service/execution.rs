@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::super::action_files::Lookup;
 use super::super::attune_db::{self, ActionRow, ExecutionRow};
 use super::super::protocol::{self, Envelope};
-use super::super::{Error, Failure};
+use super::super::Failure;
 use super::delivery::Disposition;
 use super::result::{failure_result, outcome_result};
 use super::Ctx;
@@ -44,36 +44,21 @@ impl Ctx {
         .await
     }
 
+    /// Runs an execution [`attune_db::claim`] moved to `running` (`execution.status` is the
+    /// status it had) with its `action`.
     pub(super) async fn run_execution(
         &self,
         execution: ExecutionRow,
+        action: Option<ActionRow>,
         correlation: Option<String>,
     ) -> Disposition {
         let id = execution.id;
-        let previous = match attune_db::start(&self.pool, id, self.worker_id).await {
-            Ok(Some(previous)) => previous,
-            Ok(None) => {
-                tracing::info!(
-                    execution = id,
-                    "execution changed state before it started: dispatch acknowledged and skipped"
-                );
-                return Disposition::Ack;
-            }
-            Err(Error::Refused(why)) => return Disposition::Refused(why),
-            Err(e) => {
-                tracing::error!(
-                    execution = id,
-                    "cannot start the execution, dispatch requeued: {e}"
-                );
-                return Disposition::Requeue;
-            }
-        };
         let changed = Envelope::new(
             "ExecutionStatusChanged",
             protocol::StatusChanged {
                 execution_id: id,
                 action_ref: execution.action_ref.clone(),
-                previous_status: previous,
+                previous_status: execution.status.clone(),
                 new_status: "running".into(),
                 changed_at: protocol::now_rfc3339(),
             },
@@ -83,13 +68,6 @@ impl Ctx {
             tracing::error!(execution = id, "ExecutionStatusChanged not published: {e}");
         }
 
-        let action = match attune_db::action(&self.pool, &execution).await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::error!(execution = id, "cannot load the action: {e}");
-                None
-            }
-        };
         let started = Instant::now();
         let outcome = match &action {
             Some(action) => {

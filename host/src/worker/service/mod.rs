@@ -159,6 +159,8 @@ pub async fn run(mut cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> 
         ledger,
         publisher,
         action_files: ActionFiles::default(),
+        published: std::sync::Mutex::default(),
+        published_added: tokio::sync::Notify::new(),
         max_stdout: cfg.max_stdout,
         max_stderr: cfg.max_stderr,
         packs_base_dir: cfg.packs_base_dir.clone(),
@@ -169,8 +171,14 @@ pub async fn run(mut cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> 
         metrics,
     });
     let heartbeat = Heartbeat::start(&cfg.database_url, worker_id, cfg.heartbeat)?;
+    let recorder = Arc::clone(&ctx);
+    let recorder = AbortOnDrop(tokio::spawn(async move {
+        recorder.record_published_loop().await;
+    }));
 
     let consumed = consume::consume(&ctx, &cfg, &mut shutdown).await;
+    drop(recorder);
+    ctx.record_published().await;
     heartbeat.stop();
     if let Err(e) = attune_db::deregister(&pool, worker_id).await {
         tracing::error!("cannot mark the worker inactive: {e}");
@@ -191,6 +199,11 @@ struct Ctx {
     publisher: watch::Sender<Option<lapin::Channel>>,
     /// The compiled guest of each action file, by path and version.
     action_files: ActionFiles,
+    /// Executions whose `ExecutionCompleted` the broker confirmed, not yet recorded in the
+    /// ledger (the next terminal commit records them, or `record_published_loop`).
+    published: std::sync::Mutex<Vec<i64>>,
+    /// Woken when an id is added to `published`.
+    published_added: tokio::sync::Notify,
     max_stdout: u64,
     max_stderr: u64,
     packs_base_dir: PathBuf,
