@@ -357,6 +357,22 @@ pub async fn publish<T: Serialize>(
     envelope: &Envelope<T>,
     mandatory: bool,
 ) -> Result<(), Error> {
+    let confirm = send(channel, routing_key, envelope, mandatory).await?;
+    confirmed(routing_key, confirm).await
+}
+
+/// [`publish`] without waiting for the confirmation: the message is sent, and
+/// [`confirmed`] waits for the broker's answer later (messages on one channel keep their
+/// order, so one published after it is delivered after it).
+///
+/// # Errors
+/// [`Error::Broker`] when the message cannot be sent.
+pub async fn send<T: Serialize>(
+    channel: &Channel,
+    routing_key: &str,
+    envelope: &Envelope<T>,
+    mandatory: bool,
+) -> Result<lapin::PublisherConfirm, Error> {
     let body = serde_json::to_vec(envelope)
         .map_err(|e| Error::Broker(format!("cannot encode a message: {e}")))?;
     let mut properties = BasicProperties::default()
@@ -365,7 +381,7 @@ pub async fn publish<T: Serialize>(
     if let Some(id) = &envelope.message_id {
         properties = properties.with_message_id(id.as_str().into());
     }
-    let confirm = channel
+    channel
         .basic_publish(
             EXECUTIONS_EXCHANGE.into(),
             routing_key.into(),
@@ -377,7 +393,16 @@ pub async fn publish<T: Serialize>(
             properties,
         )
         .await
-        .map_err(|e| Error::Broker(format!("publish to {routing_key} failed: {e}")))?
+        .map_err(|e| Error::Broker(format!("publish to {routing_key} failed: {e}")))
+}
+
+/// Waits for the broker's answer to a message [`send`] sent to `routing_key`.
+///
+/// # Errors
+/// [`Error::Broker`] when the broker does not confirm it (a nack, or the channel closed),
+/// [`Error::NotRouted`] when a mandatory message was returned.
+pub async fn confirmed(routing_key: &str, confirm: lapin::PublisherConfirm) -> Result<(), Error> {
+    let confirm = confirm
         .await
         .map_err(|e| Error::Broker(format!("publish to {routing_key} not confirmed: {e}")))?;
     if confirm.is_nack() {

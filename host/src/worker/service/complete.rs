@@ -234,6 +234,17 @@ impl Ctx {
         }
     }
 
+    /// Sends on the current channel without waiting for the broker's confirmation (see
+    /// [`protocol::send`]); `None` when there is no channel or the send failed.
+    pub(super) async fn send<T: Serialize>(
+        &self,
+        key: &str,
+        envelope: &Envelope<T>,
+    ) -> Option<lapin::PublisherConfirm> {
+        let channel = self.publisher.borrow().clone()?;
+        protocol::send(&channel, key, envelope, false).await.ok()
+    }
+
     /// Publishes on the current channel, waiting (up to ~60 s) for a reconnection.
     pub(super) async fn publish<T: Serialize>(
         &self,

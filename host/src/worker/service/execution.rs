@@ -64,9 +64,8 @@ impl Ctx {
             },
             correlation.clone(),
         );
-        if let Err(e) = self.publish(protocol::STATUS_CHANGED_KEY, &changed).await {
-            tracing::error!(execution = id, "ExecutionStatusChanged not published: {e}");
-        }
+        // Sent now, its confirmation awaited once the guest has run (see `status_confirmed`).
+        let sent = self.send(protocol::STATUS_CHANGED_KEY, &changed).await;
 
         let started = Instant::now();
         let outcome = match &action {
@@ -86,6 +85,7 @@ impl Ctx {
                 self.metrics.secrets(*door, *outcome, *count);
             }
         }
+        self.status_confirmed(sent, &changed).await;
         let (status, result) = outcome_result(outcome, self.max_stdout, self.max_stderr, elapsed);
         tracing::info!(
             execution = id,
@@ -103,6 +103,29 @@ impl Ctx {
             correlation,
         )
         .await
+    }
+
+    /// Waits for the broker's confirmation of the `ExecutionStatusChanged` sent before the run
+    /// (before the terminal status, so before `ExecutionCompleted` and the ack); publishes it
+    /// again (waiting for a reconnection, as [`Ctx::publish`]) when it was not sent or not
+    /// confirmed.
+    async fn status_confirmed(
+        &self,
+        sent: Option<lapin::PublisherConfirm>,
+        changed: &Envelope<protocol::StatusChanged>,
+    ) {
+        let key = protocol::STATUS_CHANGED_KEY;
+        if let Some(confirm) = sent {
+            if protocol::confirmed(key, confirm).await.is_ok() {
+                return;
+            }
+        }
+        if let Err(e) = self.publish(key, changed).await {
+            tracing::error!(
+                execution = changed.payload.execution_id,
+                "ExecutionStatusChanged not published: {e}"
+            );
+        }
     }
 
     async fn run_guest(
