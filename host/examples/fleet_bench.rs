@@ -37,7 +37,10 @@
 //! database): this favours the process model.
 //!
 //! Also printed per phase: the CPU time of the worker processes (or of the python3 children)
-//! per execution, and the load average at the start of the phase.
+//! per execution, the transactions committed in the scratch database per execution
+//! (`pg_stat_database.xact_commit`, read `--stats-wait` seconds after each end of the phase,
+//! once the backends have reported their counters; read-only transactions count), and the
+//! load average at the start of the phase.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
