@@ -385,9 +385,9 @@ impl Scratch {
 
     /// A pool with Attune's `search_path` (its triggers name tables unqualified).
     async fn pool(&self, n: u32) -> Result<PgPool> {
-        Ok(attune_db::connect(&self.db_url, n)
+        attune_db::connect(&self.db_url, n)
             .await
-            .context("connect to the scratch database")?)
+            .context("connect to the scratch database")
     }
 
     fn log_path(&self, i: usize) -> PathBuf {
