@@ -13,7 +13,7 @@ use attune_wasm::config::Settings;
 use attune_wasm::secrets::crypto;
 use attune_wasm::secrets::names::{ActionRef, Owner, PackRef, SecretName};
 use attune_wasm::store::{
-    self, KeyHash, NewSecret, OpenMode, StoredValue, Written, MAX_VALUE_BYTES,
+    self, KeyHash, NewSecret, OpenMode, StoredValue, Visible, Written, MAX_VALUE_BYTES,
 };
 
 use super::{import, is_missing, open_store, replace, require_key};
@@ -200,7 +200,27 @@ pub async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                 "{:<7} {:<24} {:<32} {:<9} {:<12} UPDATED",
                 "OWNER", "REF", "NAME", "ENCRYPTED", "KEY HASH"
             );
-            for row in rows {
+            for listed in rows {
+                let row = match listed {
+                    Visible::Row(row) => row,
+                    // Listed, so that it can be found and deleted; the reason (never content)
+                    // goes with it: its columns are what does not parse.
+                    Visible::Corrupt {
+                        owner,
+                        name,
+                        reason,
+                    } => {
+                        println!(
+                            "{:<7} {:<24} {:<32} {:<9} {:<12} malformed: {reason}",
+                            owner.owner_type().as_str(),
+                            shown_ref(&owner),
+                            name,
+                            "?",
+                            "-"
+                        );
+                        continue;
+                    }
+                };
                 let hash = row.value.key_hash().map_or_else(
                     || "-".to_owned(),
                     |h| {
@@ -214,11 +234,7 @@ pub async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                 println!(
                     "{:<7} {:<24} {:<32} {:<9} {:<12} {}",
                     row.owner.owner_type().as_str(),
-                    if row.owner.owner_ref().is_empty() {
-                        "-"
-                    } else {
-                        row.owner.owner_ref()
-                    },
+                    shown_ref(&row.owner),
                     row.name,
                     row.value.is_encrypted(),
                     hash,
@@ -284,5 +300,14 @@ pub(super) fn read_value(arg: Option<String>, secret_ref: &str) -> anyhow::Resul
             Zeroizing::new(e.into_bytes());
             bail!("the value of secret {secret_ref} is refused: it is not valid UTF-8")
         }
+    }
+}
+
+/// The REF column of `secret list`: the owner's pack or action ref, `-` for the system.
+fn shown_ref(owner: &Owner) -> &str {
+    if owner.owner_ref().is_empty() {
+        "-"
+    } else {
+        owner.owner_ref()
     }
 }
