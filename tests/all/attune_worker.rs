@@ -1333,6 +1333,14 @@ async fn sigterm_past_the_shutdown_timeout_cancels_and_reports_the_running_execu
 impl Fleet {
     /// Starts a worker named `name` with extra environment `env`; its index once consuming.
     async fn start_worker_with(&mut self, name: &str, env: &[(&str, &str)]) -> usize {
+        let i = self.spawn_worker_with(name, env);
+        self.wait_log(i, "consuming dispatches", 1).await;
+        i
+    }
+
+    /// Spawns a worker named `name` with extra environment `env`, without waiting for it;
+    /// its index.
+    fn spawn_worker_with(&mut self, name: &str, env: &[(&str, &str)]) -> usize {
         let i = self.workers.len();
         let log = File::create(self.log_path(i)).unwrap();
         let mut cmd = self.cmd();
@@ -1344,8 +1352,23 @@ impl Fleet {
             cmd.env(k, v);
         }
         self.workers.push(cmd.spawn().unwrap());
-        self.wait_log(i, "consuming dispatches", 1).await;
         i
+    }
+
+    /// Waits (`secs` at most) until worker `i` exits; its exit status.
+    async fn wait_exit(&mut self, i: usize, secs: u64) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(status) = self.workers[i].try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "worker {i} did not exit: {}",
+                self.log(i)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Waits (60 s at most) until worker `i`'s log has `count` lines containing `text`.
@@ -1869,6 +1892,21 @@ async fn k5_a_dispatch_refused_every_time_is_given_up_and_others_flow() {
     assert!(
         error.contains("could not be stored") && error.contains("may not complete"),
         "{error}"
+    );
+    // Its summary line comes after the commit and names the status written, not the
+    // `completed` the run produced.
+    let field = format!("execution={result}");
+    let ended: Vec<String> = fleet
+        .log(w)
+        .lines()
+        .filter(|l| l.contains("execution ended") && l.split_whitespace().any(|f| f == field))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ended.len(), 1, "{}", fleet.log(w));
+    assert!(
+        ended[0].contains("status=\"failed\"") && !ended[0].contains("completed"),
+        "{}",
+        ended[0]
     );
 
     // `all` refuses even the failure: dead-lettered after as many attempts, row untouched.
@@ -2828,4 +2866,241 @@ async fn a_replaced_action_file_runs_its_new_code() {
         run(&fleet, &pool, worker).await,
         json!({"version": 3, "in_place": true})
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Robustness: one process per worker name, panics, the shutdown's budget.
+
+/// Two processes with one `worker.name` would share one worker id and one queue, and take
+/// each other's running executions for abandoned: the second refuses to start (exit 1, a
+/// message naming the name), without touching the worker's row; the first goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_of_one_worker_name_the_second_refuses_to_start() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    let first = fleet.start_worker("wasm-worker-twin").await;
+    let pool = fleet.pool().await;
+    let row = |pool: sqlx::PgPool| async move {
+        let r = sqlx::query(
+            "SELECT status::text AS s, capabilities::text AS c, host FROM attune.worker
+             WHERE name = 'wasm-worker-twin'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (
+            r.get::<String, _>("s"),
+            r.get::<String, _>("c"),
+            r.get::<String, _>("host"),
+        )
+    };
+    let before = row(pool.clone()).await;
+    let second = fleet.spawn_worker_with(
+        "wasm-worker-twin",
+        &[("ATTUNE__WORKER__MAX_CONCURRENT_TASKS", "2")],
+    );
+    let status = fleet.wait_exit(second, 60).await;
+    let log = fleet.log(second);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(
+            "error: another worker process named wasm-worker-twin is running on this database"
+        ),
+        "{log}"
+    );
+    assert!(!log.contains("registered in attune.worker"), "{log}");
+    assert!(!log.contains("consuming dispatches"), "{log}");
+    // The row is the first process's still (the second's capabilities would differ).
+    assert_eq!(row(pool.clone()).await, before);
+    assert_eq!(before.0, "active");
+    for i in 0..3 {
+        let (report, _) = fleet.execute("demo.greet", json!({"name": i})).await;
+        assert_eq!(report["status"], "completed", "{report}");
+    }
+    assert!(fleet.workers[first].try_wait().unwrap().is_none());
+    // Stopped, it releases the name: a new process of that name starts.
+    assert!(fleet.stop_worker(first).success());
+    let again = fleet.start_worker("wasm-worker-twin").await;
+    let (report, _) = fleet.execute("demo.greet", json!({"name": "again"})).await;
+    assert_eq!(report["status"], "completed", "{report}");
+    assert!(fleet.workers[again].try_wait().unwrap().is_none());
+}
+
+/// The connection holding a worker's name lock is cut, and another session of the same
+/// name (this test) takes the lock before the worker opens it again: the worker stops
+/// consuming and exits 1 naming the name, leaving the worker's row alone (not `inactive`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_name_lock_is_taken_meanwhile_stops_consuming() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    let w = fleet.start_worker("wasm-worker-cut").await;
+    let pool = fleet.pool().await;
+    let mut other = sqlx::PgConnection::connect(&fleet.db_url).await.unwrap();
+    other.execute("SET lock_timeout = '3s'").await.unwrap();
+    let mut taken = false;
+    for _ in 0..10 {
+        let cut: i64 = sqlx::query_scalar(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = current_database() AND application_name = $1",
+        )
+        .bind(attune_wasm::worker::attune_db::LOCK_APPLICATION)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert!(cut <= 1, "one lock connection per worker: {cut}");
+        // Waits for the cut session to end (the worker may take the lock again first: then
+        // cut again).
+        if sqlx::query("SELECT pg_advisory_lock(hashtextextended('attune-wasm worker ' || $1, 0))")
+            .bind("wasm-worker-cut")
+            .execute(&mut other)
+            .await
+            .is_ok()
+        {
+            taken = true;
+            break;
+        }
+    }
+    assert!(taken, "the test never took the lock: {}", fleet.log(w));
+    let status = fleet.wait_exit(w, 60).await;
+    let log = fleet.log(w);
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(
+        log.contains(
+            "error: worker wasm-worker-cut lost the lock of its worker.name to another process"
+        ),
+        "{log}"
+    );
+    let status: String =
+        sqlx::query_scalar("SELECT status::text FROM attune.worker WHERE name = 'wasm-worker-cut'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "active", "the row is the other process's now");
+}
+
+/// A panic while an execution runs (test-only `ATTUNE_WASM_FAULT_PANIC_IN_EXECUTION=1`: the
+/// first execution of the process panics once `running`) ends that execution `failed` with a
+/// fixed reason (never the panic's message), publishes one `ExecutionCompleted`, acknowledges
+/// the dispatch; the worker goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_an_execution_ends_it_failed_and_the_worker_goes_on() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    let observer = fleet.observe().await;
+    let panic = [(attune_wasm::worker::fault::PANIC_IN_EXECUTION, "1")];
+    let w = fleet.start_worker_with("wasm-worker-panic", &panic).await;
+    let pool = fleet.pool().await;
+    let worker = fleet.worker_id(&pool, "wasm-worker-panic").await;
+    let id = fleet
+        .dispatch_new(
+            &pool,
+            worker,
+            "demo.greet",
+            &json!({"name": "boom", "secrets": ["api_key", "db_password"]}),
+            60,
+        )
+        .await;
+    let (status, result) = Fleet::wait_left(&pool, id, &["scheduled", "running"], 60).await;
+    assert_eq!(status, "failed", "{}", fleet.log(w));
+    assert_eq!(
+        result["error"],
+        "the worker failed internally while handling this execution (a bug; details withheld, they could hold secret data); please report it"
+    );
+    wait_published(&fleet, &pool, id, w).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fleet.queued(worker).await > 0 {
+        assert!(Instant::now() < deadline, "the dispatch stayed queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The worker goes on.
+    for i in 0..3 {
+        let (report, _) = fleet.execute("demo.greet", json!({"name": i})).await;
+        assert_eq!(report["status"], "completed", "{report}");
+    }
+    assert!(fleet.workers[w].try_wait().unwrap().is_none());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let messages = Fleet::drain(&observer, "observer").await;
+    let completed = about(&messages, "ExecutionCompleted", id);
+    assert_eq!(completed.len(), 1, "{messages:?}");
+    assert_eq!(completed[0]["payload"]["status"], "failed");
+    assert_eq!(completed[0]["payload"]["result"], result);
+    let log = fleet.log(w);
+    for (text, n) in [
+        ("fault injection: panicking while the execution runs", 1),
+        ("internal error while handling this execution", 1),
+        ("execution ended", 1),
+        ("execution starting", 0),
+    ] {
+        assert_eq!(fleet.log_lines(w, id, text), n, "{text}: {log}");
+    }
+    // The panic's message is nowhere: the hook prints where, never what.
+    assert!(!log.contains("a panic while execution"), "{log}");
+    assert!(log.contains("error: internal error at "), "{log}");
+    assert_eq!(Fleet::row(&pool, id).await, (status, result));
+    fleet.assert_no_plaintext(&messages).await;
+}
+
+/// SIGTERM while the broker refuses the worker's connections (its permissions on the vhost
+/// cleared, its connection closed) during a run: the run is cancelled and its status
+/// committed, and the shutdown keeps to `worker.shutdown_timeout` (4 s here; a fixed 10 s
+/// wait after the cancellation, and the completion's wait for a broker, made it 14 s or
+/// more). The completion is not lost: with the broker back, the next worker of that name
+/// publishes it from the committed row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_broker_refuses_connections_keeps_to_the_shutdown_timeout() {
+    if skipped() {
+        return;
+    }
+    let mut fleet = Fleet::new().await;
+    let budget = [("ATTUNE__WORKER__SHUTDOWN_TIMEOUT", "4")];
+    let w = fleet
+        .start_worker_with("wasm-worker-refused", &budget)
+        .await;
+    let pool = fleet.pool().await;
+    let worker = fleet.worker_id(&pool, "wasm-worker-refused").await;
+    let id = fleet
+        .dispatch_new(&pool, worker, "demo.greet", &json!({"mode": "spin"}), 120)
+        .await;
+    let (status, _) = Fleet::wait_left(&pool, id, &["scheduled"], 60).await;
+    assert_eq!(status, "running");
+    rabbitmqctl(&["clear_permissions", "-p", &fleet.vhost, "guest"]);
+    rabbitmqctl(&[
+        "close_all_connections",
+        "-p",
+        &fleet.vhost,
+        "test: the broker refuses the worker",
+    ]);
+    fleet.wait_log(w, "retrying in", 1).await;
+    let stopping = Instant::now();
+    let status = fleet.stop_worker(w);
+    let took = stopping.elapsed();
+    assert!(status.success(), "{status}: {}", fleet.log(w));
+    assert!(
+        took < Duration::from_secs(4 + 5),
+        "the shutdown took {took:?}: {}",
+        fleet.log(w)
+    );
+    let (status, result) = Fleet::row(&pool, id).await;
+    assert_eq!(status, "cancelled", "{}", fleet.log(w));
+    assert_eq!(result["cancelled"], true);
+    assert_eq!(ledger_published(&pool, id).await, Some(false));
+
+    rabbitmqctl(&[
+        "set_permissions",
+        "-p",
+        &fleet.vhost,
+        "guest",
+        ".*",
+        ".*",
+        ".*",
+    ]);
+    let again = fleet.start_worker("wasm-worker-refused").await;
+    wait_published(&fleet, &pool, id, again).await;
+    assert_eq!(Fleet::row(&pool, id).await, (status, result));
 }

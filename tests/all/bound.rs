@@ -242,7 +242,7 @@ async fn import_into_a_floored_store_binds_unbound_rows_or_refuses() {
         assert!(err.contains("nothing written"), "{err}");
         let listed = host.store().await.list(None).await.unwrap();
         assert!(
-            listed.iter().all(|r| r.name.as_str() != "fine"),
+            listed.iter().all(|r| r.name().as_str() != "fine"),
             "nothing written"
         );
         host.drop_schema().await;

@@ -124,6 +124,7 @@ async fn assert_consistent(
 ) -> (usize, usize) {
     let (mut under_old, mut under_new) = (0, 0);
     for row in store.list(None).await.unwrap() {
+        let row = row.into_row().expect("no malformed row here");
         let stored = row.value.text().expose_secret();
         let by_old = old
             .decrypt(

@@ -332,7 +332,7 @@ async fn n28_no_old_ciphertext_survives_a_rotation_on_disk() {
         .await
         .unwrap()
         .iter()
-        .map(|r| r.value.text().expose_secret().to_owned())
+        .map(|r| r.row().unwrap().value.text().expose_secret().to_owned())
         .collect();
     assert_eq!(old.len(), 5);
     let summary = attune_wasm::store::rotate::rotate(
@@ -559,6 +559,63 @@ async fn n30_a_corrupt_row_shadows_the_system_value() {
         let report = host.get(Target::P2, "otherpack.deploy", &["api_key"]);
         assert_eq!(value(&report, "api_key").as_deref(), Ok(S));
     }
+}
+
+#[tokio::test]
+async fn n30_a_corrupt_row_is_listed_and_stops_a_rotation_until_it_is_deleted() {
+    let host = Host::new();
+    host.set("api_key", "system-value-of-the-store", &[]);
+    host.set("api_key", "pack-value-of-the-store", &["--pack", "mypack"]);
+    corrupt_pack_row(&host, "X'00FF10'").await;
+
+    // Listed, named, with its reason: it can be found (it was only a warning before).
+    let out = host.exec(&["secret", "list"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listing = text(&out.stdout);
+    let line = listing
+        .lines()
+        .find(|l| l.starts_with("pack") && l.contains("api_key"))
+        .unwrap_or_else(|| panic!("the malformed row is listed: {listing}"));
+    assert!(
+        line.contains("mypack") && line.contains("malformed: "),
+        "{line}"
+    );
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("system") && l.contains("api_key") && l.contains("true")),
+        "{listing}"
+    );
+
+    // A rotation would leave it under a retired key: refused, named, nothing written.
+    let rotate = |host: &Host| {
+        let mut c = host.cmd();
+        c.env("ATTUNE_NEW_ENCRYPTION_KEY", OTHER_KEY)
+            .args(["key", "rotate"]);
+        run_cmd(&mut c, None)
+    };
+    let out = rotate(&host);
+    assert_no_panic(&out);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("secret mypack.api_key is malformed") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(
+        reveal_as(&host, KEY, &["api_key"]).as_deref(),
+        Ok("system-value-of-the-store"),
+        "still under the old key"
+    );
+
+    let out = host.exec(&["secret", "delete", "api_key", "--pack", "mypack"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = rotate(&host);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        reveal_as(&host, OTHER_KEY, &["api_key"]).as_deref(),
+        Ok("system-value-of-the-store")
+    );
 }
 
 /// The row `mypack.api_key` as a bound ciphertext's associated data names it.

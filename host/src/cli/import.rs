@@ -1,7 +1,6 @@
 //! `attune-wasm secret import FILE`: Attune `attune.key` rows (JSON lines) into the store, in
 //! one transaction, ciphertexts and key hashes kept as they are ([`attune_wasm::store::import`]).
 
-use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -10,6 +9,7 @@ use clap::Args;
 use attune_wasm::config::Settings;
 use attune_wasm::store::{KeyHash, OpenMode, Written};
 
+use super::secret::read_wiped;
 use super::{key, open_store, replace};
 
 // The about text is the doc comment of `SecretCmd::Import`.
@@ -34,17 +34,18 @@ pub async fn import(settings: &Settings, args: ImportArgs) -> anyhow::Result<()>
         file,
         replace_foreign_key,
     } = args;
-    let input = if file.as_os_str() == "-" {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("reading stdin")?;
-        text
+    // The rows carry ciphertexts and plain values: read into memory wiped when freed.
+    let bytes = if file.as_os_str() == "-" {
+        read_wiped(std::io::stdin()).context("reading stdin")?
     } else {
-        std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?
+        std::fs::File::open(&file)
+            .and_then(read_wiped)
+            .with_context(|| format!("cannot read {}", file.display()))?
     };
+    let input =
+        std::str::from_utf8(&bytes).with_context(|| format!("cannot read {}", file.display()))?;
     let mut plan =
-        attune_wasm::store::import::plan(&input).context("import refused, nothing written")?;
+        attune_wasm::store::import::plan(input).context("import refused, nothing written")?;
     for (line, secret_ref, owner_type) in &plan.skipped {
         eprintln!("skipped line {line} (ref {secret_ref}): owner type {owner_type} is not run by this host");
     }

@@ -13,7 +13,7 @@ use attune_wasm::config::Settings;
 use attune_wasm::secrets::crypto;
 use attune_wasm::secrets::names::{ActionRef, Owner, PackRef, SecretName};
 use attune_wasm::store::{
-    self, KeyHash, NewSecret, OpenMode, StoredValue, Written, MAX_VALUE_BYTES,
+    self, KeyHash, NewSecret, OpenMode, StoredValue, Visible, Written, MAX_VALUE_BYTES,
 };
 
 use super::{import, is_missing, open_store, replace, require_key};
@@ -200,7 +200,27 @@ pub async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                 "{:<7} {:<24} {:<32} {:<9} {:<12} UPDATED",
                 "OWNER", "REF", "NAME", "ENCRYPTED", "KEY HASH"
             );
-            for row in rows {
+            for listed in rows {
+                let row = match listed {
+                    Visible::Row(row) => row,
+                    // Listed, so that it can be found and deleted; the reason (never content)
+                    // goes with it: its columns are what does not parse.
+                    Visible::Corrupt {
+                        owner,
+                        name,
+                        reason,
+                    } => {
+                        println!(
+                            "{:<7} {:<24} {:<32} {:<9} {:<12} malformed: {reason}",
+                            owner.owner_type().as_str(),
+                            shown_ref(&owner),
+                            name,
+                            "?",
+                            "-"
+                        );
+                        continue;
+                    }
+                };
                 let hash = row.value.key_hash().map_or_else(
                     || "-".to_owned(),
                     |h| {
@@ -214,11 +234,7 @@ pub async fn secret(settings: &Settings, cmd: SecretCmd) -> anyhow::Result<()> {
                 println!(
                     "{:<7} {:<24} {:<32} {:<9} {:<12} {}",
                     row.owner.owner_type().as_str(),
-                    if row.owner.owner_ref().is_empty() {
-                        "-"
-                    } else {
-                        row.owner.owner_ref()
-                    },
+                    shown_ref(&row.owner),
                     row.name,
                     row.value.is_encrypted(),
                     hash,
@@ -254,10 +270,7 @@ pub(super) fn read_value(arg: Option<String>, secret_ref: &str) -> anyhow::Resul
                 .into_bytes()
         }
         _ => {
-            let mut buf = Vec::new();
-            std::io::stdin()
-                .take(MAX_VALUE_BYTES as u64 + 3)
-                .read_to_end(&mut buf)
+            let mut buf = read_wiped(std::io::stdin().take(MAX_VALUE_BYTES as u64 + 3))
                 .context("reading the value from stdin")?;
             if buf.ends_with(b"\n") {
                 buf.pop();
@@ -265,7 +278,7 @@ pub(super) fn read_value(arg: Option<String>, secret_ref: &str) -> anyhow::Resul
                     buf.pop();
                 }
             }
-            buf
+            std::mem::take(&mut *buf)
         }
     });
     let problem = if raw.len() > MAX_VALUE_BYTES {
@@ -283,6 +296,80 @@ pub(super) fn read_value(arg: Option<String>, secret_ref: &str) -> anyhow::Resul
         Err(e) => {
             Zeroizing::new(e.into_bytes());
             bail!("the value of secret {secret_ref} is refused: it is not valid UTF-8")
+        }
+    }
+}
+
+/// The REF column of `secret list`: the owner's pack or action ref, `-` for the system.
+fn shown_ref(owner: &Owner) -> &str {
+    if owner.owner_ref().is_empty() {
+        "-"
+    } else {
+        owner.owner_ref()
+    }
+}
+
+/// Reads `reader` to its end into memory that is wiped when it is freed, including every
+/// smaller buffer left behind as it grew (`read_to_end` would free those unwiped: copies of a
+/// secret in freed heap memory).
+///
+/// # Errors
+/// The reader's I/O error.
+pub(super) fn read_wiped(mut reader: impl Read) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(8 * 1024));
+    let mut chunk = Zeroizing::new([0u8; 8 * 1024]);
+    loop {
+        let n = match reader.read(&mut chunk[..]) {
+            Ok(0) => return Ok(buf),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if buf.len() + n > buf.capacity() {
+            // Grow by hand: the old buffer is wiped when `buf` is replaced and dropped.
+            let mut bigger = Zeroizing::new(Vec::with_capacity((buf.len() + n) * 2));
+            bigger.extend_from_slice(&buf);
+            buf = bigger;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that hands out at most 1,000 bytes per call and is interrupted once.
+    struct Trickle {
+        data: Vec<u8>,
+        at: usize,
+        interrupted: bool,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            if !self.interrupted && self.at > 0 {
+                self.interrupted = true;
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            let n = out.len().min(1000).min(self.data.len() - self.at);
+            out[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn read_wiped_reads_everything_across_growth_and_interruptions() {
+        for len in [0, 1, 8 * 1024, 8 * 1024 + 1, 100_003] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let read = read_wiped(Trickle {
+                data: data.clone(),
+                at: 0,
+                interrupted: false,
+            })
+            .unwrap();
+            assert_eq!(*read, data, "{len} bytes");
         }
     }
 }

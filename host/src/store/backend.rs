@@ -67,11 +67,13 @@ pub trait Backend: Send + Sync + 'static {
         refuse(self.kind(), "read single secrets")
     }
 
-    /// All secrets of `owner` (all owners when `None`), ordered by owner type, owner, name.
+    /// All secrets of `owner` (all owners when `None`), ordered by owner type, owner, name; a
+    /// row whose owner and name parse but whose other columns do not is listed as
+    /// [`Visible::Corrupt`] (one whose name does not parse is skipped with a warning).
     ///
     /// # Errors
     /// [`Error::Query`], [`Error::ReadOnly`].
-    fn list<'a>(&'a self, owner: Option<&'a Owner>) -> BoxFuture<'a, Result<Vec<SecretRow>>> {
+    fn list<'a>(&'a self, owner: Option<&'a Owner>) -> BoxFuture<'a, Result<Vec<Visible>>> {
         let _ = owner;
         refuse(self.kind(), "list secrets")
     }

@@ -50,19 +50,7 @@ impl RawRow {
     }
 }
 
-/// One row of a listing (`get`, `list`): `None`, with a warning naming it, when it does not
-/// parse, so one bad row cannot hide every other secret.
-pub(super) fn listed(raw: Result<RawRow>) -> Option<SecretRow> {
-    match raw.and_then(RawRow::parse) {
-        Ok(row) => Some(row),
-        Err(e) => {
-            tracing::warn!("skipping a stored row: {e}");
-            None
-        }
-    }
-}
-
-/// One row an action may see. A row whose owner and name parse (`identity`) but whose other
+/// One row an action may see, or of a listing. A row whose owner and name parse (`identity`) but whose other
 /// columns do not is kept as [`Visible::Corrupt`], so that it still overrides less
 /// specific rows of its name (bad-inputs N30); a row whose name itself does not parse cannot
 /// override anything and is skipped with a warning naming it.

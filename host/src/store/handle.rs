@@ -234,11 +234,14 @@ impl Store {
         self.backend.get(owner, name).await
     }
 
-    /// All secrets of `owner` (all owners when `None`), ordered by owner type, owner, name.
+    /// All secrets of `owner` (all owners when `None`), ordered by owner type, owner, name. A
+    /// row whose owner and name parse but whose other columns do not is listed as
+    /// [`Visible::Corrupt`] with its reason, so it can be found and deleted; one whose name does
+    /// not parse is skipped with a warning.
     ///
     /// # Errors
-    /// [`Error::Query`], [`Error::Corrupt`].
-    pub async fn list(&self, owner: Option<&Owner>) -> Result<Vec<SecretRow>> {
+    /// [`Error::Query`], [`Error::ReadOnly`].
+    pub async fn list(&self, owner: Option<&Owner>) -> Result<Vec<Visible>> {
         self.backend.list(owner).await
     }
 

@@ -4,8 +4,8 @@
 //! format bound to the row, new key hash): rotation is also how rows of the unbound seed and
 //! blob formats are upgraded. Rows already bound under the new key are left alone (an unbound
 //! one under the new key is upgraded), so a rotation that was interrupted (the transaction
-//! rolled back) or finished can simply be run again. A row that cannot be decrypted stops the
-//! rotation, naming it, before anything is written; so does an unbound row in a store whose
+//! rolled back) or finished can simply be run again. A row that cannot be decrypted, or is
+//! malformed, stops the rotation, naming it, before anything is written; so does an unbound row in a store whose
 //! ciphertext floor is already bound (a downgraded row is never laundered into a bound one).
 //! The same transaction writes the store's ciphertext floor under the new key
 //! ([`EncryptionKey::seal_floor`]): from then on an unbound row is refused. At every moment
@@ -14,7 +14,7 @@
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::secrets::crypto::{self, EncryptionKey, Generation};
-use crate::store::{self, KeyHash, Rotation, Store, StoredValue};
+use crate::store::{self, KeyHash, Rotation, Store, StoredValue, Visible};
 
 /// Rotation failures.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,15 @@ pub enum Error {
         secret_ref: String,
         /// Why (shown in the message, so not chained as a source as well).
         cause: crypto::Error,
+    },
+    /// A row is malformed (its columns do not parse: [`store::Visible::Corrupt`]): rotating
+    /// around it would leave it under a retired key; nothing was changed.
+    #[error("secret {secret_ref} is malformed ({reason}); delete or rewrite it, then rotate; nothing was changed")]
+    Malformed {
+        /// Ref of the row.
+        secret_ref: String,
+        /// Why its columns do not parse (never their content).
+        reason: String,
     },
     /// The store failed; nothing was changed.
     #[error(transparent)]
@@ -51,7 +60,7 @@ pub struct Summary {
 /// Rotates every encrypted row of `store` from `old` to `new` (see the module docs).
 ///
 /// # Errors
-/// [`Error::SameKey`], [`Error::Undecryptable`], [`Error::Store`] (including a row changed
+/// [`Error::SameKey`], [`Error::Undecryptable`], [`Error::Malformed`], [`Error::Store`] (including a row changed
 /// concurrently); nothing is written in any of these cases.
 pub async fn rotate(
     store: &Store,
@@ -68,6 +77,19 @@ pub async fn rotate(
     let mut summary = Summary::default();
     let mut rotations = Vec::new();
     for row in store.list(None).await? {
+        let row = match row {
+            Visible::Row(row) => row,
+            Visible::Corrupt {
+                owner,
+                name,
+                reason,
+            } => {
+                return Err(Error::Malformed {
+                    secret_ref: owner.secret_ref(&name),
+                    reason,
+                })
+            }
+        };
         let (stored, key_hash) = match &row.value {
             StoredValue::Plain(_) => {
                 summary.plain += 1;

@@ -163,7 +163,8 @@ impl SecretRow {
     }
 }
 
-/// One row an action may see ([`super::Store::visible_to`]).
+/// One stored row as read: a sound row, or a malformed one named by its owner and name
+/// ([`super::Store::visible_to`], [`super::Store::list`]).
 #[derive(Clone, Debug)]
 pub enum Visible {
     /// A sound row.
@@ -201,6 +202,22 @@ impl Visible {
     /// The Attune-style ref (`name`, `pack.name`, `pack.action.name`).
     pub fn secret_ref(&self) -> String {
         self.owner().secret_ref(self.name())
+    }
+
+    /// The sound row, `None` for a malformed one.
+    pub fn row(&self) -> Option<&SecretRow> {
+        match self {
+            Self::Row(row) => Some(row),
+            Self::Corrupt { .. } => None,
+        }
+    }
+
+    /// The sound row, `None` for a malformed one.
+    pub fn into_row(self) -> Option<SecretRow> {
+        match self {
+            Self::Row(row) => Some(row),
+            Self::Corrupt { .. } => None,
+        }
     }
 }
 

@@ -213,7 +213,8 @@ async fn concurrent_sets_of_one_name_leave_one_consistent_row() {
         }
         let rows = store.list(None).await.unwrap();
         assert_eq!(rows.len(), 1);
-        assert!(rows[0].value.text().expose_secret().starts_with("value-"));
+        let row = rows[0].row().expect("a sound row");
+        assert!(row.value.text().expose_secret().starts_with("value-"));
     }
 }
 

@@ -7,8 +7,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Row};
 
 use super::Error;
 
@@ -57,6 +57,43 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, Error> {
         .map_err(Error::db)
 }
 
+/// One connection to Attune's database, outside any pool (it holds the worker-name lock, see
+/// [`lock_name`], for as long as it lives), with the pool's `search_path` and the
+/// `application_name` [`LOCK_APPLICATION`].
+///
+/// # Errors
+/// [`Error::Database`] when the URL is malformed or the database cannot be reached.
+pub async fn connect_one(url: &str) -> Result<PgConnection, Error> {
+    PgConnectOptions::from_str(url)
+        .map_err(Error::db)?
+        .options([("search_path", "attune,public")])
+        .application_name(LOCK_APPLICATION)
+        .connect()
+        .await
+        .map_err(Error::db)
+}
+
+/// The `application_name` of the connection that holds a worker's name lock.
+pub const LOCK_APPLICATION: &str = "attune-wasm worker lock";
+
+/// Takes the worker-name lock of `name` on `conn`, if no other session holds it: a
+/// session-level PostgreSQL advisory lock (`pg_try_advisory_lock`), held until it is
+/// released or the session ends (the process stops, or the connection is cut). Its key is
+/// `hashtextextended('attune-wasm worker ' || name, 0)`, a 64-bit hash: one key per name, in
+/// the key space of single-`bigint` advisory locks. `false` when another session holds it.
+///
+/// # Errors
+/// [`Error::Database`].
+pub async fn lock_name(conn: &mut PgConnection, name: &str) -> Result<bool, Error> {
+    sqlx::query_scalar(
+        "SELECT pg_try_advisory_lock(hashtextextended('attune-wasm worker ' || $1, 0))",
+    )
+    .bind(name)
+    .fetch_one(conn)
+    .await
+    .map_err(Error::db)
+}
+
 /// Registers (or re-activates) the worker `name`: an upsert by name, as Attune's
 /// `WorkerRegistration::register` does, with `capabilities.runtimes = [runtime]`.
 ///
@@ -89,12 +126,12 @@ pub async fn register(
 ///
 /// # Errors
 /// [`Error::Database`].
-pub async fn heartbeat(pool: &PgPool, id: i64) -> Result<(), Error> {
+pub async fn heartbeat<'e, E: sqlx::PgExecutor<'e>>(db: E, id: i64) -> Result<(), Error> {
     sqlx::query(
         "UPDATE worker SET last_heartbeat = now(), status = 'active', updated = now() WHERE id = $1",
     )
     .bind(id)
-    .execute(pool)
+    .execute(db)
     .await
     .map_err(Error::db)?;
     Ok(())
@@ -104,10 +141,10 @@ pub async fn heartbeat(pool: &PgPool, id: i64) -> Result<(), Error> {
 ///
 /// # Errors
 /// [`Error::Database`].
-pub async fn deregister(pool: &PgPool, id: i64) -> Result<(), Error> {
+pub async fn deregister<'e, E: sqlx::PgExecutor<'e>>(db: E, id: i64) -> Result<(), Error> {
     sqlx::query("UPDATE worker SET status = 'inactive', updated = now() WHERE id = $1")
         .bind(id)
-        .execute(pool)
+        .execute(db)
         .await
         .map_err(Error::db)?;
     Ok(())

@@ -16,6 +16,10 @@
 //! `ATTUNE_WASM_FAULT_FAIL_COMPLETED=N`: the first `N` publications of `ExecutionCompleted`
 //! by this process fail at once (as if the broker had refused them). Logged as `fault
 //! injection: ExecutionCompleted not sent`.
+//!
+//! `ATTUNE_WASM_FAULT_PANIC_IN_EXECUTION=N`: the first `N` executions this process runs panic
+//! once they are `running`, before their guest starts (a bug in the worker). Logged as
+//! `fault injection: panicking while the execution runs`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -74,4 +78,29 @@ pub fn fail_completed(execution: i64) -> Result<(), Error> {
         return Err(Error::Broker("fault injection".into()));
     }
     Ok(())
+}
+
+/// The environment variable that makes the first `N` executions panic while running.
+pub const PANIC_IN_EXECUTION: &str = "ATTUNE_WASM_FAULT_PANIC_IN_EXECUTION";
+
+/// Panics in one of the first [`PANIC_IN_EXECUTION`] executions (called once the execution
+/// is `running`).
+///
+/// # Panics
+/// While the configured count lasts: that is its purpose.
+pub fn panic_in_execution(execution: i64) {
+    static PANICKED: AtomicU64 = AtomicU64::new(0);
+    let Some(n) = std::env::var(PANIC_IN_EXECUTION)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    else {
+        return;
+    };
+    if PANICKED.fetch_add(1, Ordering::SeqCst) < n {
+        tracing::warn!(
+            execution,
+            "fault injection: panicking while the execution runs"
+        );
+        panic!("fault injection: a panic while execution {execution} runs");
+    }
 }

@@ -64,6 +64,19 @@ pub enum Error {
         /// The broker's answer.
         reason: String,
     },
+    /// Another process holds the lock of this `worker.name` (it runs a worker of that name
+    /// on the same database): two processes of one name would share one worker id and one
+    /// queue, and each would take the other's running executions for abandoned.
+    #[error(
+        "another worker process named {0} is running on this database (it holds the lock of that worker.name): give each worker process a worker.name of its own"
+    )]
+    NameInUse(String),
+    /// The connection holding this worker's name lock was cut, and another process of the
+    /// same name took the lock meanwhile: this one stopped consuming.
+    #[error(
+        "worker {0} lost the lock of its worker.name to another process (its database connection was cut): it stopped consuming"
+    )]
+    NameLost(String),
     /// `execute`: no worker can take the execution.
     #[error(
         "no active worker runs wasm actions (status active, runtime wasm, a heartbeat in the last {0} s): start one with attune-wasm worker"
@@ -162,6 +175,10 @@ pub enum Failure {
         "the result of this execution could not be stored (Attune's database refused it): {0}"
     )]
     ResultRefused(String),
+    /// The worker panicked while handling the execution (a bug). The panic's message is not
+    /// used: it could hold secret data.
+    #[error("the worker failed internally while handling this execution (a bug; details withheld, they could hold secret data); please report it")]
+    Internal,
     /// The execution was being cancelled before it started.
     #[error("cancelled before it started")]
     CancelledBeforeStart,

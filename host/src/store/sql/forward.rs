@@ -42,7 +42,7 @@ macro_rules! sql_backend {
             fn list<'a>(
                 &'a self,
                 owner: Option<&'a crate::secrets::names::Owner>,
-            ) -> super::BoxFuture<'a, super::Result<Vec<super::SecretRow>>> {
+            ) -> super::BoxFuture<'a, super::Result<Vec<super::Visible>>> {
                 Box::pin(self.list(owner))
             }
             fn put<'a>(

@@ -249,7 +249,7 @@ where
         row.map(|r| raw_row(&r).and_then(RawRow::parse)).transpose()
     }
 
-    pub(super) async fn list(&self, owner: Option<&Owner>) -> Result<Vec<SecretRow>> {
+    pub(super) async fn list(&self, owner: Option<&Owner>) -> Result<Vec<Visible>> {
         let rows = match owner {
             None => {
                 sqlx::query(&self.sql.list_all)
@@ -266,7 +266,7 @@ where
         };
         Ok(rows
             .iter()
-            .filter_map(|r| decode::listed(raw_row(r)))
+            .filter_map(|r| decode::visible(raw_row(r), || identity(r)))
             .collect())
     }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::Connection;
 use serde_json::Value;
@@ -14,6 +14,8 @@ use serde_json::Value;
 use super::super::protocol::{self, Envelope, WORKER_QUEUE_TTL_MS};
 use super::super::Error;
 use super::consume::answer_failure;
+use super::delivery::dead_letter;
+use super::recent::Recent;
 use super::Ctx;
 use crate::runtime;
 
@@ -57,13 +59,7 @@ pub(super) async fn cancel_loop(ctx: Arc<Ctx>, mut consumer: lapin::Consumer) {
             }
             None => {
                 tracing::error!("cancel request dead-lettered: not an ExecutionCancelRequested with a numeric execution_id");
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: false,
-                        multiple: false,
-                    })
-                    .await
+                dead_letter(&delivery.acker).await
             }
         };
         if let Some(reason) = answer_failure(answered) {
@@ -86,90 +82,83 @@ pub(super) const MAX_STRAY_CANCELS: usize = 10_000;
 /// Cancel handles by execution id: of running executions, and of executions cancelled
 /// before their dispatch came (they end at once when it does). Those are bounded: dropped
 /// after [`STRAY_CANCEL_TTL`], and the oldest dropped past [`MAX_STRAY_CANCELS`] (a cancel
-/// for an execution this worker never receives would otherwise stay forever).
-#[derive(Default)]
+/// for an execution this worker never receives would otherwise stay forever), in O(1)
+/// amortised per request ([`Recent`]).
 pub(super) struct Cancels {
-    map: Mutex<HashMap<i64, Entry>>,
+    inner: Mutex<Inner>,
     /// Set by [`Cancels::cancel_all`]: a run that registers later (its dispatch was taken,
     /// its guest not started yet) is cancelled at once, never left running past shutdown.
     all: std::sync::atomic::AtomicBool,
 }
 
-/// One execution's cancel handle.
-struct Entry {
-    cancel: runtime::Cancel,
-    /// A run holds it (never dropped until [`Cancels::forget`]).
-    running: bool,
-    /// When it was created.
-    since: Instant,
+struct Inner {
+    /// Runs of this process (never dropped until [`Cancels::forget`]).
+    running: HashMap<i64, runtime::Cancel>,
+    /// Requests for executions not running here (already cancelled handles).
+    strays: Recent<runtime::Cancel>,
+}
+
+impl Default for Cancels {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                running: HashMap::new(),
+                strays: Recent::new(STRAY_CANCEL_TTL, MAX_STRAY_CANCELS),
+            }),
+            all: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 impl Cancels {
-    fn map(&self) -> MutexGuard<'_, HashMap<i64, Entry>> {
-        // A poisoned lock only means a panic while inserting or removing; the map is valid.
-        self.map.lock().unwrap_or_else(PoisonError::into_inner)
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock only means a panic while inserting or removing; the maps are valid.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The cancel handle of a run of execution `id` starting now: the one of an earlier
     /// cancel request (already cancelled), or a new one.
     pub(super) fn running(&self, id: i64) -> runtime::Cancel {
-        let mut map = self.map();
-        let entry = map.entry(id).or_insert_with(|| Entry {
-            cancel: runtime::Cancel::default(),
-            running: false,
-            since: Instant::now(),
-        });
-        entry.running = true;
+        let mut inner = self.inner();
+        let cancel = match inner.strays.remove(id) {
+            Some(cancel) => cancel,
+            None => inner.running.get(&id).cloned().unwrap_or_default(),
+        };
         if self.all.load(std::sync::atomic::Ordering::SeqCst) {
-            entry.cancel.cancel();
+            cancel.cancel();
         }
-        entry.cancel.clone()
+        inner.running.insert(id, cancel.clone());
+        cancel
     }
 
     /// A cancel request for execution `id` at `now`: cancels its run, or keeps the request
     /// for its dispatch (dropping expired requests, and the oldest past the cap).
     pub(super) fn request(&self, id: i64, now: Instant) {
-        let mut map = self.map();
-        if let Some(entry) = map.get(&id) {
-            entry.cancel.cancel();
+        let mut inner = self.inner();
+        if let Some(cancel) = inner.running.get(&id) {
+            cancel.cancel();
             return;
         }
-        map.retain(|_, e| e.running || now.saturating_duration_since(e.since) < STRAY_CANCEL_TTL);
-        while map.values().filter(|e| !e.running).count() >= MAX_STRAY_CANCELS {
-            let oldest = map
-                .iter()
-                .filter(|(_, e)| !e.running)
-                .min_by_key(|(_, e)| e.since)
-                .map(|(id, _)| *id);
-            match oldest {
-                Some(oldest) => map.remove(&oldest),
-                None => break,
-            };
+        if inner.strays.get(id).is_some() {
+            return;
         }
         let cancel = runtime::Cancel::default();
         cancel.cancel();
-        map.insert(
-            id,
-            Entry {
-                cancel,
-                running: false,
-                since: now,
-            },
-        );
+        inner.strays.insert(id, cancel, now);
     }
 
     /// Forgets execution `id` (its run ended).
     pub(super) fn forget(&self, id: i64) {
-        self.map().remove(&id);
+        self.inner().running.remove(&id);
     }
 
     /// Cancels every run (shutdown timeout).
     pub(super) fn cancel_all(&self) {
-        let map = self.map();
+        let inner = self.inner();
         // Under the lock: a run registering now sees the flag or is in the map.
         self.all.store(true, std::sync::atomic::Ordering::SeqCst);
-        for entry in map.values() {
-            entry.cancel.cancel();
+        for cancel in inner.running.values().chain(inner.strays.values()) {
+            cancel.cancel();
         }
     }
 }
@@ -177,6 +166,23 @@ impl Cancels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Cancels {
+        /// Every execution with a handle, and whether it runs (tests).
+        fn map(&self) -> HashMap<i64, View> {
+            let inner = self.inner();
+            let strays: Vec<i64> = inner.strays.ids().collect();
+            let running = inner.running.keys().map(|id| (*id, View { running: true }));
+            running
+                .chain(strays.into_iter().map(|id| (id, View { running: false })))
+                .collect()
+        }
+    }
+
+    /// What the tests see of one handle.
+    struct View {
+        running: bool,
+    }
 
     #[test]
     fn a_run_registering_after_cancel_all_starts_cancelled() {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::super::attune_db::{self, ActionRow, ExecutionRow};
+use super::super::attune_db::{self, ActionRow, ExecutionRow, TERMINAL};
 use super::super::ledger;
 use super::super::protocol::{self, Envelope};
 use super::super::{Error, Failure};
@@ -20,7 +20,8 @@ use super::{Ctx, MAX_BACKOFF};
 const RECORD_DELAY: Duration = Duration::from_millis(100);
 
 impl Ctx {
-    /// Commits the terminal status (retrying while the database is unreachable), publishes
+    /// Commits the terminal status (retrying while the database is unreachable), logs the
+    /// execution's summary line (`execution ended`, with the status written), publishes
     /// `ExecutionCompleted`, and tells the caller to acknowledge once the broker confirmed it
     /// (see [`Ctx::publish_completed`]). A result the database refuses is replaced by status
     /// `failed` with the refusal as its error; when that is refused too,
@@ -72,6 +73,19 @@ impl Ctx {
             );
             return Disposition::Ack;
         }
+        // The summary line: after the commit, with the status written (a refused result
+        // ends `failed`).
+        let duration_ms = result
+            .get("duration_ms")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        tracing::info!(
+            execution = id,
+            action = %execution.action_ref,
+            status,
+            duration_ms,
+            "execution ended"
+        );
         self.metrics.ended(status);
         #[cfg(feature = "fault-injection")]
         super::super::fault::exit_before_completed(id);
@@ -125,6 +139,106 @@ impl Ctx {
             self.published_added.notify_one();
         }
         Disposition::Ack
+    }
+
+    /// A dispatch of an execution already ended: its `ExecutionCompleted` is published from
+    /// the committed row when the completion ledger says it is still pending (the worker
+    /// that ended it stopped, or the broker failed, before it was published); otherwise the
+    /// dispatch is acknowledged and skipped.
+    pub(super) async fn ended(
+        &self,
+        execution: &ExecutionRow,
+        correlation: Option<String>,
+    ) -> Disposition {
+        let id = execution.id;
+        let pending = if self.ledger {
+            match self.completion_pending(id).await {
+                Ok(pending) => pending,
+                Err(e) => {
+                    tracing::error!(
+                        execution = id,
+                        "cannot read the completion ledger, dispatch requeued: {e}"
+                    );
+                    return Disposition::Requeue;
+                }
+            }
+        } else {
+            false
+        };
+        if !pending {
+            tracing::info!(
+                execution = id,
+                status = %execution.status,
+                "execution already ended: dispatch acknowledged and skipped"
+            );
+            return Disposition::Ack;
+        }
+        self.publish_from_row(execution, correlation).await
+    }
+
+    /// Publishes the `ExecutionCompleted` of an ended execution from its committed status
+    /// and result (see [`Ctx::publish_completed`]).
+    async fn publish_from_row(
+        &self,
+        execution: &ExecutionRow,
+        correlation: Option<String>,
+    ) -> Disposition {
+        let id = execution.id;
+        let result = match attune_db::result(&self.pool, id).await {
+            Ok(result) => result.unwrap_or(Value::Null),
+            Err(e) => {
+                tracing::error!(
+                    execution = id,
+                    "cannot load the execution's result, dispatch requeued: {e}"
+                );
+                return Disposition::Requeue;
+            }
+        };
+        let action_id = match execution.action {
+            Some(action) => action,
+            None => attune_db::action(&self.pool, execution)
+                .await
+                .ok()
+                .flatten()
+                .map_or(0, |a| a.id),
+        };
+        tracing::info!(
+            execution = id,
+            status = %execution.status,
+            "execution already ended, its ExecutionCompleted not yet published: publishing it from the committed row"
+        );
+        self.publish_completed(execution, action_id, &execution.status, result, correlation)
+            .await
+    }
+
+    /// Publishes the pending `ExecutionCompleted` of executions this worker ended (the
+    /// ledger's rows without a publication time), for those whose dispatch will not come back
+    /// (dead-lettered by the queue's message TTL while the broker or the worker was away).
+    /// Run on each connection to the broker; an execution a delivery is handling is left to
+    /// it.
+    pub(super) async fn publish_pending(&self) {
+        if !self.ledger {
+            return;
+        }
+        let ids = match ledger::pending_of(&self.pool, self.worker_id, 1000).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::error!("cannot read the completion ledger: {e}");
+                return;
+            }
+        };
+        for id in ids {
+            let Ok(_claim) = self.claim(id) else {
+                continue;
+            };
+            let execution = match attune_db::execution(&self.pool, id).await {
+                Ok(Some(e)) if TERMINAL.contains(&e.status.as_str()) => e,
+                _ => continue,
+            };
+            if matches!(self.completion_pending(id).await, Ok(true)) {
+                self.publish_from_row(&execution, None).await;
+            }
+        }
     }
 
     /// Executions whose `ExecutionCompleted` the broker confirmed and the ledger does not

@@ -2,7 +2,7 @@
 //! into the execution slots, and the drain on shutdown.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::{
@@ -19,12 +19,30 @@ use super::super::Error;
 use super::cancel::{cancel_loop, open_cancels};
 use super::{AbortOnDrop, Ctx, MAX_BACKOFF};
 
-/// The consume loop, reconnecting to the broker with backoff, until `shutdown`; then drains.
+/// The longest part of `worker.shutdown_timeout` kept for the executions cancelled when it
+/// runs out (to end `cancelled`, be reported and acknowledged): a quarter of it, at most this.
+const MAX_CANCEL_GRACE: Duration = Duration::from_secs(5);
+
+/// The least time given to closing the broker connection at the end of a shutdown, even
+/// when the shutdown budget is spent.
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
+
+/// Why the consume loop left a connection.
+enum Left {
+    /// Shutdown: stop consuming, drain.
+    Stop,
+    /// The connection failed: reconnect.
+    Lost,
+}
+
+/// The consume loop, reconnecting to the broker with backoff, until `shutdown`; then drains:
+/// returns the shutdown's deadline (`worker.shutdown_timeout` after it began), which every
+/// wait of the drain kept to.
 pub(super) async fn consume(
     ctx: &Arc<Ctx>,
     cfg: &WorkerConfig,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), Error> {
+) -> Result<Instant, Error> {
     let slots = Arc::new(Semaphore::new(
         usize::try_from(cfg.max_concurrent).unwrap_or(1),
     ));
@@ -40,10 +58,14 @@ pub(super) async fn consume(
         let connected = async {
             let conn = protocol::connect(&cfg.amqp_url).await?;
             let (consumer, channel, tag) = open_consumer(&conn, ctx, prefetch).await?;
-            Ok::<_, Error>((conn, consumer, channel, tag))
-        }
-        .await;
-        let (conn, mut consumer, channel, tag) = match connected {
+            let cancels = open_cancels(&conn, ctx.worker_id).await?;
+            Ok::<_, Error>((conn, consumer, channel, tag, cancels))
+        };
+        let connected = tokio::select! {
+            _ = shutdown.changed() => break 'connect,
+            connected = connected => connected,
+        };
+        let (conn, mut consumer, channel, tag, cancels) = match connected {
             Ok(c) => c,
             Err(e @ Error::Declare { .. }) => return Err(e),
             Err(e) => {
@@ -57,16 +79,7 @@ pub(super) async fn consume(
             }
         };
         backoff = Duration::from_millis(100);
-        let cancels = match open_cancels(&conn, ctx.worker_id).await {
-            Ok(consumer) => tokio::spawn(cancel_loop(Arc::clone(ctx), consumer)),
-            Err(e) => {
-                tracing::error!("{e}; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                continue;
-            }
-        };
-        let _cancels = AbortOnDrop(cancels);
+        let _cancels = AbortOnDrop(tokio::spawn(cancel_loop(Arc::clone(ctx), cancels)));
         // Not aborted with the connection: a publication cut between the broker's
         // confirmation and its record would be published again.
         let pending = Arc::clone(ctx);
@@ -75,32 +88,25 @@ pub(super) async fn consume(
         // publish their results on the next connection, so it must not wait for a free slot).
         let mut events = conn.events_listener();
         tracing::info!(queue = %protocol::executions_queue(ctx.worker_id), "consuming dispatches");
-        loop {
+        let left = loop {
             while tasks.try_join_next().is_some() {}
-            let permit = tokio::select! {
-                _ = shutdown.changed() => {
-                    last = Some((conn, channel, tag));
-                    break 'connect;
-                }
-                Some(lapin::Event::Error(e)) = events.next() => {
-                    tracing::warn!("broker connection lost ({e}); reconnecting");
-                    break;
-                }
-                permit = Arc::clone(&slots).acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break 'connect,
-                },
+            // A free slot, then the next delivery; dropped at once on shutdown or a lost
+            // connection (a permit taken is given back, a delivery not yet taken stays).
+            let next = async {
+                let permit = Arc::clone(&slots).acquire_owned().await;
+                (permit, consumer.next().await)
             };
-            let next = tokio::select! {
-                _ = shutdown.changed() => {
-                    last = Some((conn, channel, tag));
-                    break 'connect;
-                }
+            let (permit, next) = tokio::select! {
+                _ = shutdown.changed() => break Left::Stop,
                 Some(lapin::Event::Error(e)) = events.next() => {
                     tracing::warn!("broker connection lost ({e}); reconnecting");
-                    break;
+                    break Left::Lost;
                 }
-                next = consumer.next() => next,
+                next = next => next,
+            };
+            let Ok(permit) = permit else {
+                // The semaphore is never closed; treated as a shutdown.
+                break Left::Stop;
             };
             match next {
                 Some(Ok(delivery)) => {
@@ -112,37 +118,48 @@ pub(super) async fn consume(
                 }
                 Some(Err(e)) => {
                     tracing::warn!("broker connection lost ({e}); reconnecting");
-                    break;
+                    break Left::Lost;
                 }
                 None => {
                     tracing::warn!("the broker ended the consumer; reconnecting");
-                    break;
+                    break Left::Lost;
                 }
             }
+        };
+        if let Left::Stop = left {
+            last = Some((conn, channel, tag));
+            break;
         }
     }
-    // Stop consuming; what was prefetched and not started returns to the queue on close.
+    let deadline = Instant::now() + cfg.shutdown_timeout;
+    drain(ctx, cfg, &mut tasks, last, deadline).await;
+    Ok(deadline)
+}
+
+/// The shutdown, within `deadline`: stop consuming (what was prefetched and not started
+/// returns to the queue on close), let running executions end until a grace before the
+/// deadline ([`MAX_CANCEL_GRACE`]), then cancel the rest (each ends `cancelled`, reported and
+/// acknowledged) and, at the deadline, abandon what still has not ended (unacknowledged: its
+/// dispatch returns to the queue).
+async fn drain(
+    ctx: &Ctx,
+    cfg: &WorkerConfig,
+    tasks: &mut JoinSet<()>,
+    last: Option<(Connection, Channel, String)>,
+    deadline: Instant,
+) {
+    let grace = (cfg.shutdown_timeout / 4).min(MAX_CANCEL_GRACE);
     if let Some((_, channel, tag)) = &last {
-        let _ = channel
-            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await;
+        let cancel = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+        let _ = tokio::time::timeout_at((deadline - grace).into(), cancel).await;
     }
-    let drained = tokio::time::timeout(cfg.shutdown_timeout, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        // The rest are cancelled: each ends `cancelled`, reported and acknowledged.
+    if join_all(tasks, deadline - grace).await.is_err() {
         tracing::warn!(
             running = tasks.len(),
             "shutdown timeout passed: cancelling the executions still running"
         );
         ctx.cancels.cancel_all();
-        let ended = tokio::time::timeout(Duration::from_secs(10), async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if ended.is_err() {
+        if join_all(tasks, deadline).await.is_err() {
             tracing::warn!(
                 running = tasks.len(),
                 "shutdown: executions still not ended are abandoned unacknowledged (their dispatches return to the queue)"
@@ -151,9 +168,19 @@ pub(super) async fn consume(
         }
     }
     if let Some((conn, _, _)) = last {
-        let _ = conn.close(200, "worker shutdown".into()).await;
+        let within = deadline
+            .saturating_duration_since(Instant::now())
+            .max(CLOSE_WAIT);
+        let _ = tokio::time::timeout(within, conn.close(200, "worker shutdown".into())).await;
     }
-    Ok(())
+}
+
+/// Waits for every task of `tasks` to end, until `at`.
+async fn join_all(tasks: &mut JoinSet<()>, at: Instant) -> Result<(), tokio::time::error::Elapsed> {
+    tokio::time::timeout_at(at.into(), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await
 }
 
 /// Declares the topology, opens the publishing channel (confirm mode) and the consumer.

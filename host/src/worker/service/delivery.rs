@@ -2,15 +2,17 @@
 //! this process), dispatched by the execution's status, and answered to the broker (ack,
 //! requeue, dead letter); refusals counted and given up after [`MAX_REFUSALS`].
 
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::Acker;
 use serde_json::Value;
 use tokio::sync::watch;
 
-use super::super::attune_db::{self, Claimed, ExecutionRow, TERMINAL};
-use super::super::ledger;
+use super::super::attune_db::{self, Claimed, TERMINAL};
 use super::super::protocol::{self, Envelope, ExecutionRequested};
 use super::super::{Error, Failure};
 use super::consume::answer_failure;
@@ -58,7 +60,7 @@ impl Ctx {
 
     /// Claims execution `id` for this delivery, or answers the receiver of the delivery that
     /// already handles it.
-    fn claim(&self, id: i64) -> Result<InFlight<'_>, watch::Receiver<()>> {
+    pub(super) fn claim(&self, id: i64) -> Result<InFlight<'_>, watch::Receiver<()>> {
         let mut map = self.in_flight();
         if let Some(done) = map.get(&id) {
             return Err(done.clone());
@@ -72,15 +74,28 @@ impl Ctx {
         })
     }
 
+    /// Handles one delivery and answers the broker. A panic while handling it (a bug) is
+    /// caught here: the execution ends `failed` with a fixed reason ([`Ctx::after_panic`]), and
+    /// the worker goes on serving.
     pub(super) async fn handle(&self, delivery: Delivery) {
         let (id, disposition) = match parse(&delivery) {
             Some((id, correlation)) => {
-                let disposition = self.dispatch(id, correlation.clone()).await;
                 let carried = protocol::refusals(&delivery.properties);
-                (
-                    Some(id),
-                    self.settle(id, carried, disposition, correlation).await,
-                )
+                let handled = AssertUnwindSafe(async {
+                    let disposition = self.dispatch(id, correlation.clone()).await;
+                    self.settle(id, carried, disposition, correlation.clone())
+                        .await
+                })
+                .catch_unwind()
+                .await;
+                let disposition = match handled {
+                    Ok(disposition) => disposition,
+                    Err(_) => {
+                        let disposition = self.after_panic(id, correlation.clone()).await;
+                        self.settle(id, carried, disposition, correlation).await
+                    }
+                };
+                (Some(id), disposition)
             }
             None => (None, Disposition::DeadLetter),
         };
@@ -90,15 +105,7 @@ impl Ctx {
         }
         let answered = match disposition {
             Disposition::Ack => delivery.acker.ack(BasicAckOptions::default()).await,
-            Disposition::DeadLetter => {
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: false,
-                        multiple: false,
-                    })
-                    .await
-            }
+            Disposition::DeadLetter => dead_letter(&delivery.acker).await,
             Disposition::Requeue | Disposition::Refused(_) => {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 requeue(&delivery).await
@@ -154,9 +161,11 @@ impl Ctx {
             Disposition::Refused(why) => {
                 let attempts = {
                     let mut map = refusals();
-                    let n = map.entry(id).or_insert(0);
-                    *n = (*n).max(carried).saturating_add(1);
-                    *n
+                    let attempts = next_refusal(map.remove(id).unwrap_or(0), carried);
+                    if attempts < MAX_REFUSALS {
+                        map.insert(id, attempts, std::time::Instant::now());
+                    }
+                    attempts
                 };
                 if attempts < MAX_REFUSALS {
                     tracing::warn!(
@@ -166,15 +175,12 @@ impl Ctx {
                     );
                     return Disposition::Counted(attempts);
                 }
-                refusals().remove(&id);
                 self.metrics.given_up();
                 self.give_up(id, attempts, why, correlation).await
             }
             Disposition::Requeue => Disposition::Requeue,
             done => {
-                if !refusals().is_empty() {
-                    refusals().remove(&id);
-                }
+                refusals().remove(id);
                 done
             }
         }
@@ -225,107 +231,11 @@ impl Ctx {
         }
     }
 
-    /// A dispatch of an execution already ended: its `ExecutionCompleted` is published from
-    /// the committed row when the completion ledger says it is still pending (the worker
-    /// that ended it stopped, or the broker failed, before it was published); otherwise the
-    /// dispatch is acknowledged and skipped.
-    async fn ended(&self, execution: &ExecutionRow, correlation: Option<String>) -> Disposition {
-        let id = execution.id;
-        let pending = if self.ledger {
-            match self.completion_pending(id).await {
-                Ok(pending) => pending,
-                Err(e) => {
-                    tracing::error!(
-                        execution = id,
-                        "cannot read the completion ledger, dispatch requeued: {e}"
-                    );
-                    return Disposition::Requeue;
-                }
-            }
-        } else {
-            false
-        };
-        if !pending {
-            tracing::info!(
-                execution = id,
-                status = %execution.status,
-                "execution already ended: dispatch acknowledged and skipped"
-            );
-            return Disposition::Ack;
-        }
-        self.publish_from_row(execution, correlation).await
-    }
-
-    /// Publishes the `ExecutionCompleted` of an ended execution from its committed status
-    /// and result (see [`Ctx::publish_completed`]).
-    async fn publish_from_row(
-        &self,
-        execution: &ExecutionRow,
-        correlation: Option<String>,
-    ) -> Disposition {
-        let id = execution.id;
-        let result = match attune_db::result(&self.pool, id).await {
-            Ok(result) => result.unwrap_or(Value::Null),
-            Err(e) => {
-                tracing::error!(
-                    execution = id,
-                    "cannot load the execution's result, dispatch requeued: {e}"
-                );
-                return Disposition::Requeue;
-            }
-        };
-        let action_id = match execution.action {
-            Some(action) => action,
-            None => attune_db::action(&self.pool, execution)
-                .await
-                .ok()
-                .flatten()
-                .map_or(0, |a| a.id),
-        };
-        tracing::info!(
-            execution = id,
-            status = %execution.status,
-            "execution already ended, its ExecutionCompleted not yet published: publishing it from the committed row"
-        );
-        self.publish_completed(execution, action_id, &execution.status, result, correlation)
-            .await
-    }
-
-    /// Publishes the pending `ExecutionCompleted` of executions this worker ended (the
-    /// ledger's rows without a publication time), for those whose dispatch will not come back
-    /// (dead-lettered by the queue's message TTL while the broker or the worker was away).
-    /// Run on each connection to the broker; an execution a delivery is handling is left to
-    /// it.
-    pub(super) async fn publish_pending(&self) {
-        if !self.ledger {
-            return;
-        }
-        let ids = match ledger::pending_of(&self.pool, self.worker_id, 1000).await {
-            Ok(ids) => ids,
-            Err(e) => {
-                tracing::error!("cannot read the completion ledger: {e}");
-                return;
-            }
-        };
-        for id in ids {
-            let Ok(_claim) = self.claim(id) else {
-                continue;
-            };
-            let execution = match attune_db::execution(&self.pool, id).await {
-                Ok(Some(e)) if TERMINAL.contains(&e.status.as_str()) => e,
-                _ => continue,
-            };
-            if matches!(self.completion_pending(id).await, Ok(true)) {
-                self.publish_from_row(&execution, None).await;
-            }
-        }
-    }
-
-    /// One dispatch of execution `id`: what to answer the broker.
-    async fn dispatch(&self, id: i64, correlation: Option<String>) -> Disposition {
-        let _claim = loop {
+    /// Claims execution `id`, waiting for the delivery that handles it now, if any.
+    async fn claim_wait(&self, id: i64) -> InFlight<'_> {
+        loop {
             match self.claim(id) {
-                Ok(claim) => break claim,
+                Ok(claim) => return claim,
                 Err(mut done) => {
                     // The broker redelivered a dispatch this process is still handling (its
                     // connection was lost): handled again once that run has ended (then
@@ -337,7 +247,60 @@ impl Ctx {
                     while done.changed().await.is_ok() {}
                 }
             }
-        };
+        }
+    }
+
+    /// After a panic while handling execution `id` (a bug): the execution ends `failed` with
+    /// a fixed reason ([`Failure::Internal`]; the panic's message could hold secret data, so
+    /// it goes nowhere), unless it had ended (then as any dispatch of an ended execution);
+    /// its `ExecutionCompleted` is published and the dispatch acknowledged after the commit.
+    /// A second panic dead-letters the dispatch.
+    async fn after_panic(&self, id: i64, correlation: Option<String>) -> Disposition {
+        self.cancels.forget(id);
+        tracing::error!(
+            execution = id,
+            "internal error while handling this execution (a bug; details withheld, they could hold secret data): ending it failed"
+        );
+        let recovered = AssertUnwindSafe(async {
+            let _claim = self.claim_wait(id).await;
+            let execution = match attune_db::execution(&self.pool, id).await {
+                Ok(Some(e)) => e,
+                Ok(None) => return Disposition::DeadLetter,
+                Err(e) => {
+                    tracing::error!(
+                        execution = id,
+                        "cannot load the execution, dispatch requeued: {e}"
+                    );
+                    return Disposition::Requeue;
+                }
+            };
+            if TERMINAL.contains(&execution.status.as_str()) {
+                return self.ended(&execution, correlation).await;
+            }
+            let expected = execution.status.clone();
+            self.end_with(
+                &execution,
+                &expected,
+                "failed",
+                &Failure::Internal,
+                correlation,
+            )
+            .await
+        })
+        .catch_unwind()
+        .await;
+        recovered.unwrap_or_else(|_| {
+            tracing::error!(
+                execution = id,
+                "dispatch dead-lettered: internal error again while ending this execution failed"
+            );
+            Disposition::DeadLetter
+        })
+    }
+
+    /// One dispatch of execution `id`: what to answer the broker.
+    async fn dispatch(&self, id: i64, correlation: Option<String>) -> Disposition {
+        let _claim = self.claim_wait(id).await;
         // Loaded, and moved to `running` with its action loaded when it may start.
         let execution = match attune_db::claim(&self.pool, id, self.worker_id).await {
             Ok(Some(Claimed::Started { execution, action })) => {
@@ -394,6 +357,28 @@ impl Ctx {
     }
 }
 
+/// The refusal count after one more refusal: this process's own count `own` (0 when it kept
+/// none) or the `carried` count of the dispatch's [`protocol::REFUSALS_HEADER`], whichever is
+/// higher, plus this one. The header is trusted only as a count, and at most as
+/// [`MAX_REFUSALS`]` - 1` earlier refusals: whoever can publish to the worker's queue can
+/// already dispatch anything, but a forged count never gives an execution up before the
+/// database refused it at least once here.
+fn next_refusal(own: u32, carried: u32) -> u32 {
+    own.max(carried.min(MAX_REFUSALS.saturating_sub(1)))
+        .saturating_add(1)
+}
+
+/// Dead-letters a delivery (nack without requeue: to its queue's dead-letter exchange,
+/// `attune.dlx`).
+pub(super) async fn dead_letter(acker: &Acker) -> Result<bool, lapin::Error> {
+    acker
+        .nack(BasicNackOptions {
+            requeue: false,
+            multiple: false,
+        })
+        .await
+}
+
 /// Puts a delivery back in its queue (nack with requeue).
 async fn requeue(delivery: &Delivery) -> Result<bool, lapin::Error> {
     delivery
@@ -438,5 +423,24 @@ fn parse(delivery: &Delivery) -> Option<(i64, Option<String>)> {
             );
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forged_refusal_count_never_gives_up_before_a_refusal_here() {
+        // Counted on: the header, or this process's count when it is higher.
+        assert_eq!(next_refusal(0, 0), 1);
+        assert_eq!(next_refusal(0, 2), 3);
+        assert_eq!(next_refusal(3, 1), 4);
+        // A forged count (any value) weighs at most MAX_REFUSALS - 1 earlier refusals: the
+        // execution is given up only on a refusal this worker saw, never skipped.
+        for forged in [MAX_REFUSALS, MAX_REFUSALS + 1, 1_000, u32::MAX] {
+            assert_eq!(next_refusal(0, forged), MAX_REFUSALS);
+        }
+        assert!(next_refusal(0, MAX_REFUSALS - 2) < MAX_REFUSALS);
     }
 }

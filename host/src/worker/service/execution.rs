@@ -27,12 +27,26 @@ impl Ctx {
         why: &Failure,
         correlation: Option<String>,
     ) -> Disposition {
+        tracing::warn!(execution = execution.id, action = %execution.action_ref, status, "execution ended without running: {why}");
+        self.end_with(execution, expected, status, why, correlation)
+            .await
+    }
+
+    /// Ends an execution with `status` (from `expected`) and `why` as its error, without
+    /// output: status and result committed, `ExecutionCompleted` published.
+    pub(super) async fn end_with(
+        &self,
+        execution: &ExecutionRow,
+        expected: &str,
+        status: &str,
+        why: &Failure,
+        correlation: Option<String>,
+    ) -> Disposition {
         let action = attune_db::action(&self.pool, execution)
             .await
             .ok()
             .flatten();
         let result = failure_result(why, status == "cancelled", 0);
-        tracing::warn!(execution = execution.id, action = %execution.action_ref, status, "execution ended without running: {why}");
         self.complete(
             execution,
             action.as_ref(),
@@ -71,6 +85,8 @@ impl Ctx {
         let outcome = match &action {
             Some(action) => {
                 let _running = self.metrics.running();
+                #[cfg(feature = "fault-injection")]
+                super::super::fault::panic_in_execution(id);
                 self.run_guest(&execution, action).await
             }
             None => Err(Failure::ActionMissing(execution.action_ref.clone())),
@@ -87,13 +103,6 @@ impl Ctx {
         }
         self.status_confirmed(sent, &changed).await;
         let (status, result) = outcome_result(outcome, self.max_stdout, self.max_stderr, elapsed);
-        tracing::info!(
-            execution = id,
-            action = %execution.action_ref,
-            status,
-            duration_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
-            "execution ended"
-        );
         self.complete(
             &execution,
             action.as_ref(),

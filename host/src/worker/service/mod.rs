@@ -21,13 +21,14 @@
 //! One file per concern:
 //!
 //! ```text
-//! mod.rs       run: registration, runtime and executor, the shared context, deregistration
-//! heartbeat.rs the heartbeat thread
+//! mod.rs       run: registration, runtime and executor, the shared context, the stop
+//! heartbeat.rs the heartbeat thread: the worker-name lock on its connection, deregistration
 //! consume.rs   the broker connection, the consume loop with its slots, the drain on shutdown
 //! delivery.rs  one delivery: parse, claim, dispatch by status, refusals, the broker's answer
 //! execution.rs one execution: start, the guest run, the unstarted endings
 //! complete.rs  the terminal commit and ExecutionCompleted
 //! cancel.rs    the cancel queue and the cancel handles (bounded)
+//! recent.rs    expiring, capped entries by execution id (stray cancels, refusal counts)
 //! result.rs    Attune's result document
 //! ```
 
@@ -37,6 +38,7 @@ mod consume;
 mod delivery;
 mod execution;
 mod heartbeat;
+mod recent;
 mod result;
 
 use std::path::PathBuf;
@@ -56,6 +58,7 @@ use crate::runtime::{GetAll, Pooling, Runtime, RuntimeConfig};
 use crate::store::{AttuneKeys, OpenMode, Store, StoreOptions};
 use cancel::Cancels;
 use heartbeat::Heartbeat;
+use recent::Recent;
 
 /// Longest wait between two attempts to reach the broker.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -65,16 +68,32 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// ([`super::protocol::REFUSALS_HEADER`]), so across restarts of the worker.
 pub const MAX_REFUSALS: u32 = 5;
 
-/// Runs the worker until `shutdown` turns `true`: registers, heartbeats, consumes dispatches;
-/// then stops consuming, lets running executions finish (up to `worker.shutdown_timeout`),
+/// How long this process keeps the refusal count of a dispatch after its last refusal:
+/// twice the dispatch queue's message TTL (a dispatch waiting longer than that in the queue
+/// has been dead-lettered, and will not come back).
+const REFUSALS_TTL: Duration = cancel::STRAY_CANCEL_TTL;
+
+/// Most refusal counts kept; past it the oldest is dropped (that dispatch then counts from its
+/// header only).
+const MAX_REFUSAL_ENTRIES: usize = 10_000;
+
+/// Runs the worker until `shutdown` turns `true`: takes the lock of its `worker.name` (one
+/// process per name), registers, heartbeats, consumes dispatches; then stops consuming, lets
+/// running executions finish and cancels the rest, all within `worker.shutdown_timeout`,
 /// marks itself `inactive` and returns.
 ///
 /// # Errors
 /// [`Error::Database`] when Attune's database cannot be reached at start,
+/// [`Error::NameInUse`] when another process of the same `worker.name` runs,
+/// [`Error::NameLost`] (after a drain as on shutdown) when that happened while running (the
+/// lock's connection was cut and another process took the lock),
 /// [`Error::Declare`] when the worker's queues exist with other arguments, [`Error::Config`]
 /// when `worker.metrics_address` cannot be bound, [`Error::Runtime`].
 /// A lost broker connection is retried with backoff, not an error.
 pub async fn run(mut cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> Result<(), Error> {
+    let pool = attune_db::connect(&cfg.database_url, cfg.db_max_connections).await?;
+    // Before the row is touched: a second process of this name changes nothing.
+    let mut heartbeat = Heartbeat::lock(&cfg.database_url, &cfg.name, cfg.heartbeat).await?;
     let metrics = Arc::new(Metrics::new());
     let _metrics_endpoint = match cfg.metrics_address {
         Some(address) => {
@@ -88,7 +107,6 @@ pub async fn run(mut cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> 
         }
         None => None,
     };
-    let pool = attune_db::connect(&cfg.database_url, cfg.db_max_connections).await?;
     let capabilities = json!({
         "runtimes": [RUNTIME_NAME],
         "max_concurrent_executions": cfg.max_concurrent,
@@ -97,6 +115,7 @@ pub async fn run(mut cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> 
     let host = cfg.name.trim_start_matches("worker-").to_owned();
     let worker_id = attune_db::register(&pool, &cfg.name, &host, &capabilities).await?;
     tracing::info!(worker_id, name = %cfg.name, "registered in attune.worker");
+    heartbeat.begin(worker_id);
 
     let runtime = Arc::new(Runtime::new(RuntimeConfig {
         pooling: Some(Pooling {
@@ -167,25 +186,39 @@ pub async fn run(mut cfg: WorkerConfig, mut shutdown: watch::Receiver<bool>) -> 
         default_timeout: cfg.default_timeout,
         in_flight: std::sync::Mutex::default(),
         cancels: Cancels::default(),
-        refusals: std::sync::Mutex::default(),
+        refusals: std::sync::Mutex::new(Recent::new(REFUSALS_TTL, MAX_REFUSAL_ENTRIES)),
         metrics,
     });
-    let heartbeat = Heartbeat::start(&cfg.database_url, worker_id, cfg.heartbeat)?;
+
+    // Stops on SIGTERM, or when the name lock was lost to another process.
+    let (stopping, mut stop) = watch::channel(false);
+    let mut lost = heartbeat.lost();
+    let _stopper = AbortOnDrop(tokio::spawn(async move {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => {}
+            _ = lost.wait_for(|lost| *lost) => {}
+        }
+        stopping.send_replace(true);
+    }));
     let recorder = Arc::clone(&ctx);
     let recorder = AbortOnDrop(tokio::spawn(async move {
         recorder.record_published_loop().await;
     }));
-
-    let consumed = consume::consume(&ctx, &cfg, &mut shutdown).await;
+    let consumed = consume::consume(&ctx, &cfg, &mut stop).await;
     drop(recorder);
     ctx.record_published().await;
-    heartbeat.stop();
-    if let Err(e) = attune_db::deregister(&pool, worker_id).await {
-        tracing::error!("cannot mark the worker inactive: {e}");
-    }
+    let lost = *heartbeat.lost().borrow();
+    let deadline = match &consumed {
+        Ok(deadline) => *deadline,
+        Err(_) => std::time::Instant::now(),
+    };
+    heartbeat.stop(deadline);
     ctx.executor.flush().await;
     tracing::info!(worker_id, "worker stopped");
-    consumed
+    if lost {
+        return Err(Error::NameLost(cfg.name.clone()));
+    }
+    consumed.map(|_| ())
 }
 
 /// What every execution task shares.
@@ -215,8 +248,9 @@ struct Ctx {
     cancels: Cancels,
     /// Refusals so far by execution id, as this process counted them (see [`MAX_REFUSALS`]:
     /// the count when a dispatch could not be put back with its header); an entry lives
-    /// until its dispatch is acknowledged or dead-lettered.
-    refusals: std::sync::Mutex<std::collections::HashMap<i64, u32>>,
+    /// until its dispatch is acknowledged or dead-lettered, or [`REFUSALS_TTL`] after its
+    /// last refusal (its dispatch expired in the queue), at most [`MAX_REFUSAL_ENTRIES`].
+    refusals: std::sync::Mutex<Recent<u32>>,
     /// Counters served at `/metrics`.
     metrics: Arc<Metrics>,
 }
