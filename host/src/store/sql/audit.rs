@@ -155,7 +155,7 @@ pub(super) fn merge(packed: Vec<Listed>, records: Vec<Listed>, limit: u32) -> Ve
     let mut all = packed;
     all.extend(records);
     // Stable: each part keeps its own order.
-    all.sort_by(|a, b| b.record.at.cmp(&a.record.at));
+    all.sort_by_key(|l| std::cmp::Reverse(l.record.at));
     all.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     all
 }
