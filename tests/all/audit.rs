@@ -212,3 +212,218 @@ async fn n31_killed_host_leaves_the_delivery_on_record_postgres() {
     tokio::task::block_in_place(|| n31_killed_host_leaves_the_delivery_on_record(&host));
     host.drop_schema().await;
 }
+
+/// A pool of either database, for the tests below.
+enum Pool {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Pool {
+    async fn migrate(&self, migrator: &sqlx::migrate::Migrator) {
+        match self {
+            Self::Sqlite(p) => migrator.run(p).await.unwrap(),
+            Self::Postgres(p) => migrator.run(p).await.unwrap(),
+        }
+    }
+
+    /// Runs `sql` with text parameters; `{time}` is replaced with the dialect's cast of a time.
+    async fn execute(&self, sql: &str, binds: &[&str]) {
+        match self {
+            Self::Sqlite(p) => {
+                let sql = sql.replace("{time}", "");
+                let mut q = sqlx::query(&sql);
+                for b in binds {
+                    q = q.bind(*b);
+                }
+                q.execute(p).await.unwrap();
+            }
+            Self::Postgres(p) => {
+                let sql = sql.replace("{time}", "::timestamptz");
+                let mut q = sqlx::query(&sql);
+                for b in binds {
+                    q = q.bind(*b);
+                }
+                q.execute(p).await.unwrap();
+            }
+        }
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        match self {
+            Self::Sqlite(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+            Self::Postgres(p) => sqlx::query_scalar(sql).fetch_one(p).await.unwrap(),
+        }
+    }
+}
+
+/// Issue 13: records written before the trail was packed (one row per request) stay readable
+/// after the upgrade, merged with packed ones by `audit list`'s filters, newest first; the
+/// `audit` view shows both. The store is first migrated only up to `last_old` (the files of
+/// the previous version) on `pool`, given old rows, then opened by this version.
+async fn old_records_stay_readable_after_the_upgrade(
+    options: &attune_wasm::store::StoreOptions,
+    kind: &str,
+    last_old: &str,
+    pool: Pool,
+) {
+    use attune_wasm::secrets::names::ActionRef;
+    use attune_wasm::store::audit::{
+        Batch, Door, ExecutionRecord, Filter, Outcome, Request, RunState,
+    };
+    use attune_wasm::store::{OpenMode, Store, Timestamp};
+
+    // The previous version's migrations, on their own.
+    let old = tempfile::tempdir().unwrap();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(kind);
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if name.as_str() <= last_old {
+            std::fs::copy(&path, old.path().join(name)).unwrap();
+        }
+    }
+    let migrator = sqlx::migrate::Migrator::new(old.path()).await.unwrap();
+    pool.migrate(&migrator).await;
+    let t = |s: &str| format!("2026-0{s}T00:00:00.000Z");
+    pool.execute(
+        "INSERT INTO audit_execution (execution_id, action_ref, started, ended, state)
+         VALUES ('e-old', 'p.old', $1{time}, $1{time}, 'ended')",
+        &[&t("2-01")],
+    )
+    .await;
+    for (at, id, action, door) in [
+        (t("2-01"), "e-old", "p.old", "env"),
+        (t("2-01"), "e-old", "p.old", "get-secret"),
+        (t("1-01"), "e-older", "p.older", "env"),
+    ] {
+        pool.execute(
+            "INSERT INTO audit (at, execution_id, action_ref, secret_ref, door, outcome, count)
+             VALUES ($1{time}, $2, $3, 'p.k', $4, 'delivered', 1)",
+            &[&at, id, action, door],
+        )
+        .await;
+    }
+    // This version: migrated on open, old rows kept, new ones packed.
+    let store = Store::open_with(options, OpenMode::MustExist)
+        .await
+        .unwrap();
+    let request = |secret: &str, door| Request {
+        secret_ref: secret.to_owned(),
+        door,
+        outcome: Outcome::Delivered,
+        count: 2,
+    };
+    let mut batch = Batch::default();
+    batch.executions.push(ExecutionRecord {
+        execution_id: "e-new".to_owned(),
+        action_ref: ActionRef::new("p.new").unwrap(),
+        started: Timestamp::parse(&t("3-01")).unwrap(),
+        ended: None,
+        state: RunState::Started,
+        requests: vec![request("p.k", Door::Env), request("p.j", Door::GetSecret)],
+    });
+    store.record_audit(&batch).await.unwrap();
+    let list = |action: Option<&str>, since: Option<&str>, limit| {
+        let mut filter = Filter::default();
+        filter.action_ref = action.map(|a| ActionRef::new(a).unwrap());
+        filter.since = since.map(|s| Timestamp::parse(s).unwrap());
+        filter.limit = limit;
+        let store = store.clone();
+        async move {
+            store
+                .list_audit(&filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|l| {
+                    let r = l.record;
+                    (r.execution_id, r.secret_ref, r.door, r.count, l.run)
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let all = list(None, None, 100).await;
+    let ended = Some(RunState::Ended);
+    let started = Some(RunState::Started);
+    assert_eq!(
+        all,
+        vec![
+            ("e-new".into(), "p.j".into(), Door::GetSecret, 2, started),
+            ("e-new".into(), "p.k".into(), Door::Env, 2, started),
+            ("e-old".into(), "p.k".into(), Door::GetSecret, 1, ended),
+            ("e-old".into(), "p.k".into(), Door::Env, 1, ended),
+            ("e-older".into(), "p.k".into(), Door::Env, 1, None),
+        ],
+        "{kind}"
+    );
+    assert_eq!(list(None, None, 3).await, all[..3].to_vec(), "{kind}");
+    let old_only = list(Some("p.old"), None, 100).await;
+    assert_eq!(old_only, all[2..4].to_vec(), "{kind}");
+    assert_eq!(
+        list(Some("p.new"), None, 100).await,
+        all[..2].to_vec(),
+        "{kind}"
+    );
+    let since = list(None, Some(&t("2-01")), 100).await;
+    assert_eq!(since, all[..4].to_vec(), "{kind}");
+    // The view of the whole trail, in the former table's columns.
+    let rows = pool
+        .count("SELECT count(*) FROM audit WHERE secret_ref = 'p.k'")
+        .await;
+    assert_eq!(rows, 4, "{kind}");
+}
+
+#[tokio::test]
+async fn old_records_stay_readable_after_the_upgrade_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("secrets.db").display());
+    let options = attune_wasm::store::StoreOptions::new(url.clone());
+    let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc"))
+        .await
+        .unwrap();
+    old_records_stay_readable_after_the_upgrade(&options, "sqlite", "0005", Pool::Sqlite(pool))
+        .await;
+}
+
+#[tokio::test]
+async fn old_records_stay_readable_after_the_upgrade_postgres() {
+    let Some(host) = Host::postgres() else { return };
+    let url = host.settings[0].1.clone();
+    let schema = host.settings[1].1.clone();
+    let mut options = attune_wasm::store::StoreOptions::new(url.clone());
+    options.schema = schema.clone();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .after_connect({
+            let schema = schema.clone();
+            move |c, _| {
+                let schema = schema.clone();
+                Box::pin(async move {
+                    use sqlx::Executor as _;
+                    c.execute(
+                        format!(
+                            "CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"
+                        )
+                        .as_str(),
+                    )
+                    .await?;
+                    Ok(())
+                })
+            }
+        })
+        .connect(&url)
+        .await
+        .unwrap();
+    old_records_stay_readable_after_the_upgrade(
+        &options,
+        "postgres",
+        "0006",
+        Pool::Postgres(pool.clone()),
+    )
+    .await;
+    pool.close().await;
+    host.drop_schema().await;
+}

@@ -184,21 +184,22 @@ impl Executor {
             return Err(runtime::Error::Cancelled.into());
         }
         let started = Timestamp::now();
-        let execution = |state, ended| audit::ExecutionRecord {
+        let execution = |state, ended, requests| audit::ExecutionRecord {
             execution_id: execution_id.clone(),
             action_ref: exec.action.clone(),
             started,
             ended,
             state,
+            requests,
         };
         // Deliveries through the environment are on record before the guest can read them:
         // a host killed mid-run leaves them in the trail (run `started`, never `ended`).
-        let entered = log.records(started, &execution_id, &exec.action);
+        let entered = log.requests();
         let writer = self.writer();
         let was_entered = writer.is_some() && !entered.is_empty();
         if let (Some(writer), true) = (&writer, was_entered) {
             writer
-                .begin(execution(audit::RunState::Started, None), entered)
+                .begin(execution(audit::RunState::Started, None, entered))
                 .await?;
         }
         let exit = self.runtime.run(guest, setup).await;
@@ -212,12 +213,11 @@ impl Executor {
             _ => audit::RunState::Ended,
         };
         if let Some(writer) = &writer {
-            let mut records = log.records(started, &execution_id, &exec.action);
-            // The environment door's records were written when the execution was entered.
-            records.retain(|r| r.door != audit::Door::Env);
-            if was_entered || !records.is_empty() {
+            // All the requests, the environment door's included: they replace those entered.
+            let requests = log.requests();
+            if was_entered || !requests.is_empty() {
                 writer
-                    .end(execution(state, Some(Timestamp::now())), records)
+                    .end(execution(state, Some(Timestamp::now()), requests))
                     .await;
             }
         }

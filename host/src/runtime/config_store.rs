@@ -136,14 +136,10 @@ mod tests {
 
     /// Every record of `log`: (ref, door, outcome, count).
     fn records(log: &Log) -> Vec<(String, Door, Outcome, u64)> {
-        log.records(
-            crate::store::Timestamp::now(),
-            "e",
-            &crate::secrets::names::ActionRef::new("mypack.a").unwrap(),
-        )
-        .into_iter()
-        .map(|r| (r.secret_ref, r.door, r.outcome, r.count))
-        .collect()
+        log.requests()
+            .into_iter()
+            .map(|r| (r.secret_ref, r.door, r.outcome, r.count))
+            .collect()
     }
 
     fn value(answer: Result<Option<SecretString>, ConfigError>) -> Option<String> {

@@ -330,17 +330,13 @@ mod tests {
 
     /// The `get-secret` records of `log`, in order: (ref, outcome, count).
     fn recorded(log: &Log) -> Vec<(String, Outcome, u64)> {
-        log.records(
-            crate::store::Timestamp::now(),
-            "e",
-            &crate::secrets::names::ActionRef::new("mypack.a").unwrap(),
-        )
-        .into_iter()
-        .map(|r| {
-            assert_eq!(r.door, Door::GetSecret);
-            (r.secret_ref, r.outcome, r.count)
-        })
-        .collect()
+        log.requests()
+            .into_iter()
+            .map(|r| {
+                assert_eq!(r.door, Door::GetSecret);
+                (r.secret_ref, r.outcome, r.count)
+            })
+            .collect()
     }
 
     #[test]

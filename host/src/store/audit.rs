@@ -1,12 +1,15 @@
 //! The audit trail: one record per (secret, door, outcome) of an execution, with a count;
-//! never a value; and one row per execution saying whether its run started and ended.
+//! never a value. Stored as one row per execution (`audit_execution`): whether its run started
+//! and ended, and its records packed in that row (issue 13; one row and one statement per
+//! write, where a row per record cost six rows and their indexes per execution).
 //!
 //! An execution that receives secrets through the environment door is entered in the trail
 //! *before* its guest starts, with those deliveries, and the write is awaited (a host killed
 //! mid-run leaves the delivery on record, its run `started` and never `ended`). Everything
 //! else (the `get-secret` requests, the end of the run) is collected in memory while the guest
-//! runs and handed at the end to a [`Writer`] that stores the records of many executions per
-//! transaction, so neither `get-secret` nor the end of an execution waits on the database.
+//! runs and handed at the end to a [`Writer`], which replaces the execution's row with its
+//! complete records; it stores many executions per statement, so neither `get-secret` nor the
+//! end of an execution waits on the database.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -85,7 +88,21 @@ pub const UNRECORDED: &str = "(unrecorded name)";
 /// secret: the host's option refuses it, or the call budget cannot cover it).
 pub const GET_ALL: &str = "(get-all)";
 
-/// One audit record.
+/// One request of an execution as it is stored, packed in its execution's row: what was asked
+/// for, through which door, what became of it, how many times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Secret ref, or the requested name (or a placeholder: [`UNRECORDED`], [`GET_ALL`]).
+    pub secret_ref: String,
+    /// Door.
+    pub door: Door,
+    /// Outcome.
+    pub outcome: Outcome,
+    /// How many identical requests.
+    pub count: u64,
+}
+
+/// One audit record, as listed: a [`Request`] with its execution.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// When: the execution's start.
@@ -145,7 +162,8 @@ impl fmt::Display for RunState {
 }
 
 /// One execution in the trail (`audit_execution`): written when its run starts (if it
-/// receives secrets through the environment) and again, as an upsert, when it ends.
+/// receives secrets through the environment) and again, as an upsert replacing its state, end
+/// and requests, when it ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecutionRecord {
     /// Execution id.
@@ -158,6 +176,8 @@ pub struct ExecutionRecord {
     pub ended: Option<Timestamp>,
     /// Where the run stands.
     pub state: RunState,
+    /// Its requests so far, in the order they are listed last (see [`Log::requests`]).
+    pub requests: Vec<Request>,
 }
 
 /// One listed record with the state of its execution's run.
@@ -169,19 +189,22 @@ pub struct Listed {
     pub run: Option<RunState>,
 }
 
-/// What one transaction of the trail stores: executions (inserted, or updated by id) and
-/// records.
+/// What one write of the trail stores: executions, each inserted or replaced by id with its
+/// requests.
 #[derive(Debug, Default)]
 pub struct Batch {
     /// Executions to upsert by `execution_id`; at most one per id.
     pub executions: Vec<ExecutionRecord>,
-    /// Records to insert.
-    pub records: Vec<Record>,
 }
 
 impl Batch {
     fn is_empty(&self) -> bool {
-        self.executions.is_empty() && self.records.is_empty()
+        self.executions.is_empty()
+    }
+
+    /// Records in the batch (for messages).
+    pub fn records(&self) -> usize {
+        self.executions.iter().map(|e| e.requests.len()).sum()
     }
 
     /// Adds an execution, replacing an earlier entry of the same id (its later state wins).
@@ -237,28 +260,26 @@ impl Log {
         out
     }
 
-    /// The records of this execution, ready to store.
-    pub fn records(
-        &self,
-        at: Timestamp,
-        execution_id: &str,
-        action_ref: &ActionRef,
-    ) -> Vec<Record> {
+    /// The requests of this execution so far, ready to store: the environment door's first
+    /// (they are entered before the guest starts), then the others, each part ordered by secret
+    /// ref, door and outcome. Listings show them newest first, that is in reverse.
+    pub fn requests(&self) -> Vec<Request> {
         let map = self
             .inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.iter()
-            .map(|((secret_ref, door, outcome), count)| Record {
-                at,
-                execution_id: execution_id.to_owned(),
-                action_ref: action_ref.clone(),
+        let mut requests: Vec<Request> = map
+            .iter()
+            .map(|((secret_ref, door, outcome), count)| Request {
                 secret_ref: secret_ref.clone(),
                 door: *door,
                 outcome: *outcome,
                 count: *count,
             })
-            .collect()
+            .collect();
+        // Stable: each part keeps the map's order.
+        requests.sort_by_key(|r| r.door != Door::Env);
+        requests
     }
 }
 
@@ -277,14 +298,10 @@ enum Message {
     /// An execution entered before its guest starts; `done` is told once it is stored.
     Begin {
         execution: ExecutionRecord,
-        records: Vec<Record>,
         done: tokio::sync::oneshot::Sender<Result<(), Error>>,
     },
-    /// An execution's end and its remaining records; nobody waits.
-    End {
-        execution: ExecutionRecord,
-        records: Vec<Record>,
-    },
+    /// An execution's end with all its requests; nobody waits.
+    End(ExecutionRecord),
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -292,6 +309,8 @@ enum Message {
 #[derive(Default)]
 struct Gathered {
     batch: Batch,
+    /// Requests taken so far (an execution replaced by its later state counts twice).
+    records: usize,
     begun: Vec<tokio::sync::oneshot::Sender<Result<(), Error>>>,
     flushed: Vec<tokio::sync::oneshot::Sender<()>>,
 }
@@ -299,18 +318,14 @@ struct Gathered {
 impl Gathered {
     fn take(&mut self, message: Message) {
         match message {
-            Message::Begin {
-                execution,
-                records,
-                done,
-            } => {
+            Message::Begin { execution, done } => {
+                self.records += execution.requests.len();
                 self.batch.push_execution(execution);
-                self.batch.records.extend(records);
                 self.begun.push(done);
             }
-            Message::End { execution, records } => {
+            Message::End(execution) => {
+                self.records += execution.requests.len();
                 self.batch.push_execution(execution);
-                self.batch.records.extend(records);
             }
             Message::Flush(done) => self.flushed.push(done),
         }
@@ -325,10 +340,10 @@ impl Gathered {
 /// Why a [`Sink`] could not store a batch (shown in logs and in [`Error`]; never a value).
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Where the audit trail goes: [`crate::store::Store`] writes each batch in one transaction.
+/// Where the audit trail goes: [`crate::store::Store`] writes each batch in one statement.
 /// The [`Writer`] hands it every batch it gathers.
 pub trait Sink: Send + Sync + 'static {
-    /// Stores `batch` (its executions upserted by id, its records inserted), all or nothing.
+    /// Stores `batch` (its executions upserted by id with their requests), all or nothing.
     ///
     /// # Errors
     /// Whatever kept the batch from being stored; nothing of it is stored then.
@@ -339,9 +354,9 @@ pub trait Sink: Send + Sync + 'static {
 }
 
 /// Stores the audit trail in the background: a tokio task that writes each gathered batch in
-/// one transaction. Executions entered before their guest starts ([`Writer::begin`]) are
+/// one statement. Executions entered before their guest starts ([`Writer::begin`]) are
 /// written at once, together with whatever else is queued (group commit: under load, many
-/// executions share one transaction); the rest ([`Writer::end`]) is gathered for up to
+/// executions share one commit); the rest ([`Writer::end`]) is gathered for up to
 /// [`BATCH_WINDOW`] or [`BATCH_RECORDS`] records. Records still queued when the writer is
 /// dropped are written by the task before it ends, if the tokio runtime lives on; call
 /// [`Writer::flush`] before shutting down to be sure.
@@ -363,7 +378,7 @@ impl Writer {
                 // Gather what arrives within the batch window, unless someone waits.
                 let window = tokio::time::sleep(BATCH_WINDOW);
                 tokio::pin!(window);
-                while !gathered.urgent() && gathered.batch.records.len() < BATCH_RECORDS {
+                while !gathered.urgent() && gathered.records < BATCH_RECORDS {
                     tokio::select! {
                         () = &mut window => break,
                         next = inbox.recv() => match next {
@@ -379,6 +394,7 @@ impl Writer {
                     batch,
                     begun,
                     flushed,
+                    ..
                 } = gathered;
                 let outcome = if batch.is_empty() {
                     Ok(())
@@ -386,7 +402,7 @@ impl Writer {
                     sink.record(&batch).await.map_err(|e| {
                         tracing::warn!(
                             "{} audit records of {} executions not written: {e}",
-                            batch.records.len(),
+                            batch.records(),
                             batch.executions.len()
                         );
                         Error(e.to_string())
@@ -410,38 +426,26 @@ impl Writer {
         self.queue.is_closed()
     }
 
-    /// Enters an execution (state [`RunState::Started`]) with the records known before its
+    /// Enters an execution (state [`RunState::Started`]) with the requests known before its
     /// guest starts (the environment door's deliveries), and waits until they are stored.
     ///
     /// # Errors
-    /// [`Error`] when the transaction failed or the writer has stopped: the caller must not
-    /// start the guest.
-    pub async fn begin(
-        &self,
-        execution: ExecutionRecord,
-        records: Vec<Record>,
-    ) -> Result<(), Error> {
+    /// [`Error`] when the write failed or the writer has stopped: the caller must not start
+    /// the guest.
+    pub async fn begin(&self, execution: ExecutionRecord) -> Result<(), Error> {
         let (done, wait) = tokio::sync::oneshot::channel();
-        let message = Message::Begin {
-            execution,
-            records,
-            done,
-        };
+        let message = Message::Begin { execution, done };
         let stopped = || Error("the audit writer has stopped".to_owned());
         self.queue.send(message).await.map_err(|_| stopped())?;
         wait.await.map_err(|_| stopped())?
     }
 
-    /// Queues an execution's end (its state and end time) with its remaining records; waits
-    /// only when [`QUEUE_EXECUTIONS`] executions are already queued.
-    pub async fn end(&self, execution: ExecutionRecord, records: Vec<Record>) {
-        let count = records.len();
-        if self
-            .queue
-            .send(Message::End { execution, records })
-            .await
-            .is_err()
-        {
+    /// Queues an execution's end (its state and end time) with all its requests (they replace
+    /// those entered by [`Writer::begin`]); waits only when [`QUEUE_EXECUTIONS`] executions are
+    /// already queued.
+    pub async fn end(&self, execution: ExecutionRecord) {
+        let count = execution.requests.len();
+        if self.queue.send(Message::End(execution)).await.is_err() {
             tracing::warn!("{count} audit records not written: the audit writer has stopped");
         }
     }
@@ -483,8 +487,10 @@ mod tests {
         for i in 0..5_000 {
             log.note(&format!("n{i}"), Door::GetSecret, Outcome::NotFound);
         }
-        let records = log.records(Timestamp::now(), "e", &ActionRef::new("p.a").unwrap());
+        let records = log.requests();
         assert!(records.len() <= MAX_RECORDS + 1);
+        // The environment door's request comes first (it is entered before the guest starts).
+        assert_eq!(records[0].door, Door::Env);
         let delivered = records
             .iter()
             .find(|r| r.secret_ref == "p.k" && r.door == Door::GetSecret)

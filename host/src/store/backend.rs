@@ -127,7 +127,7 @@ pub trait Backend: Send + Sync + 'static {
         refuse(self.kind(), "rotate secrets")
     }
 
-    /// Writes one batch of the audit trail in one transaction.
+    /// Writes one batch of the audit trail, all or nothing.
     ///
     /// # Errors
     /// [`Error::Query`], [`Error::ReadOnly`].

@@ -95,7 +95,8 @@ fn parse_identity(owner_type: &str, owner: &str, name: &str) -> Result<(Owner, S
     Ok((owner, name))
 }
 
-/// An audit row as the database returns it.
+/// An audit record as the database returns it (a row of the former table, or one request
+/// unpacked from its execution's row).
 pub(super) struct RawAudit {
     pub(super) at: String,
     pub(super) execution_id: String,

@@ -209,8 +209,8 @@ impl Store {
         self.floor.as_deref()
     }
 
-    /// Writes one batch of the audit trail in one transaction: its executions upserted by
-    /// id (`audit_execution`), its records inserted (`audit`).
+    /// Writes one batch of the audit trail in one statement: its executions upserted by id
+    /// (`audit_execution`), each with its records packed in its row.
     ///
     /// # Errors
     /// [`Error::Query`]; nothing of the batch is written then.

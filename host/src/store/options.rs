@@ -21,7 +21,8 @@ pub struct StoreOptions {
     pub url: String,
     /// PostgreSQL schema holding the tables (default `attune`); ignored for SQLite.
     pub schema: String,
-    /// Connection pool size (PostgreSQL; SQLite uses 4).
+    /// Connection pool size (PostgreSQL; SQLite uses 4). The audit trail has one more
+    /// connection of its own, opened at its first write.
     pub max_connections: u32,
     /// Keep the rows each action may see (ciphertexts and plain rows as stored, never a
     /// decrypted value) in memory for this long; `None` (the default) queries every time.

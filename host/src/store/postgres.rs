@@ -28,6 +28,8 @@ impl Dialect for PgDialect {
     // `xmax` is 0 for a row this statement inserted.
     const INSERTED: &'static str = "(xmax = 0)";
     const TIME_PARAM: &'static str = "::timestamptz";
+    const JSON_ROWS: &'static str = "jsonb_array_elements($1::jsonb) AS j(value)";
+    const TEXT_CAST: &'static str = "::text";
 
     fn time_text(column: &str) -> String {
         format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")
@@ -115,8 +117,15 @@ pub(super) async fn open(
     sqlx::migrate!("./migrations/postgres").run(&pool).await?;
     lock.commit().await?;
     let _ = lock_conn.close().await;
+    // The audit trail's own connection, opened at its first write; durability is the server's
+    // (`synchronous_commit`).
+    let audit = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect_lazy_with(options);
     Ok(SqlBackend::new(
         pool,
+        audit,
         PgDialect {
             schema: schema.to_owned(),
         },

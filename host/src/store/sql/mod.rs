@@ -3,8 +3,13 @@
 //! dialects differ (the database clock, how an upsert tells an insert, time columns as text,
 //! what follows a write, change notifications) come from a [`Dialect`]. Opening (files and
 //! locks, schemas and migrations) stays with each dialect ([`super::sqlite`],
-//! [`super::postgres`]). `statements` builds each statement's text once per dialect;
-//! `forward` implements the `Backend` trait for each dialect over this one implementation.
+//! [`super::postgres`]).
+//!
+//! ```text
+//! statements  each statement's text, built once per dialect
+//! audit       the audit trail: one row per execution, its records packed; listing
+//! forward     the Backend trait for each dialect, over this one implementation
+//! ```
 
 use std::future::Future;
 use std::path::Path;
@@ -13,6 +18,7 @@ use std::sync::Weak;
 use secrecy::ExposeSecret;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Row, Type};
 
+use self::audit::{AuditStatements, PackedRow};
 use self::statements::Statements;
 use super::cache::RowCache;
 use super::decode::{self, Identity, RawAudit, RawRow};
@@ -21,14 +27,11 @@ use super::{Error, KeyHash, NewSecret, Replace, Result, Rotation, SecretRow, Vis
 use crate::secrets::names::{ActionRef, Owner, SecretName};
 use crate::store::audit::{Batch, Filter, Listed};
 
+mod audit;
 mod forward;
 mod statements;
 
 pub(super) use forward::sql_backend;
-
-/// Audit records per `INSERT` statement (7 bound values each: 3,500 per statement, below
-/// SQLite's 32,766 and PostgreSQL's 65,535).
-const AUDIT_ROWS_PER_INSERT: usize = 500;
 
 /// Name of the ciphertext floor record in `store_meta`.
 const FLOOR_RECORD: &str = "ciphertext_floor";
@@ -45,6 +48,10 @@ pub(super) trait Dialect: Send + Sync + 'static {
     const INSERTED: &'static str;
     /// What follows a bound RFC 3339 text where a time column takes or compares it.
     const TIME_PARAM: &'static str;
+    /// A `FROM` item over the elements of the JSON array bound as `$1`, each as `j.value`.
+    const JSON_ROWS: &'static str;
+    /// What follows a JSON expression stored in a text column.
+    const TEXT_CAST: &'static str;
 
     /// A time `column` as RFC 3339 UTC text with milliseconds (`2026-11-29T08:22:01.407Z`).
     fn time_text(column: &str) -> String;
@@ -77,8 +84,12 @@ pub(super) trait Dialect: Send + Sync + 'static {
 /// A store backend on an SQL database of dialect `D`.
 pub(super) struct SqlBackend<D: Dialect> {
     pool: Pool<D::Db>,
+    /// The audit trail's own connection (one): its writes never wait for a connection of
+    /// `pool`, and a dialect may set it up for the trail (SQLite: `synchronous = NORMAL`).
+    audit: Pool<D::Db>,
     dialect: D,
     sql: Statements,
+    audit_sql: AuditStatements,
 }
 
 impl<D: Dialect> SqlBackend<D>
@@ -92,12 +103,15 @@ where
     for<'r> String: Decode<'r, D::Db> + Type<D::Db>,
     for<'a> &'a str: ColumnIndex<<D::Db as Database>::Row>,
 {
-    /// A backend on `pool` (opened and migrated by the dialect).
-    pub(super) fn new(pool: Pool<D::Db>, dialect: D) -> Self {
+    /// A backend on `pool` (opened and migrated by the dialect), writing the audit trail
+    /// through `audit` (a pool of one connection to the same database).
+    pub(super) fn new(pool: Pool<D::Db>, audit: Pool<D::Db>, dialect: D) -> Self {
         Self {
             pool,
+            audit,
             dialect,
             sql: Statements::new::<D>(),
+            audit_sql: AuditStatements::new::<D>(),
         }
     }
 
@@ -283,115 +297,87 @@ where
             .collect())
     }
 
-    /// Writes one batch of the audit trail (of one or many executions) in one transaction:
-    /// executions upserted by id, records inserted.
+    /// Writes one batch of the audit trail (of one or many executions) in one statement,
+    /// on the trail's own connection: each execution upserted by id with its requests.
     pub(super) async fn record_audit(&self, batch: &Batch) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        // Multi-row statements of up to {AUDIT_ROWS_PER_INSERT} rows, not one per row; not
-        // kept as prepared statements: the row count, and so the SQL, varies per batch.
-        let time = D::TIME_PARAM;
-        for chunk in batch.executions.chunks(AUDIT_ROWS_PER_INSERT) {
-            let sql = multi_row(
-                "INSERT INTO audit_execution (execution_id, action_ref, started, ended, state)",
-                chunk.len(),
-                &["", "", time, time, ""],
-            ) + " ON CONFLICT (execution_id) DO UPDATE SET ended = excluded.ended, \
-                 state = excluded.state";
-            let times: Vec<(String, Option<String>)> = chunk
-                .iter()
-                .map(|e| (e.started.to_string(), e.ended.map(|t| t.to_string())))
-                .collect();
-            let mut upsert = sqlx::query(&sql);
-            for (e, (started, ended)) in chunk.iter().zip(&times) {
-                upsert = upsert
-                    .bind(e.execution_id.as_str())
-                    .bind(e.action_ref.as_str())
-                    .bind(started.as_str())
-                    .bind(ended.as_deref())
-                    .bind(e.state.as_str());
-            }
-            upsert.persistent(false).execute(&mut *tx).await?;
-        }
-        for chunk in batch.records.chunks(AUDIT_ROWS_PER_INSERT) {
-            let sql = multi_row(
-                "INSERT INTO audit (at, execution_id, action_ref, secret_ref, door, outcome, count)",
-                chunk.len(),
-                &[time, "", "", "", "", "", ""],
-            );
-            let times: Vec<String> = chunk.iter().map(|r| r.at.to_string()).collect();
-            let mut insert = sqlx::query(&sql);
-            for (r, at) in chunk.iter().zip(&times) {
-                insert = insert
-                    .bind(at.as_str())
-                    .bind(r.execution_id.as_str())
-                    .bind(r.action_ref.as_str())
-                    .bind(r.secret_ref.as_str())
-                    .bind(r.door.as_str())
-                    .bind(r.outcome.as_str())
-                    .bind(i64::try_from(r.count).unwrap_or(i64::MAX));
-            }
-            insert.persistent(false).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
+        let packed = audit::pack(batch);
+        sqlx::query(&self.audit_sql.write)
+            .bind(packed.as_str())
+            .execute(&self.audit)
+            .await?;
         Ok(())
     }
 
-    /// Audit records matching `filter`, newest first, with their execution's run state.
+    /// Audit records matching `filter`, newest first, with their execution's run state: the
+    /// packed records of executions and those of the former table, merged.
     pub(super) async fn list_audit(&self, filter: &Filter) -> Result<Vec<Listed>> {
         let since = filter.since.map(|t| t.to_string());
-        let rows = sqlx::query(&self.sql.audit_list)
-            .bind(filter.action_ref.as_ref().map(ActionRef::as_str))
+        let action = filter.action_ref.as_ref().map(ActionRef::as_str);
+        let limit = i64::from(filter.limit);
+        let records = sqlx::query(&self.audit_sql.list_records)
+            .bind(action)
             .bind(since.as_deref())
-            .bind(i64::from(filter.limit))
+            .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                RawAudit {
+        let records = records.iter().map(|r| {
+            RawAudit {
+                at: r.try_get("at")?,
+                execution_id: r.try_get("execution_id")?,
+                action_ref: r.try_get("action_ref")?,
+                secret_ref: r.try_get("secret_ref")?,
+                door: r.try_get("door")?,
+                outcome: r.try_get("outcome")?,
+                count: r.try_get("count")?,
+                run: r.try_get("state")?,
+            }
+            .parse()
+        });
+        let executions = sqlx::query(&self.audit_sql.list_packed)
+            .bind(action)
+            .bind(since.as_deref())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut packed = Vec::new();
+        for r in &executions {
+            let row = (|| {
+                Ok::<_, Error>(PackedRow {
                     at: r.try_get("at")?,
                     execution_id: r.try_get("execution_id")?,
                     action_ref: r.try_get("action_ref")?,
-                    secret_ref: r.try_get("secret_ref")?,
-                    door: r.try_get("door")?,
-                    outcome: r.try_get("outcome")?,
-                    count: r.try_get("count")?,
-                    run: r.try_get("state")?,
-                }
-                .parse()
-            })
-            // One record that does not parse (edited by hand) is named and left out; it never
-            // hides the others.
-            .filter_map(|listed: Result<Listed>| match listed {
-                Ok(listed) => Some(Ok(listed)),
-                Err(
-                    e @ (Error::Corrupt { .. }
-                    | Error::Query(sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_))),
-                ) => {
-                    tracing::warn!("skipping an audit record: {e}");
-                    None
-                }
-                Err(e) => Some(Err(e)),
-            })
-            .collect()
+                    records: r.try_get("records")?,
+                    state: r.try_get("state")?,
+                })
+            })()
+            .and_then(PackedRow::unpack);
+            match row {
+                Ok(listed) => packed.extend(listed),
+                Err(e) => packed.push(Err(e)),
+            }
+        }
+        let (packed, records) = (skip_corrupt(packed)?, skip_corrupt(records)?);
+        Ok(audit::merge(packed, records, filter.limit))
     }
 }
 
-/// `head` and `VALUES` for `rows` rows of `casts.len()` values each, numbered `$1`, `$2`, …
-/// (each followed by its entry in `casts`: a dialect's cast, or nothing).
-fn multi_row(head: &str, rows: usize, casts: &[&str]) -> String {
-    use std::fmt::Write as _;
-    let mut sql = format!("{head} VALUES ");
-    let mut n = 0;
-    for row in 0..rows {
-        sql.push_str(if row == 0 { "(" } else { ", (" });
-        for (i, cast) in casts.iter().enumerate() {
-            n += 1;
-            // Writing to a String cannot fail.
-            let _ = write!(sql, "{}${n}{cast}", if i == 0 { "" } else { ", " });
-        }
-        sql.push(')');
-    }
-    sql
+/// The records that parse: one that does not (edited by hand) is named and left out; it never
+/// hides the others. Other errors are returned.
+fn skip_corrupt(listed: impl IntoIterator<Item = Result<Listed>>) -> Result<Vec<Listed>> {
+    listed
+        .into_iter()
+        .filter_map(|listed| match listed {
+            Ok(listed) => Some(Ok(listed)),
+            Err(
+                e @ (Error::Corrupt { .. }
+                | Error::Query(sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_))),
+            ) => {
+                tracing::warn!("skipping an audit record: {e}");
+                None
+            }
+            Err(e) => Some(Err(e)),
+        })
+        .collect()
 }
 
 /// The columns of a `secrets` row.

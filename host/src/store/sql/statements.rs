@@ -15,7 +15,6 @@ pub(super) struct Statements {
     pub(super) rotate: String,
     pub(super) floor_get: String,
     pub(super) floor_set: String,
-    pub(super) audit_list: String,
 }
 
 impl Statements {
@@ -70,15 +69,6 @@ impl Statements {
             floor_set: "INSERT INTO store_meta (name, value) VALUES ($1, $2) \
                         ON CONFLICT (name) DO UPDATE SET value = excluded.value"
                 .to_owned(),
-            audit_list: format!(
-                "SELECT {} AS at, a.execution_id, a.action_ref, a.secret_ref, a.door, \
-                        a.outcome, a.count, e.state \
-                 FROM audit a LEFT JOIN audit_execution e ON e.execution_id = a.execution_id \
-                 WHERE ($1 IS NULL OR a.action_ref = $1) AND ($2 IS NULL OR a.at >= $2{}) \
-                 ORDER BY a.at DESC, a.id DESC LIMIT $3",
-                D::time_text("a.at"),
-                D::TIME_PARAM
-            ),
         }
     }
 }
