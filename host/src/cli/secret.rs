@@ -337,6 +337,7 @@ pub(super) fn read_wiped(mut reader: impl Read) -> std::io::Result<Zeroizing<Vec
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     /// A reader that hands out at most 1,000 bytes per call and is interrupted once.
