@@ -183,6 +183,9 @@ impl Binding<'_> {
 pub struct EncryptionKey {
     key: Zeroizing<[u8; 32]>,
     key_hash: String,
+    /// `key_hash` as its 32 bytes (`SHA-256(key)`): rows' hashes are compared as bytes, with
+    /// no hex text made per row.
+    key_hash_bytes: [u8; 32],
 }
 
 impl EncryptionKey {
@@ -197,8 +200,13 @@ impl EncryptionKey {
         }
         let mut key = Zeroizing::new([0u8; 32]);
         key.copy_from_slice(&Sha256::digest(bytes));
-        let key_hash = hex::encode(Sha256::digest(key.as_slice()));
-        Ok(Self { key, key_hash })
+        let key_hash_bytes: [u8; 32] = Sha256::digest(key.as_slice()).into();
+        let key_hash = hex::encode(key_hash_bytes);
+        Ok(Self {
+            key,
+            key_hash,
+            key_hash_bytes,
+        })
     }
 
     /// Lowercase hex `SHA-256(derived key)`: the key hash stored with every row this host
@@ -288,13 +296,13 @@ impl EncryptionKey {
             return Ok(());
         };
         let bytes = hex_hash(row)?;
-        if hex::encode(bytes) == self.key_hash {
+        if bytes == self.key_hash_bytes {
             return Ok(());
         }
         let stored = match generation {
             Generation::Seed | Generation::Bound => hex::encode(bytes),
             Generation::Blob => {
-                if hex::encode(Sha256::digest(bytes)) == self.key_hash {
+                if <[u8; 32]>::from(Sha256::digest(bytes)) == self.key_hash_bytes {
                     return Ok(());
                 }
                 "(withheld: a blob-format key hash may be a key)".to_owned()
@@ -616,6 +624,36 @@ mod tests {
             .key_hash()
             .chars()
             .all(|c| matches!(c, '0'..='9' | 'a'..='f')));
+    }
+
+    #[test]
+    fn row_key_hashes_match_by_value_in_either_case() {
+        let k = key();
+        let other = EncryptionKey::from_password(&SecretString::from(
+            "another-password-of-at-least-32-bytes",
+        ))
+        .unwrap();
+        for generation in [Generation::Seed, Generation::Bound, Generation::Blob] {
+            k.check_key_hash(generation, Some(k.key_hash())).unwrap();
+            k.check_key_hash(generation, Some(&k.key_hash().to_ascii_uppercase()))
+                .unwrap();
+            assert!(matches!(
+                k.check_key_hash(generation, Some(other.key_hash())),
+                Err(Error::KeyMismatch { .. })
+            ));
+        }
+        // Attune's blob rows carry hex(SHA-256(password)), the key itself: it names this key.
+        let attune_style = hex::encode(k.key.as_slice());
+        k.check_key_hash(Generation::Blob, Some(&attune_style))
+            .unwrap();
+        let err = k
+            .check_key_hash(Generation::Blob, Some(&hex::encode(other.key.as_slice())))
+            .unwrap_err();
+        assert!(!err.to_string().contains(&hex::encode(other.key.as_slice())));
+        // In the seed formats that text is just another key's hash: a mismatch.
+        assert!(k
+            .check_key_hash(Generation::Seed, Some(&attune_style))
+            .is_err());
     }
 
     #[test]
