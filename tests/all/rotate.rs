@@ -308,3 +308,41 @@ fn system_row(name: &str) -> attune_wasm::secrets::crypto::Binding<'_> {
         name,
     }
 }
+
+/// An encrypted row whose name column does not parse (edited by hand) is not listed; a
+/// rotation around it would leave it under the retired key: refused, naming the row, like any
+/// other malformed row (found by the adversarial review).
+#[tokio::test]
+async fn an_encrypted_row_with_a_malformed_name_stops_the_rotation() {
+    let host = Host::new();
+    host.set("ok", "fine", &[]);
+    let db = host.db_path();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO secrets (ref, owner_type, owner, owner_pack, name, encrypted, \
+             encryption_key_hash, value, created, updated) \
+         SELECT 'bad name', owner_type, owner, owner_pack, 'bad name', encrypted, \
+             encryption_key_hash, value, created, updated FROM secrets WHERE name = 'ok'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let out = rotate_cmd(&host, &[]);
+    let err = text(&out.stderr);
+    let left: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM secrets WHERE encrypted = 1 AND encryption_key_hash <> \
+             (SELECT encryption_key_hash FROM secrets WHERE name = 'ok')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    assert_eq!(out.status.code(), Some(1), "rotation went on: {err}");
+    assert!(err.contains("bad name"), "{err}");
+    assert_eq!(
+        left, 0,
+        "no encrypted row under another key after the refusal"
+    );
+}

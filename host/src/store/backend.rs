@@ -78,6 +78,15 @@ pub trait Backend: Send + Sync + 'static {
         refuse(self.kind(), "list secrets")
     }
 
+    /// Rows whose owner or name does not parse (left out of [`Backend::list`]), as (shown
+    /// ref, reason): what `key rotate` must not rotate around.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    fn unnamed(&self) -> BoxFuture<'_, Result<Vec<(String, String)>>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
     /// Writes one secret, replacing an existing row only as `replace` allows.
     ///
     /// # Errors

@@ -83,7 +83,11 @@ pub(super) fn visible(
 }
 
 /// Parses the owner and name columns of a stored row.
-fn parse_identity(owner_type: &str, owner: &str, name: &str) -> Result<(Owner, SecretName)> {
+pub(super) fn parse_identity(
+    owner_type: &str,
+    owner: &str,
+    name: &str,
+) -> Result<(Owner, SecretName)> {
     let corrupt = |reason: String| Error::Corrupt {
         secret_ref: format!("{owner_type}:{owner}:{}", name.escape_default()),
         reason,

@@ -245,6 +245,15 @@ impl Store {
         self.backend.list(owner).await
     }
 
+    /// Rows whose owner or name does not parse, as (shown ref, reason): [`Store::list`] leaves
+    /// them out; `key rotate` refuses to rotate around them.
+    ///
+    /// # Errors
+    /// [`Error::Query`].
+    pub(crate) async fn unnamed_rows(&self) -> Result<Vec<(String, String)>> {
+        self.backend.unnamed().await
+    }
+
     /// Deletes the secret (`owner`, `name`); `true` when a row was removed.
     ///
     /// # Errors

@@ -76,6 +76,10 @@ pub async fn rotate(
         .or_else(|| new.floor(store.floor_record()));
     let mut summary = Summary::default();
     let mut rotations = Vec::new();
+    // A row whose owner or name does not parse is not listed: it would stay under the old key.
+    if let Some((secret_ref, reason)) = store.unnamed_rows().await?.into_iter().next() {
+        return Err(Error::Malformed { secret_ref, reason });
+    }
     for row in store.list(None).await? {
         let row = match row {
             Visible::Row(row) => row,

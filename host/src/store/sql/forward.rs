@@ -45,6 +45,9 @@ macro_rules! sql_backend {
             ) -> super::BoxFuture<'a, super::Result<Vec<super::Visible>>> {
                 Box::pin(self.list(owner))
             }
+            fn unnamed(&self) -> super::BoxFuture<'_, super::Result<Vec<(String, String)>>> {
+                Box::pin(self.unnamed())
+            }
             fn put<'a>(
                 &'a self,
                 secret: &'a super::NewSecret,

@@ -284,6 +284,25 @@ where
             .collect())
     }
 
+    pub(super) async fn unnamed(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(&self.sql.list_all)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| {
+                match identity(r).and_then(|(t, o, n)| decode::parse_identity(&t, &o, &n)) {
+                    Ok(_) => None,
+                    Err(Error::Corrupt { secret_ref, reason }) => Some((secret_ref, reason)),
+                    Err(e) => Some((
+                        "(a row whose owner or name cannot be read)".to_owned(),
+                        e.to_string(),
+                    )),
+                }
+            })
+            .collect())
+    }
+
     pub(super) async fn visible_to(&self, action: &ActionRef) -> Result<Vec<Visible>> {
         let pack = action.pack();
         let rows = sqlx::query(&self.sql.visible)

@@ -317,8 +317,11 @@ impl Ctx {
         let mut attempts = 0;
         loop {
             let finished = if self.ledger {
-                // Confirmed completions recorded by the same statement (put back on failure).
-                let published = std::mem::take(&mut *self.published());
+                // Confirmed completions recorded by the same statement. Left in the list until
+                // the statement succeeded: this future may be dropped while it waits (a
+                // shutdown past its budget aborts it), and ids taken out then would be written
+                // by no one (their completions published again at the next start).
+                let published = self.published().clone();
                 let finished = ledger::finish(
                     &self.pool,
                     self.worker_id,
@@ -329,8 +332,8 @@ impl Ctx {
                     &published,
                 )
                 .await;
-                if finished.is_err() {
-                    self.published().extend(published);
+                if finished.is_ok() {
+                    self.published().retain(|id| !published.contains(id));
                 }
                 finished
             } else {
