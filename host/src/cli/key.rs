@@ -62,9 +62,10 @@ async fn rotate(settings: &Settings, dry_run: bool) -> anyhow::Result<()> {
     for secret_ref in &summary.rotated {
         println!("{verb} {secret_ref}");
     }
+    let rotated = summary.rotated.len();
     println!(
-        "{verb} {} secrets; {} already under the new key, {} plain left alone",
-        summary.rotated.len(),
+        "{verb} {rotated} secret{}; {} already under the new key, {} plain left alone",
+        if rotated == 1 { "" } else { "s" },
         summary.already_new.len(),
         summary.plain
     );
