@@ -427,3 +427,107 @@ async fn old_records_stay_readable_after_the_upgrade_postgres() {
     pool.close().await;
     host.drop_schema().await;
 }
+
+/// Two executions, the second with packed records that are not valid JSON or not of the
+/// packed shape (edited by hand): the `audit` view (the former table's name, kept for queries
+/// written against it) still reads the first; `audit list` skips only the bad rows. Found by
+/// the adversarial review: the view failed as a whole.
+const BAD_PACKED: [&str; 4] = [
+    r#"[["p.k","env","delivered",1]"#,
+    r#"{"not":"an array"}"#,
+    r#"[["p.k","env","delivered","many"]]"#,
+    r#"[["p.k","env","delivered",1e40]]"#,
+];
+
+#[tokio::test]
+async fn one_malformed_packed_row_does_not_break_the_audit_view_sqlite() {
+    for bad in BAD_PACKED {
+        let host = Host::new();
+        host.set("k", "v", &[]);
+        let db = host.db_path();
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO audit_execution (execution_id, action_ref, started, ended, state, records) \
+             VALUES ('good', 'p.a', '2026-12-01T07:00:00.000Z', NULL, 'ended', \
+                     '[[\"p.k\",\"env\",\"delivered\",1]]'), \
+                    ('bad', 'p.a', '2026-12-01T07:00:01.000Z', NULL, 'ended', ?)",
+        )
+        .bind(bad)
+        .execute(&pool)
+        .await
+        .unwrap();
+        // The whole view, unfiltered (a filter on the execution could spare the bad row).
+        let ids: Result<Vec<String>, _> = sqlx::query_scalar("SELECT execution_id FROM audit")
+            .fetch_all(&pool)
+            .await;
+        pool.close().await;
+        let ids = ids.map_err(|e| e.to_string());
+        assert!(
+            ids.as_ref()
+                .is_ok_and(|ids| ids.iter().filter(|id| *id == "good").count() == 1),
+            "{bad}: {ids:?}"
+        );
+        let out = host.exec(&["audit", "list"], None);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(text(&out.stdout).contains("good"), "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn one_malformed_packed_row_does_not_break_the_audit_view_postgres() {
+    let Some(host) = Host::postgres() else { return };
+    // Migrated by a first command on the host's own schema.
+    host.set("k", "v", &[]);
+    let url = host.settings[0].1.clone();
+    let schema = host.settings[1].1.clone();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .after_connect({
+            let schema = schema.clone();
+            move |c, _| {
+                let schema = schema.clone();
+                Box::pin(async move {
+                    use sqlx::Executor as _;
+                    c.execute(format!("SET search_path TO {schema}").as_str())
+                        .await?;
+                    Ok(())
+                })
+            }
+        })
+        .connect(&url)
+        .await
+        .unwrap();
+    for (i, bad) in BAD_PACKED.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO audit_execution (execution_id, action_ref, started, ended, state, records) \
+             VALUES ($1, 'p.a', now(), NULL, 'ended', $2)",
+        )
+        .bind(format!("bad-{i}"))
+        .bind(*bad)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query(
+        "INSERT INTO audit_execution (execution_id, action_ref, started, ended, state, records) \
+         VALUES ('good', 'p.a', now(), NULL, 'ended', '[[\"p.k\",\"env\",\"delivered\",1]]')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let rows: Result<Vec<(String, i64)>, _> =
+        sqlx::query_as("SELECT execution_id, count FROM audit")
+            .fetch_all(&pool)
+            .await;
+    pool.close().await;
+    assert_eq!(
+        rows.map_err(|e| e.to_string()),
+        Ok(vec![("good".to_owned(), 1)])
+    );
+    let out = host.exec(&["audit", "list"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("good"));
+    host.drop_schema().await;
+}
