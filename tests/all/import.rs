@@ -120,7 +120,7 @@ fn import_is_all_or_nothing_and_skips_owner_types_not_run_here() {
     let out = import(&host, &format!("{good}\n{identity}\n"));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("skipped line 2 (ref alice.pw): owner type identity"));
-    assert!(text(&out.stdout).contains("imported 1 secrets (1 created, 0 updated), skipped 1"));
+    assert!(text(&out.stdout).contains("imported 1 secret (1 created, 0 updated), skipped 1"));
 }
 
 #[test]

@@ -254,7 +254,7 @@ fn n23_import_aborts_on_an_unknown_owner_type() {
     let out = host.exec(&["secret", "import", "-"], Some(input.as_bytes()));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
-        text(&out.stdout).contains("imported 1 secrets (1 created, 0 updated), skipped 2"),
+        text(&out.stdout).contains("imported 1 secret (1 created, 0 updated), skipped 2"),
         "{}",
         text(&out.stdout)
     );

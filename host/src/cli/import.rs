@@ -61,8 +61,9 @@ pub async fn import(settings: &Settings, args: ImportArgs) -> anyhow::Result<()>
         .context("import failed, nothing written")?;
     let created = written.iter().filter(|w| **w == Written::Created).count();
     println!(
-        "imported {} secrets ({created} created, {} updated), skipped {}",
+        "imported {} secret{} ({created} created, {} updated), skipped {}",
         written.len(),
+        if written.len() == 1 { "" } else { "s" },
         written.len() - created,
         plan.skipped.len()
     );
