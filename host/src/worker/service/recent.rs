@@ -164,7 +164,7 @@ mod tests {
             state ^= state << 17;
             let id = i64::try_from(state % 120).unwrap_or(0);
             let now = t0 + Duration::from_millis(step * 250);
-            if state % 5 == 0 {
+            if state.is_multiple_of(5) {
                 recent.remove(id);
                 model.remove(&id);
             } else {
