@@ -167,8 +167,8 @@ pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
-/// Connects to the broker at `url` (`message_queue.url`, checked by
-/// [`super::config::amqp_url`]); `amqps://` connects over TLS (rustls, the system's trusted
+/// Connects to the broker at `url` (`message_queue.url`, checked when the configuration is
+/// read: `amqp://` or `amqps://`); `amqps://` connects over TLS (rustls, the system's trusted
 /// certificates).
 ///
 /// # Errors
