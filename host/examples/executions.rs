@@ -19,16 +19,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use attune_wasm::executor::{Execution, Executor, SecretSource, Strictness};
-use attune_wasm::runtime::{Output, Pooling, Runtime, RuntimeConfig};
-use attune_wasm::secrets::crypto::EncryptionKey;
-use attune_wasm::secrets::names::{ActionRef, Owner, PackRef, SecretName};
-use attune_wasm::store::{KeyHash, NewSecret, OpenMode, Store, StoreOptions, StoredValue};
-use secrecy::SecretString;
+use attune_wasm::runtime::Output;
+use attune_wasm::store::StoreOptions;
 use sqlx::Connection as _;
+
+mod common;
 
 /// `xact_commit` of the database at `url` (PostgreSQL's statistics, flushed by backends that
 /// have exited).
@@ -65,50 +63,25 @@ async fn main() {
         )),
     };
     options.cache_ttl = Some(Duration::from_secs(3600));
-    let store = Store::open_with(&options, OpenMode::CreateIfMissing)
-        .await
-        .unwrap();
-    let key = EncryptionKey::from_password(&SecretString::from(
+    let common::Setup {
+        store,
+        key,
+        action,
+        runtime,
+        guest,
+    } = common::setup(
+        &options,
         "executions-password-0123456789abcdefghijkl",
-    ))
-    .unwrap();
-    let secret = |owner: Owner, name: &str, value: &str| {
-        let name = SecretName::new(name).unwrap();
-        let value = key.encrypt(
-            &SecretString::from(value),
-            &attune_wasm::store::binding(&owner, &name),
-        );
-        NewSecret {
-            owner,
-            name,
-            value: StoredValue::encrypted(value, Some(KeyHash::of(&key))),
-        }
-    };
-    let action = ActionRef::new("mypack.deploy").unwrap();
-    store
-        .put_many(&[
-            secret(Owner::System, "region", "eu-west-1-benchmark"),
-            secret(
-                Owner::Pack(PackRef::new("mypack").unwrap()),
-                "api_key",
-                "sk-benchmark-0123456789abcdef",
-            ),
-            secret(
-                Owner::Action(action.clone()),
-                "db_password",
-                "hunter2-but-longer",
-            ),
-        ])
-        .await
-        .unwrap();
-    let mut pooling = Pooling::default();
-    pooling.executions = 32;
-    let mut config = RuntimeConfig::default();
-    config.pooling = Some(pooling);
-    let runtime = Arc::new(Runtime::new(config).unwrap());
-    let guest = runtime
-        .load("bench-action.wasm", &std::fs::read(&guest_path).unwrap())
-        .unwrap();
+        [
+            "eu-west-1-benchmark",
+            "sk-benchmark-0123456789abcdef",
+            "hunter2-but-longer",
+        ],
+        32,
+        &guest_path,
+        "bench-action.wasm",
+    )
+    .await;
     let executor = Executor::new(
         runtime,
         SecretSource::Store(store.clone()),

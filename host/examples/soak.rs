@@ -21,11 +21,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use attune_wasm::executor::{Execution, Executor, SecretSource};
-use attune_wasm::runtime::{Output, Pooling, Runtime, RuntimeConfig};
-use attune_wasm::secrets::crypto::EncryptionKey;
-use attune_wasm::secrets::names::{ActionRef, Owner, PackRef, SecretName};
-use attune_wasm::store::{KeyHash, NewSecret, OpenMode, Store, StoreOptions, StoredValue};
-use secrecy::SecretString;
+use attune_wasm::runtime::Output;
+use attune_wasm::store::StoreOptions;
+
+mod common;
 
 const WARM_UP: u64 = 10_000;
 
@@ -53,50 +52,21 @@ async fn main() {
         dir.path().join("secrets.db").display()
     ));
     options.cache_ttl = Some(Duration::from_secs(5));
-    let store = Store::open_with(&options, OpenMode::CreateIfMissing)
-        .await
-        .unwrap();
-    let key = EncryptionKey::from_password(&SecretString::from(
+    let common::Setup {
+        store,
+        key,
+        action,
+        runtime,
+        guest,
+    } = common::setup(
+        &options,
         "soak-test-password-0123456789abcdefghijkl",
-    ))
-    .unwrap();
-    let secret = |owner: Owner, name: &str, value: &str| {
-        let name = SecretName::new(name).unwrap();
-        let value = key.encrypt(
-            &SecretString::from(value),
-            &attune_wasm::store::binding(&owner, &name),
-        );
-        NewSecret {
-            owner,
-            name,
-            value: StoredValue::encrypted(value, Some(KeyHash::of(&key))),
-        }
-    };
-    let action = ActionRef::new("mypack.deploy").unwrap();
-    store
-        .put_many(&[
-            secret(Owner::System, "region", "eu-west-1-soak"),
-            secret(
-                Owner::Pack(PackRef::new("mypack").unwrap()),
-                "api_key",
-                "sk-soak-0123456789",
-            ),
-            secret(
-                Owner::Action(action.clone()),
-                "db_password",
-                "soak-password",
-            ),
-        ])
-        .await
-        .unwrap();
-    let mut pooling = Pooling::default();
-    pooling.executions = 16;
-    let mut config = RuntimeConfig::default();
-    config.pooling = Some(pooling);
-    let runtime = Arc::new(Runtime::new(config).unwrap());
-    let guest = runtime
-        .load("guest.wasm", &std::fs::read(&guest_path).unwrap())
-        .unwrap();
+        ["eu-west-1-soak", "sk-soak-0123456789", "soak-password"],
+        16,
+        &guest_path,
+        "guest.wasm",
+    )
+    .await;
     let source = if no_store {
         SecretSource::Missing("--no-store".into())
     } else {
