@@ -3,6 +3,7 @@
 //! PostgreSQL).
 
 use std::io::{BufRead, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::process::Stdio;
 
 use crate::support::{probe, text, Host, Target};
@@ -145,7 +146,12 @@ async fn audit_on_postgres_and_no_value_in_any_table() {
 /// N31: a host killed (`kill -9`) while a guest that received secrets is running leaves the
 /// delivery in the trail: the execution was entered before its guest started, and its run
 /// stays `started` with no end. The next run of the same store is unaffected.
-fn n31_killed_host_leaves_the_delivery_on_record(host: &Host) {
+///
+/// On SQLite the entry and each `get-secret` delivery are journalled before the guest has the
+/// value, and the next opening of the store replays the journal: the `get-secret` delivery is
+/// on record too. On PostgreSQL the entry is committed before the guest starts; `get-secret`
+/// deliveries are stored at the end of the run (a killed host loses those).
+fn n31_killed_host_leaves_the_delivery_on_record(host: &Host, journalled: bool) {
     host.set("api_key", "n31-delivered-value-5d1e", &["--pack", "mypack"]);
     for target in [Target::P1, Target::P2] {
         let mut child = host
@@ -154,7 +160,7 @@ fn n31_killed_host_leaves_the_delivery_on_record(host: &Host) {
             // start of a secret), and the echo must arrive while the guest runs.
             .args(["run", "--no-redact", "--action", "mypack.deploy"])
             .arg(probe(target))
-            .args(["--", "lines"])
+            .args(["--", "lines", "api_key"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -189,7 +195,26 @@ fn n31_killed_host_leaves_the_delivery_on_record(host: &Host) {
         })
         .collect();
     assert_eq!(started.len(), 2, "one per killed run (p1, p2): {all}");
+    let asked = all
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 8
+                && f[3] == "mypack.api_key"
+                && f[f.len() - 4] == "get-secret"
+                && f[f.len() - 3] == "delivered"
+                && f[f.len() - 1] == "started"
+        })
+        .count();
+    // The p2 run's `get-secret` (on wasm32-wasip1 the SDK reads the environment instead).
+    assert_eq!(asked, usize::from(journalled), "{all}");
     assert!(!all.contains("n31-delivered-value-5d1e"));
+    if journalled {
+        // Replayed and removed: nothing is left in the journal directory.
+        let journal = host.dir.path().join("data").join("secrets.db.audit");
+        let left = std::fs::read_dir(&journal).map(|d| d.count()).unwrap_or(0);
+        assert_eq!(left, 0, "{}", journal.display());
+    }
     // The store is usable afterwards, and a finished run is `ended`.
     let out = host.run(&probe(Target::P2), "mypack.deploy", &[], &["exit", "0"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -203,13 +228,13 @@ fn n31_killed_host_leaves_the_delivery_on_record(host: &Host) {
 
 #[test]
 fn n31_killed_host_leaves_the_delivery_on_record_sqlite() {
-    n31_killed_host_leaves_the_delivery_on_record(&Host::new());
+    n31_killed_host_leaves_the_delivery_on_record(&Host::new(), true);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn n31_killed_host_leaves_the_delivery_on_record_postgres() {
     let Some(host) = Host::postgres() else { return };
-    tokio::task::block_in_place(|| n31_killed_host_leaves_the_delivery_on_record(&host));
+    tokio::task::block_in_place(|| n31_killed_host_leaves_the_delivery_on_record(&host, false));
     host.drop_schema().await;
 }
 
@@ -530,4 +555,50 @@ async fn one_malformed_packed_row_does_not_break_the_audit_view_postgres() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("good"));
     host.drop_schema().await;
+}
+
+/// The audit journal's directory planted as a symbolic link, or owned by another user: the
+/// entry cannot be put on record, so the guest is not started (nothing delivered), and nothing
+/// is written or read through the link.
+#[test]
+fn an_unsafe_audit_journal_directory_keeps_the_guest_from_starting() {
+    let host = Host::new();
+    host.set(
+        "api_key",
+        "journal-planted-value-77ab",
+        &["--pack", "mypack"],
+    );
+    let elsewhere = host.dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let journal = host.db_path().with_file_name("secrets.db.audit");
+    std::os::unix::fs::symlink(&elsewhere, &journal).unwrap();
+    let refused = |why: &str| {
+        let out = host.run(&probe(Target::P2), "mypack.deploy", &[], &["env"]);
+        assert!(!out.status.success(), "{why}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("the audit trail cannot be written, so the guest was not started")
+                && err.contains("cannot use the audit journal directory")
+                && err.contains(why),
+            "{err}"
+        );
+        assert!(!text(&out.stdout).contains("journal-planted-value-77ab"));
+        assert!(!err.contains("journal-planted-value-77ab"));
+    };
+    refused("a symbolic link is refused");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    std::fs::remove_file(&journal).unwrap();
+    std::fs::create_dir(&journal).unwrap();
+    std::os::unix::fs::chown(&journal, Some(65534), Some(65534))
+        .expect("chown (tests run as root)");
+    refused("not owned by this user");
+    // Removed, the host makes its own again and runs.
+    std::fs::remove_dir(&journal).unwrap();
+    let out = host.run(&probe(Target::P2), "mypack.deploy", &[], &["exit", "0"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mode = std::fs::symlink_metadata(&journal)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700);
 }

@@ -12,7 +12,8 @@
 //! - `alloc MIB`: allocate and touch MIB mebibytes
 //! - `recurse`: unbounded recursion
 //! - `stdin`: echo stdin
-//! - `lines`: echo stdin line by line as it arrives (flushed), until end of file
+//! - `lines [NAME...]`: ask for each NAME through `get-secret` (values not printed), then echo
+//!   stdin line by line as it arrives (flushed), until end of file
 //! - `handles PATH`: open the file PATH again and again, keeping every handle, until an open
 //!   fails; print how many were opened and the error
 //! - `exit N`: exit with status N
@@ -141,6 +142,10 @@ fn main() {
             std::io::stdout().write_all(&buf).ok();
         }
         "lines" => {
+            // Secrets named after `lines` are asked for first (their values are not printed).
+            for name in rest {
+                let _ = attune_guest::get_secret(name);
+            }
             let mut out = std::io::stdout();
             for line in std::io::stdin().lines() {
                 let Ok(line) = line else { break };

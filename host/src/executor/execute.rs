@@ -1,6 +1,8 @@
 //! [`Executor::resolve`] and [`Executor::execute`]: the secrets an action may see, then one
 //! run of its guest with them, on record in the audit trail before and after.
 
+use std::sync::Arc;
+
 use secrecy::{ExposeSecret, SecretString};
 
 use super::execution::check_env_name;
@@ -10,7 +12,7 @@ use crate::secrets::names::ActionRef;
 use crate::secrets::redact::{Patterns, Stored};
 use crate::store::audit;
 use crate::store::resolve::{Delivery, Resolution};
-use crate::store::{Timestamp, Visible};
+use crate::store::{JournalEntry, Timestamp, Visible};
 
 impl Executor {
     /// Resolves the secrets `action` may see (one store query, winners decrypted).
@@ -201,6 +203,18 @@ impl Executor {
             writer
                 .begin(execution(audit::RunState::Started, None, entered))
                 .await?;
+        }
+        // With a journal, each delivery while the guest runs is on record before the guest
+        // has the value, as the environment's are (a killed host loses none of them).
+        if let Some(journal) = writer.as_ref().and_then(|w| w.journal()) {
+            log.journal_to(
+                Arc::clone(journal),
+                JournalEntry {
+                    execution_id: execution_id.clone(),
+                    action_ref: exec.action.clone(),
+                    started,
+                },
+            );
         }
         let exit = self.runtime.run(guest, setup).await;
         // The end is queued once, after the guest, whatever its outcome (see `flush`). A guest

@@ -126,6 +126,9 @@ pub struct Executor {
     boundary: Boundary,
     /// Where the audit trail goes (none: no trail).
     sink: Option<Arc<dyn audit::Sink>>,
+    /// The audit journal of a SQLite trail: entries and deliveries go there before a guest
+    /// has them, instead of waiting for a commit.
+    journal: Option<Arc<crate::store::Journal>>,
     /// Whether `wasi:config/store.get-all` is answered ([`Executor::with_config_get_all`]).
     config_get_all: GetAll,
     /// Started by the first execution that has records, on its tokio runtime; started again
@@ -161,6 +164,7 @@ impl Executor {
         let sink = source
             .audit()
             .map(|store| Arc::new(store.clone()) as Arc<dyn audit::Sink>);
+        let journal = source.audit().and_then(Store::audit_journal).cloned();
         Self {
             runtime,
             source,
@@ -168,6 +172,7 @@ impl Executor {
             strictness,
             boundary,
             sink,
+            journal,
             config_get_all: GetAll::Answered,
             audit: std::sync::Mutex::new(None),
         }
@@ -219,7 +224,10 @@ impl Executor {
         match &*slot {
             Some(writer) if !writer.is_closed() => Arc::clone(writer),
             _ => {
-                let writer = Arc::new(audit::Writer::spawn(Arc::clone(sink)));
+                let writer = Arc::new(audit::Writer::spawn_journaled(
+                    Arc::clone(sink),
+                    self.journal.clone(),
+                ));
                 *slot = Some(Arc::clone(&writer));
                 writer
             }

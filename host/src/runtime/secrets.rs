@@ -134,6 +134,21 @@ impl SecretDoor {
     ) -> (Result<SecretString, SecretError>, Outcome, String) {
         let (decision, recorded) = self.decide(name);
         let (result, outcome) = answer(decision);
+        if outcome == Outcome::Delivered {
+            // On record before the guest has the value; if it cannot be, it does not get it.
+            match self.log.deliver(&recorded, door) {
+                Ok(()) => return (result, outcome, recorded),
+                Err(e) => {
+                    tracing::warn!(secret = %recorded, "not delivered: {e}");
+                    self.log.note(&recorded, door, Outcome::Unavailable);
+                    return (
+                        Err(SecretError::Unavailable),
+                        Outcome::Unavailable,
+                        recorded,
+                    );
+                }
+            }
+        }
         self.log.note(&recorded, door, outcome);
         (result, outcome, recorded)
     }

@@ -4,18 +4,29 @@
 //! write, where a row per record cost six rows and their indexes per execution).
 //!
 //! An execution that receives secrets through the environment door is entered in the trail
-//! *before* its guest starts, with those deliveries, and the write is awaited (a host killed
-//! mid-run leaves the delivery on record, its run `started` and never `ended`). Everything
-//! else (the `get-secret` requests, the end of the run) is collected in memory while the guest
-//! runs and handed at the end to a [`Writer`], which replaces the execution's row with its
-//! complete records; it stores many executions per statement, so neither `get-secret` nor the
-//! end of an execution waits on the database.
+//! *before* its guest starts, with those deliveries (a host killed mid-run leaves the delivery
+//! on record, its run `started` and never `ended`): on SQLite in the store's journal (one
+//! `write`, see `store::journal`), each later delivery too; on PostgreSQL by a commit awaited.
+//! Everything else (the other requests, the end of the run) is collected in memory while the
+//! guest runs and handed at the end to a [`Writer`], which replaces the execution's row with
+//! its complete records; it stores many executions per statement, so neither `get-secret` nor
+//! the end of an execution waits on the database.
+//!
+//! ```text
+//! audit     Door, Outcome, Request, Record, RunState, ExecutionRecord, Batch, Log, Filter
+//!   writer  Writer (background task, batches, group commit) ─► Sink (the store)
+//! ```
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+mod writer;
+
+pub use writer::{Sink, SinkError, Writer, BATCH_RECORDS, BATCH_WINDOW, QUEUE_EXECUTIONS};
+
 use crate::secrets::names::ActionRef;
+use crate::store::journal::{Entry, Journal};
 use crate::store::Timestamp;
 
 /// Through which door a secret was asked for or given.
@@ -220,6 +231,12 @@ impl Batch {
 #[error("the audit trail cannot be written, so the guest was not started: {0}")]
 pub struct Error(String);
 
+impl Error {
+    pub(crate) fn new(reason: String) -> Self {
+        Self(reason)
+    }
+}
+
 /// Counts per (secret ref, door, outcome).
 type Counts = BTreeMap<(String, Door, Outcome), u64>;
 
@@ -227,16 +244,26 @@ type Counts = BTreeMap<(String, Door, Outcome), u64>;
 #[derive(Clone, Default)]
 pub struct Log {
     inner: Arc<Mutex<Counts>>,
+    /// Where each first delivery is journalled before the value is handed over (a SQLite
+    /// store's [`Journal`]), set once the execution is entered.
+    journal: Arc<std::sync::OnceLock<(Arc<Journal>, Entry)>>,
 }
 
 impl Log {
     /// Counts one request.
     pub fn note(&self, secret_ref: &str, door: Door, outcome: Outcome) {
-        // A poisoned lock only means another thread panicked while counting; keep counting.
-        let mut map = self
-            .inner
+        let mut map = self.counts();
+        Self::count(&mut map, secret_ref, door, outcome);
+    }
+
+    // A poisoned lock only means another thread panicked while counting; keep counting.
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.inner
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn count(map: &mut Counts, secret_ref: &str, door: Door, outcome: Outcome) {
         let key = if map.len() >= MAX_RECORDS
             && !map.contains_key(&(secret_ref.to_owned(), door, outcome))
         {
@@ -245,6 +272,29 @@ impl Log {
             (secret_ref.to_owned(), door, outcome)
         };
         *map.entry(key).or_insert(0) += 1;
+    }
+
+    /// From now on, each first delivery of a secret through a door is appended to `journal`
+    /// before it is counted (see [`Log::deliver`]). Set once; a second call changes nothing.
+    pub(crate) fn journal_to(&self, journal: Arc<Journal>, entry: Entry) {
+        let _ = self.journal.set((journal, entry));
+    }
+
+    /// Counts a delivery of `secret_ref` through `door`, journalled first when it is the
+    /// first of its kind and the log has a journal.
+    ///
+    /// # Errors
+    /// [`Error`] when the journal cannot be written: the value must not be delivered (the
+    /// caller answers `unavailable` and notes that instead).
+    pub(crate) fn deliver(&self, secret_ref: &str, door: Door) -> Result<(), Error> {
+        let mut map = self.counts();
+        if let Some((journal, entry)) = self.journal.get() {
+            if !map.contains_key(&(secret_ref.to_owned(), door, Outcome::Delivered)) {
+                journal.deliver(entry, secret_ref, door)?;
+            }
+        }
+        Self::count(&mut map, secret_ref, door, Outcome::Delivered);
+        Ok(())
     }
 
     /// Requests so far by door and outcome, summed over secrets (for metrics; no names).
@@ -283,184 +333,6 @@ impl Log {
     }
 }
 
-/// How long a [`Writer`] gathers records before writing them, unless a flush is waiting or
-/// [`BATCH_RECORDS`] are gathered first: 50 ms.
-pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
-
-/// Most records a [`Writer`] stores in one transaction.
-pub const BATCH_RECORDS: usize = 4_096;
-
-/// Executions whose records may wait for the [`Writer`]; a further execution's
-/// [`Writer::begin`] or [`Writer::end`] waits (the worker slows down rather than losing audit records).
-pub const QUEUE_EXECUTIONS: usize = 4_096;
-
-enum Message {
-    /// An execution entered before its guest starts; `done` is told once it is stored.
-    Begin {
-        execution: ExecutionRecord,
-        done: tokio::sync::oneshot::Sender<Result<(), Error>>,
-    },
-    /// An execution's end with all its requests; nobody waits.
-    End(ExecutionRecord),
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
-
-/// What one write of the [`Writer`] gathered, and who waits for it.
-#[derive(Default)]
-struct Gathered {
-    batch: Batch,
-    /// Requests taken so far (an execution replaced by its later state counts twice).
-    records: usize,
-    begun: Vec<tokio::sync::oneshot::Sender<Result<(), Error>>>,
-    flushed: Vec<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Gathered {
-    fn take(&mut self, message: Message) {
-        match message {
-            Message::Begin { execution, done } => {
-                self.records += execution.requests.len();
-                self.batch.push_execution(execution);
-                self.begun.push(done);
-            }
-            Message::End(execution) => {
-                self.records += execution.requests.len();
-                self.batch.push_execution(execution);
-            }
-            Message::Flush(done) => self.flushed.push(done),
-        }
-    }
-
-    /// Someone waits: write now rather than gather for the batch window.
-    fn urgent(&self) -> bool {
-        !self.begun.is_empty() || !self.flushed.is_empty()
-    }
-}
-
-/// Why a [`Sink`] could not store a batch (shown in logs and in [`Error`]; never a value).
-pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Where the audit trail goes: [`crate::store::Store`] writes each batch in one statement.
-/// The [`Writer`] hands it every batch it gathers.
-pub trait Sink: Send + Sync + 'static {
-    /// Stores `batch` (its executions upserted by id with their requests), all or nothing.
-    ///
-    /// # Errors
-    /// Whatever kept the batch from being stored; nothing of it is stored then.
-    fn record<'a>(
-        &'a self,
-        batch: &'a Batch,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>>;
-}
-
-/// Stores the audit trail in the background: a tokio task that writes each gathered batch in
-/// one statement. Executions entered before their guest starts ([`Writer::begin`]) are
-/// written at once, together with whatever else is queued (group commit: under load, many
-/// executions share one commit); the rest ([`Writer::end`]) is gathered for up to
-/// [`BATCH_WINDOW`] or [`BATCH_RECORDS`] records. Records still queued when the writer is
-/// dropped are written by the task before it ends, if the tokio runtime lives on; call
-/// [`Writer::flush`] before shutting down to be sure.
-pub struct Writer {
-    queue: tokio::sync::mpsc::Sender<Message>,
-}
-
-impl Writer {
-    /// Starts the writer task on the current tokio runtime.
-    ///
-    /// # Panics
-    /// Outside a tokio runtime (as `tokio::spawn`).
-    pub fn spawn(sink: Arc<dyn Sink>) -> Self {
-        let (queue, mut inbox) = tokio::sync::mpsc::channel::<Message>(QUEUE_EXECUTIONS);
-        tokio::spawn(async move {
-            while let Some(first) = inbox.recv().await {
-                let mut gathered = Gathered::default();
-                gathered.take(first);
-                // Gather what arrives within the batch window, unless someone waits.
-                let window = tokio::time::sleep(BATCH_WINDOW);
-                tokio::pin!(window);
-                while !gathered.urgent() && gathered.records < BATCH_RECORDS {
-                    tokio::select! {
-                        () = &mut window => break,
-                        next = inbox.recv() => match next {
-                            Some(message) => gathered.take(message),
-                            None => break,
-                        },
-                    }
-                }
-                while let Ok(message) = inbox.try_recv() {
-                    gathered.take(message);
-                }
-                let Gathered {
-                    batch,
-                    begun,
-                    flushed,
-                    ..
-                } = gathered;
-                let outcome = if batch.is_empty() {
-                    Ok(())
-                } else {
-                    sink.record(&batch).await.map_err(|e| {
-                        tracing::warn!(
-                            "{} audit records of {} executions not written: {e}",
-                            batch.records(),
-                            batch.executions.len()
-                        );
-                        Error(e.to_string())
-                    })
-                };
-                for done in begun {
-                    // The execution may have stopped waiting (cancelled); nothing to tell then.
-                    let _ = done.send(outcome.clone());
-                }
-                for done in flushed {
-                    let _ = done.send(());
-                }
-            }
-        });
-        Self { queue }
-    }
-
-    /// `true` once the writer task has ended (its tokio runtime shut down): records sent now
-    /// are lost, start a new writer.
-    pub fn is_closed(&self) -> bool {
-        self.queue.is_closed()
-    }
-
-    /// Enters an execution (state [`RunState::Started`]) with the requests known before its
-    /// guest starts (the environment door's deliveries), and waits until they are stored.
-    ///
-    /// # Errors
-    /// [`Error`] when the write failed or the writer has stopped: the caller must not start
-    /// the guest.
-    pub async fn begin(&self, execution: ExecutionRecord) -> Result<(), Error> {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        let message = Message::Begin { execution, done };
-        let stopped = || Error("the audit writer has stopped".to_owned());
-        self.queue.send(message).await.map_err(|_| stopped())?;
-        wait.await.map_err(|_| stopped())?
-    }
-
-    /// Queues an execution's end (its state and end time) with all its requests (they replace
-    /// those entered by [`Writer::begin`]); waits only when [`QUEUE_EXECUTIONS`] executions are
-    /// already queued.
-    pub async fn end(&self, execution: ExecutionRecord) {
-        let count = execution.requests.len();
-        if self.queue.send(Message::End(execution)).await.is_err() {
-            tracing::warn!("{count} audit records not written: the audit writer has stopped");
-        }
-    }
-
-    /// Waits until everything queued before this call is stored (or its write failed and
-    /// was logged).
-    pub async fn flush(&self) {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        if self.queue.send(Message::Flush(done)).await.is_ok() {
-            // An error means the task ended, after which nothing is pending.
-            let _ = wait.await;
-        }
-    }
-}
-
 /// Filter of `audit list`.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -475,7 +347,31 @@ pub struct Filter {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_delivery_that_cannot_be_journalled_is_refused_and_not_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("secrets.db");
+        // The journal directory is a symbolic link: every append fails.
+        std::os::unix::fs::symlink(dir.path(), crate::store::journal::dir_of(&db)).unwrap();
+        let log = Log::default();
+        log.journal_to(
+            Arc::new(Journal::new(&db)),
+            Entry {
+                execution_id: "e".to_owned(),
+                action_ref: ActionRef::new("p.a").unwrap(),
+                started: Timestamp::now(),
+            },
+        );
+        assert!(log.deliver("p.k", Door::GetSecret).is_err());
+        assert!(log.requests().is_empty(), "nothing counted as delivered");
+        // Without a journal (PostgreSQL) a delivery is only counted.
+        let plain = Log::default();
+        plain.deliver("p.k", Door::GetSecret).unwrap();
+        assert_eq!(plain.requests()[0].outcome, Outcome::Delivered);
+    }
 
     #[test]
     fn identical_requests_are_counted_and_the_log_is_bounded() {

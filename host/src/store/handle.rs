@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::backend::{Backend, BoxFuture};
 use super::cache::RowCache;
+use super::journal::Journal;
 use super::{
     postgres, redact_url, sqlite, Error, NewSecret, OpenMode, Replace, Result, Rotation, SecretRow,
     StoreOptions, Visible, Written,
@@ -24,6 +25,8 @@ pub struct Store {
     floor: Option<Arc<str>>,
     cache: Option<Arc<RowCache>>,
     _listener: Option<Arc<Listener>>,
+    /// The audit journal of a SQLite store (see [`super::journal`]).
+    journal: Option<Arc<Journal>>,
 }
 
 /// The change listener of a cached store; stopped when the last clone of the store is
@@ -67,8 +70,11 @@ impl Store {
     /// As [`Store::open`], plus [`Error::BadSchema`].
     pub async fn open_with(options: &StoreOptions, mode: OpenMode) -> Result<Self> {
         let url = options.url.as_str();
+        let mut journal = None;
         let backend: Arc<dyn Backend> = if url.starts_with("sqlite:") {
-            Arc::new(sqlite::open(url, mode).await?)
+            let backend = sqlite::open(url, mode).await?;
+            journal = backend.database_file().map(|db| Arc::new(Journal::new(db)));
+            Arc::new(backend)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             // One more connection for the change listener of a cached store.
             let connections = options
@@ -80,7 +86,9 @@ impl Store {
                 url: redact_url(url),
             });
         };
-        Self::on(backend, options.cache_ttl).await
+        let mut store = Self::on(backend, options.cache_ttl).await?;
+        store.journal = journal;
+        Ok(store)
     }
 
     /// A store on `backend`, with a row cache of entries living `cache_ttl` when given; reads
@@ -96,6 +104,7 @@ impl Store {
                 floor,
                 cache: None,
                 _listener: None,
+                journal: None,
             });
         };
         // Not live until the backend's change listener runs; live from the start when it has
@@ -110,6 +119,7 @@ impl Store {
             floor,
             cache: Some(cache),
             _listener: listener.map(|task| Arc::new(Listener(task))),
+            journal: None,
         })
     }
 
@@ -121,6 +131,7 @@ impl Store {
             floor: None,
             cache: None,
             _listener: None,
+            journal: None,
         }
     }
 
@@ -129,6 +140,11 @@ impl Store {
         if let Some(cache) = &self.cache {
             cache.invalidate();
         }
+    }
+
+    /// The audit journal of this store (SQLite only: see [`super::journal`]).
+    pub(crate) fn audit_journal(&self) -> Option<&Arc<Journal>> {
+        self.journal.as_ref()
     }
 
     /// The SQLite database file of this store (`None` on PostgreSQL): what a guest must never

@@ -13,6 +13,7 @@
 //! backend   what a backend does; read-only ones answer Error::ReadOnly to the rest
 //! sql       the SQL backends' one implementation, over a Dialect:
 //!   sqlite    open (files, lock), WAL checkpoint        files: path checks, lock file
+//!             replay of the audit journal               journal: entries before the guest
 //!   postgres  open (schema, advisory lock), LISTEN/NOTIFY
 //! attune    Attune's attune.key, read only (the worker's source of secrets)
 //! cache     rows per action, TTL and invalidation
@@ -38,6 +39,7 @@ mod error;
 mod files;
 mod handle;
 pub mod import;
+mod journal;
 mod options;
 mod postgres;
 pub mod resolve;
@@ -52,6 +54,7 @@ pub(crate) use backend::Backend;
 pub use backend::BoxFuture;
 pub use error::{Error, Result};
 pub use handle::Store;
+pub(crate) use journal::{Entry as JournalEntry, Journal};
 pub use options::{redact_url, sqlite_file, OpenMode, StoreOptions};
 pub use row::{
     binding, KeyHash, NewSecret, Replace, Rotation, SecretRow, StoredValue, Visible, Written,

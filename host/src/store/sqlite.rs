@@ -14,7 +14,7 @@ use sqlx::sqlite::{
 use sqlx::Row;
 
 use super::sql::{Dialect, SqlBackend};
-use super::{files, redact_url, Error, OpenMode, Result};
+use super::{files, journal, redact_url, Error, OpenMode, Result};
 
 /// The SQLite dialect of the store's statements; the database file it is on.
 pub(super) struct SqliteDialect {
@@ -112,7 +112,34 @@ pub(super) async fn open(url: &str, mode: OpenMode) -> Result<SqlBackend<SqliteD
         .max_connections(1)
         .test_before_acquire(false)
         .connect_lazy_with(options.synchronous(SqliteSynchronous::Normal));
-    Ok(SqlBackend::new(pool, audit, SqliteDialect { path }))
+    let backend = SqlBackend::new(pool, audit, SqliteDialect { path });
+    replay_journal(&backend).await;
+    Ok(backend)
+}
+
+/// Stores what the audit journals of processes that are gone hold (a host killed while its
+/// guests ran), then removes them (see [`super::journal`]). A failure is reported and the
+/// journals stay for the next opening; the store opens either way.
+async fn replay_journal(backend: &SqlBackend<SqliteDialect>) {
+    let Some(orphans) = journal::orphans(&backend.dialect().path) else {
+        return;
+    };
+    if !orphans.batch.executions.is_empty() {
+        if let Err(e) = backend.replay_audit(&orphans.batch).await {
+            tracing::warn!(
+                "the audit journal of {} could not be stored ({e}); it is kept for the next \
+                 opening",
+                backend.dialect().path.display()
+            );
+            return;
+        }
+        let count = orphans.batch.executions.len();
+        tracing::info!(
+            "{count} execution{} of a host that stopped mid-run stored from the audit journal",
+            if count == 1 { "" } else { "s" }
+        );
+    }
+    orphans.done();
 }
 
 impl SqliteDialect {

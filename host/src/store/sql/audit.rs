@@ -22,6 +22,10 @@ use crate::store::{Error, Result};
 pub(super) struct AuditStatements {
     /// Upserts every execution of a batch; `$1` is [`pack`]'s JSON.
     pub(super) write: String,
+    /// Stores executions replayed from the audit journal (`started`, with every journalled
+    /// request): inserted, or replacing the records of an execution stored as `started` only,
+    /// never those of one whose end is stored; `$1` as for `write`.
+    pub(super) replay: String,
     /// Records of the former table (one row per request), newest first; `$1` action ref or
     /// NULL, `$2` since or NULL, `$3` limit.
     pub(super) list_records: String,
@@ -43,6 +47,15 @@ impl AuditStatements {
                  FROM {rows} WHERE true \
                  ON CONFLICT (execution_id) DO UPDATE SET ended = excluded.ended, \
                      state = excluded.state, records = excluded.records"
+            ),
+            replay: format!(
+                "INSERT INTO audit_execution \
+                     (execution_id, action_ref, started, ended, state, records) \
+                 SELECT j.value ->> 0, j.value ->> 1, (j.value ->> 2){time}, \
+                        (j.value ->> 3){time}, j.value ->> 4, (j.value -> 5){text} \
+                 FROM {rows} WHERE true \
+                 ON CONFLICT (execution_id) DO UPDATE SET records = excluded.records \
+                 WHERE audit_execution.state = 'started'"
             ),
             list_records: format!(
                 "SELECT {} AS at, a.execution_id, a.action_ref, a.secret_ref, a.door, \

@@ -119,6 +119,11 @@ where
         D::KIND
     }
 
+    /// The dialect, with what it knows of the database (SQLite: its file).
+    pub(super) fn dialect(&self) -> &D {
+        &self.dialect
+    }
+
     pub(super) fn location(&self) -> String {
         self.dialect.location()
     }
@@ -318,6 +323,16 @@ where
 
     /// Writes one batch of the audit trail (of one or many executions) in one statement,
     /// on the trail's own connection: each execution upserted by id with its requests.
+    /// Stores executions replayed from the audit journal (see [`AuditStatements::replay`]).
+    pub(super) async fn replay_audit(&self, batch: &Batch) -> Result<()> {
+        let packed = audit::pack(batch);
+        sqlx::query(&self.audit_sql.replay)
+            .bind(packed.as_str())
+            .execute(&self.audit)
+            .await?;
+        Ok(())
+    }
+
     pub(super) async fn record_audit(&self, batch: &Batch) -> Result<()> {
         let packed = audit::pack(batch);
         sqlx::query(&self.audit_sql.write)
