@@ -102,6 +102,9 @@ kept: database $db, vhost ${vhost:-(given)}, workers ${pids[*]}, logs in $work/l
 more executions:
   export ATTUNE__DATABASE__URL=$db_url ATTUNE__MESSAGE_QUEUE__URL=$amqp_shown
   $bin execute --action demo.greet --params '{"name": "again"}' --wait
+one more worker (same exports, plus):
+  export ATTUNE__PACKS_BASE_DIR=$work/packs ATTUNE__SECURITY__ENCRYPTION_KEY=$ATTUNE__SECURITY__ENCRYPTION_KEY ATTUNE__DATA_DIR=$work/data ATTUNE__WORKER__HEARTBEAT_INTERVAL=2
+  ATTUNE__WORKER__NAME=wasm-worker-extra $bin worker
 clean up:
   kill -TERM ${pids[*]}
   psql $pg_admin -c 'DROP DATABASE $db WITH (FORCE)'${vhost:+; rabbitmqctl delete_vhost $vhost}; rm -rf $work
