@@ -16,7 +16,7 @@
 //! `write` returns, so it survives the host being killed (`kill -9`, a crash); a power loss
 //! can lose the last lines, as it can lose the last commits.
 //!
-//! Files: `<database>.audit/<pid>-<random>.journal` (directory 0700, files 0600, never through
+//! Files: `<database>.audit/<pid>-<random>-<n>.journal` (directory 0700, files 0600, never through
 //! a symbolic link), one per process, locked (`flock`) by it for as long as it lives. A line
 //! is *settled* once its execution's end is committed; a file whose lines are all settled is
 //! emptied (or removed, once a newer file has taken over at [`SEGMENT_BYTES`]), so the journal
