@@ -280,8 +280,10 @@ impl Log {
         let _ = self.journal.set((journal, entry));
     }
 
-    /// Counts a delivery of `secret_ref` through `door`, journalled first when it is the
-    /// first of its kind and the log has a journal.
+    /// Counts a delivery of `secret_ref` through `door`, journalled first when the log has a
+    /// journal and the secret is not on record as delivered to this execution yet (through any
+    /// door: the environment's deliveries are in its entry). The exposure is what must be on
+    /// record before the guest has the value; the end of the run records every door and count.
     ///
     /// # Errors
     /// [`Error`] when the journal cannot be written: the value must not be delivered (the
@@ -289,7 +291,14 @@ impl Log {
     pub(crate) fn deliver(&self, secret_ref: &str, door: Door) -> Result<(), Error> {
         let mut map = self.counts();
         if let Some((journal, entry)) = self.journal.get() {
-            if !map.contains_key(&(secret_ref.to_owned(), door, Outcome::Delivered)) {
+            let mut key = (secret_ref.to_owned(), Door::Env, Outcome::Delivered);
+            let on_record = [Door::Env, Door::GetSecret, Door::WasiConfig]
+                .into_iter()
+                .any(|d| {
+                    key.1 = d;
+                    map.contains_key(&key)
+                });
+            if !on_record {
                 journal.deliver(entry, secret_ref, door)?;
             }
         }
@@ -367,6 +376,12 @@ mod tests {
         );
         assert!(log.deliver("p.k", Door::GetSecret).is_err());
         assert!(log.requests().is_empty(), "nothing counted as delivered");
+        // A secret on record as delivered (here through the environment, in the entry) needs
+        // no further line: its exposure is on record.
+        log.note("p.e", Door::Env, Outcome::Delivered);
+        log.deliver("p.e", Door::GetSecret).unwrap();
+        log.deliver("p.e", Door::WasiConfig).unwrap();
+        assert_eq!(log.requests().len(), 3);
         // Without a journal (PostgreSQL) a delivery is only counted.
         let plain = Log::default();
         plain.deliver("p.k", Door::GetSecret).unwrap();

@@ -9,7 +9,8 @@
 //! ["e", execution_id, action_ref, started, [[secret_ref, door, outcome, count], …]]
 //!     entered: the environment door's deliveries, before the guest starts
 //! ["d", execution_id, action_ref, started, secret_ref, door]
-//!     a delivery through `get-secret` or `wasi:config/store`, before the guest has the value
+//!     a delivery through `get-secret` or `wasi:config/store` of a secret not yet delivered to
+//!     the execution through any door, before the guest has the value
 //! ```
 //!
 //! Durability is the trail connection's (`synchronous = NORMAL`): a line is in the file when
