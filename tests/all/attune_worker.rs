@@ -639,6 +639,14 @@ async fn worker_runs_attune_executions_with_attune_secrets_end_to_end() {
         .get("id");
     assert!(audited.contains(&first.to_string()), "{audited:?}");
 
+    // The secrets came with the claim statement, never from the executor's own read (its
+    // fallback, which would log this).
+    assert!(
+        !fleet.log(w).contains("the claimed attune.key rows"),
+        "{}",
+        fleet.log(w)
+    );
+
     // SIGTERM: exit 0, marked inactive.
     let status = fleet.stop_worker(w);
     assert!(status.success(), "{status}: {}", fleet.log(w));

@@ -21,10 +21,24 @@ impl Executor {
     /// [`Error::Resolve`] on an env-name collision; [`Error::Store`] and
     /// [`Error::Undeliverable`] under strict mode.
     pub async fn resolve(&self, action: &ActionRef) -> Result<Resolution> {
+        self.resolve_rows(action, None).await
+    }
+
+    /// [`Executor::resolve`], from `visible` when the caller has read the rows already
+    /// ([`Execution::visible`]).
+    async fn resolve_rows(
+        &self,
+        action: &ActionRef,
+        visible: Option<Vec<Visible>>,
+    ) -> Result<Resolution> {
         let (rows, floor) = match &self.source {
             SecretSource::Missing(why) => (self.missing(why)?, None),
             SecretSource::Store(store) | SecretSource::Separate { rows: store, .. } => {
-                match store.visible_to(action).await {
+                let read = match visible {
+                    Some(rows) => Ok(rows),
+                    None => store.visible_to(action).await,
+                };
+                match read {
                     // The floor is verified only for a store that has one (after `key rotate`).
                     Ok(rows) => {
                         let floor = match (store.floor_record(), self.key.as_ref()) {
@@ -108,7 +122,7 @@ impl Executor {
             env.push((k, v));
         }
 
-        let resolution = self.resolve(&exec.action).await?;
+        let resolution = self.resolve_rows(&exec.action, exec.visible).await?;
         let log = audit::Log::default();
         for (secret, _) in resolution.unavailable() {
             log.note(

@@ -6,6 +6,7 @@ use super::{Error, Result, METADATA_PREFIX};
 use crate::runtime::{Cancel, DirMount, GuestExit, Limits, Output, Stdin};
 use crate::secrets::names::{ActionRef, SecretName, ENV_PREFIX};
 use crate::store::audit;
+use crate::store::Visible;
 
 /// One execution's request.
 #[non_exhaustive]
@@ -41,6 +42,10 @@ pub struct Execution {
     pub execution_id: Option<String>,
     /// Cancelling it ends the execution at once with [`crate::runtime::Error::Cancelled`].
     pub cancel: Cancel,
+    /// The rows the action may see when the caller has read them already from the executor's
+    /// row store (the worker reads `attune.key` in the statement that claims the execution:
+    /// one round trip instead of two); `None` (the default): the executor reads them.
+    pub visible: Option<Vec<Visible>>,
 }
 
 /// Default [`Execution::max_output`]: 16 MiB per stream.
@@ -69,6 +74,7 @@ impl Execution {
             max_output: DEFAULT_MAX_OUTPUT,
             execution_id: None,
             cancel: Cancel::new(),
+            visible: None,
         }
     }
 }

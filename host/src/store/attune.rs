@@ -38,29 +38,124 @@ impl AttuneKeys {
     }
 
     async fn query(&self, action: &ActionRef) -> Result<Vec<Visible>> {
-        let rows = sqlx::query(
-            "SELECT k.owner_type::text AS owner_type, k.name, k.encrypted,
-                    k.encryption_key_hash, to_jsonb(k.value)::text AS value,
-                    CASE WHEN isfinite(k.created) THEN to_char(k.created AT TIME ZONE 'UTC',
-                        'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') END AS created,
-                    CASE WHEN isfinite(k.updated) THEN to_char(k.updated AT TIME ZONE 'UTC',
-                        'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') END AS updated
-               FROM key k JOIN action a ON a.ref = $1
-              WHERE k.owner_type = 'system'
-                 OR (k.owner_type = 'pack' AND k.owner_pack = a.pack)
-                 OR (k.owner_type = 'action' AND k.owner_action = a.id)",
-        )
-        .bind(action.as_str())
-        .fetch_all(&self.pool)
-        .await?;
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM key k JOIN action a ON a.ref = $1 WHERE {KEYS_OF_ACTION_A}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(action.as_str())
+            .fetch_all(&self.pool)
+            .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
-            match key_row(row, action) {
-                Ok(secret) => out.push(secret),
-                Err(why) => tracing::warn!(action = %action, "attune.key row skipped: {why}"),
-            }
+            let columns = KeyColumns::from_row(row).map_err(|e| e.to_string());
+            push_key(&mut out, columns.and_then(|c| key_row(c, action)), action);
         }
         Ok(out)
+    }
+
+    /// The rows `action` may see from the text of a JSON array of [`KEY_ARRAY`] arrays, as
+    /// [`crate::worker`]'s claim statement reads them with the execution (one round trip
+    /// instead of two). The text holds plain values: it is wiped here once parsed.
+    ///
+    /// # Errors
+    /// A description (never a value) when the text is not such an array; a malformed row
+    /// within it is skipped or made [`Visible::Corrupt`] as in [`AttuneKeys::store`]'s reads.
+    pub(crate) fn parse_array(
+        text: zeroize::Zeroizing<String>,
+        action: &ActionRef,
+    ) -> Result<Vec<Visible>, String> {
+        type Array = (
+            String,
+            String,
+            bool,
+            Option<String>,
+            String,
+            Option<String>,
+            Option<String>,
+        );
+        let arrays: Vec<Array> = serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "the claimed attune.key rows are not an array of key arrays ({:?} error at column {})",
+                e.classify(),
+                e.column()
+            )
+        })?;
+        let mut out = Vec::with_capacity(arrays.len());
+        for (owner_type, name, encrypted, key_hash, value, created, updated) in arrays {
+            let columns = KeyColumns {
+                owner_type,
+                name,
+                encrypted,
+                key_hash,
+                value: zeroize::Zeroizing::new(value),
+                created,
+                updated,
+            };
+            push_key(&mut out, key_row(columns, action), action);
+        }
+        Ok(out)
+    }
+}
+
+/// The columns of one `attune.key` row as [`key_row`] reads them (alias `k`): the value as the
+/// text of its JSON (`value`), the times as ISO 8601 UTC text (`NULL` when not finite).
+const KEY_COLUMNS: &str = "k.owner_type::text AS owner_type, k.name, k.encrypted,
+    k.encryption_key_hash, to_jsonb(k.value)::text AS value,
+    CASE WHEN isfinite(k.created) THEN to_char(k.created AT TIME ZONE 'UTC',
+        'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') END AS created,
+    CASE WHEN isfinite(k.updated) THEN to_char(k.updated AT TIME ZONE 'UTC',
+        'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') END AS updated";
+
+/// [`KEY_COLUMNS`] as one JSON array per row (`[owner_type, name, encrypted, key_hash,
+/// value_json_text, created, updated]`), for [`AttuneKeys::parse_array`].
+pub(crate) const KEY_ARRAY: &str = "json_build_array(k.owner_type::text, k.name, k.encrypted,
+    k.encryption_key_hash, to_jsonb(k.value)::text,
+    CASE WHEN isfinite(k.created) THEN to_char(k.created AT TIME ZONE 'UTC',
+        'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') END,
+    CASE WHEN isfinite(k.updated) THEN to_char(k.updated AT TIME ZONE 'UTC',
+        'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') END)";
+
+/// The `attune.key` rows (alias `k`) that action `a` (an `attune.action` row) may see, as
+/// Attune's worker selects them: `system` keys, `pack` keys of its pack, `action` keys of it.
+pub(crate) const KEYS_OF_ACTION_A: &str = "(k.owner_type = 'system'
+     OR (k.owner_type = 'pack' AND k.owner_pack = a.pack)
+     OR (k.owner_type = 'action' AND k.owner_action = a.id))";
+
+/// Keeps a read row, or warns that it was skipped (its name is not a valid secret name or its
+/// owner type is not given to actions).
+fn push_key(out: &mut Vec<Visible>, row: Result<Visible, String>, action: &ActionRef) {
+    match row {
+        Ok(secret) => out.push(secret),
+        Err(why) => tracing::warn!(action = %action, "attune.key row skipped: {why}"),
+    }
+}
+
+/// One `attune.key` row's columns as read ([`KEY_COLUMNS`], [`KEY_ARRAY`]). No `Debug`: the
+/// value of a plain key is its plaintext.
+struct KeyColumns {
+    owner_type: String,
+    name: String,
+    encrypted: bool,
+    key_hash: Option<String>,
+    /// The text of the value's JSON; wiped when dropped.
+    value: zeroize::Zeroizing<String>,
+    created: Option<String>,
+    updated: Option<String>,
+}
+
+impl KeyColumns {
+    fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            owner_type: row.try_get("owner_type")?,
+            name: row.try_get("name")?,
+            encrypted: row.try_get("encrypted")?,
+            key_hash: row.try_get("encryption_key_hash")?,
+            value: zeroize::Zeroizing::new(row.try_get("value")?),
+            // As text: an infinite or out-of-range time (a hand-edited row) makes the row
+            // corrupt, never a decoding panic (sqlx's chrono decoding of `infinity` overflows).
+            created: row.try_get("created")?,
+            updated: row.try_get("updated")?,
+        })
     }
 }
 
@@ -97,17 +192,16 @@ fn connection_lost(e: &super::Error) -> bool {
 /// One `attune.key` row as a [`Visible`] row: the name must be a valid secret name; an encrypted
 /// value must be a JSON string (the ciphertext, either generation); a plain string is the
 /// value as is, any other plain JSON its compact text. Errors name the key, never its value.
-fn key_row(row: &sqlx::postgres::PgRow, action: &ActionRef) -> Result<Visible, String> {
-    let get_err = |e: sqlx::Error| e.to_string();
-    let owner_type: String = row.try_get("owner_type").map_err(get_err)?;
-    let name: String = row.try_get("name").map_err(get_err)?;
-    let encrypted: bool = row.try_get("encrypted").map_err(get_err)?;
-    let key_hash: Option<String> = row.try_get("encryption_key_hash").map_err(get_err)?;
-    let value: String = row.try_get("value").map_err(get_err)?;
-    // As text: an infinite or out-of-range time (a hand-edited row) makes the row corrupt,
-    // never a decoding panic (sqlx's chrono decoding of `infinity` overflows).
-    let created: Option<String> = row.try_get("created").map_err(get_err)?;
-    let updated: Option<String> = row.try_get("updated").map_err(get_err)?;
+fn key_row(columns: KeyColumns, action: &ActionRef) -> Result<Visible, String> {
+    let KeyColumns {
+        owner_type,
+        name,
+        encrypted,
+        key_hash,
+        value,
+        created,
+        updated,
+    } = columns;
     let time = |text: Option<String>| text.as_deref().and_then(Timestamp::parse);
     let (created, updated) = (time(created), time(updated));
     let shown = name.escape_default().to_string();
@@ -162,4 +256,93 @@ fn key_row(row: &sqlx::postgres::PgRow, action: &ActionRef) -> Result<Visible, S
         created,
         updated,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    fn parse(text: &str) -> Result<Vec<Visible>, String> {
+        let action = ActionRef::new("mypack.deploy").unwrap();
+        AttuneKeys::parse_array(zeroize::Zeroizing::new(text.to_owned()), &action)
+    }
+
+    const TIME: &str = "2026-12-01T10:00:00.000Z";
+
+    #[test]
+    fn claimed_key_arrays_become_rows_of_their_owner_types() {
+        let text = serde_json::json!([
+            [
+                "system",
+                "api_key",
+                true,
+                "ab12",
+                "\"bm9uY2U=:Y2lwaGVy\"",
+                TIME,
+                TIME
+            ],
+            ["pack", "region", false, null, "\"eu-west\"", TIME, TIME],
+            ["action", "retries", false, null, "3", TIME, TIME],
+            ["identity", "token", false, null, "\"x\"", TIME, TIME],
+        ])
+        .to_string();
+        let rows = parse(&text).unwrap();
+        // The identity key never reaches an action.
+        assert_eq!(rows.len(), 3);
+        let Visible::Row(system) = &rows[0] else {
+            panic!("corrupt")
+        };
+        assert_eq!(system.owner, Owner::System);
+        assert!(matches!(
+            &system.value,
+            StoredValue::Encrypted { ciphertext, key_hash: Some(_) }
+                if ciphertext.expose_secret() == "bm9uY2U=:Y2lwaGVy"
+        ));
+        let Visible::Row(pack) = &rows[1] else {
+            panic!("corrupt")
+        };
+        assert_eq!(pack.owner.to_string(), "pack mypack");
+        assert!(matches!(&pack.value, StoredValue::Plain(v) if v.expose_secret() == "eu-west"));
+        let Visible::Row(action) = &rows[2] else {
+            panic!("corrupt")
+        };
+        assert!(matches!(action.owner, Owner::Action(_)));
+        // Other plain JSON: its compact text.
+        assert!(matches!(&action.value, StoredValue::Plain(v) if v.expose_secret() == "3"));
+    }
+
+    #[test]
+    fn a_malformed_claimed_row_is_corrupt_and_malformed_text_an_error_without_values() {
+        let text = serde_json::json!([
+            [
+                "system",
+                "api_key",
+                true,
+                null,
+                "{\"not\":\"a string\"}",
+                TIME,
+                TIME
+            ],
+            [
+                "system",
+                "region",
+                false,
+                null,
+                "\"planted-value\"",
+                null,
+                TIME
+            ],
+        ])
+        .to_string();
+        let rows = parse(&text).unwrap();
+        assert!(rows.iter().all(|r| matches!(r, Visible::Corrupt { .. })));
+        assert_eq!(parse("[]").unwrap().len(), 0);
+        let why = parse("[[\"system\", \"planted-value\"]]").unwrap_err();
+        assert!(why.contains("attune.key"), "{why}");
+        assert!(!why.contains("planted-value"), "{why}");
+    }
 }

@@ -30,7 +30,7 @@
 //! rotate    every ciphertext re-encrypted under a new key, in one transaction
 //! ```
 
-mod attune;
+pub(crate) mod attune;
 pub mod audit;
 mod backend;
 mod cache;

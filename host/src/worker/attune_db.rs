@@ -1,7 +1,7 @@
 //! Attune's own tables (schema `attune`), as a worker reads and writes them: its registration
-//! in `attune.worker` and the `attune.execution` and `attune.action` rows of a dispatch (its
-//! secrets, read only from `attune.key`, are [`crate::store::AttuneKeys`]). Nothing here creates
-//! or alters a table. Times are the
+//! in `attune.worker` and the `attune.execution` and `attune.action` rows of a dispatch, with
+//! the `attune.key` rows its action may see (read only, parsed by
+//! [`crate::store::AttuneKeys`]). Nothing here creates or alters a table. Times are the
 //! database's `now()`, never this host's clock.
 
 use std::str::FromStr;
@@ -254,21 +254,28 @@ pub enum Claimed {
         execution: ExecutionRow,
         /// Its action.
         action: Option<ActionRow>,
+        /// The `attune.key` rows its action may see, read in the same statement (`None`
+        /// without an action).
+        keys: Option<KeyRows>,
     },
     /// It was in another state (ended, running, being cancelled) and was left as it is.
     Found(ExecutionRow),
 }
 
-/// Loads execution `id` and, when it is still `requested`, `scheduling` or `scheduled`, moves
-/// it to `running` (owned by `worker`) and loads its action, all in one statement (one round
-/// trip, one transaction): the start of every dispatch. `None` when the execution does not
-/// exist.
-///
-/// # Errors
-/// [`Error::Refused`] when the database refuses the update (a constraint, a trigger),
-/// [`Error::Database`] when it cannot be reached.
-pub async fn claim(pool: &PgPool, id: i64, worker: i64) -> Result<Option<Claimed>, Error> {
-    let row = sqlx::query(
+/// The `attune.key` rows an action may see as [`claim`] read them: the text of a JSON array
+/// of arrays ([`crate::store::AttuneKeys`] parses it). It holds plain keys' values: no
+/// `Debug` of its content, wiped when dropped.
+pub struct KeyRows(pub(crate) zeroize::Zeroizing<String>);
+
+impl std::fmt::Debug for KeyRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyRows({} bytes)", self.0.len())
+    }
+}
+
+/// The statement of [`claim`]: `$1` the execution id, `$2` the worker id.
+static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
         "WITH prev AS (SELECT id, status FROM execution WHERE id = $1 FOR UPDATE),
               started AS (
                 UPDATE execution e
@@ -279,20 +286,37 @@ pub async fn claim(pool: &PgPool, id: i64, worker: i64) -> Result<Option<Claimed
          SELECT e.id, e.action, e.action_ref, e.config::text AS config,
                 prev.status::text AS status, e.timeout_seconds, s.id IS NOT NULL AS started,
                 a.id AS a_id, a.ref AS a_ref, a.pack_ref AS a_pack_ref,
-                a.entrypoint AS a_entrypoint, a.timeout_seconds AS a_timeout_seconds
+                a.entrypoint AS a_entrypoint, a.timeout_seconds AS a_timeout_seconds,
+                CASE WHEN a.id IS NOT NULL THEN
+                  (SELECT coalesce(json_agg({keys}), '[]')::text FROM key k WHERE {visible})
+                END AS keys
            FROM prev JOIN execution e ON e.id = prev.id
            LEFT JOIN started s ON s.id = prev.id
            LEFT JOIN LATERAL (
-                SELECT id, ref, pack_ref, entrypoint, timeout_seconds FROM action
+                SELECT id, ref, pack, pack_ref, entrypoint, timeout_seconds FROM action
                  WHERE (e.action IS NOT NULL AND id = e.action)
                     OR (e.action IS NULL AND ref = e.action_ref)
                  LIMIT 1) a ON s.id IS NOT NULL",
+        keys = crate::store::attune::KEY_ARRAY,
+        visible = crate::store::attune::KEYS_OF_ACTION_A,
     )
-    .bind(id)
-    .bind(worker)
-    .fetch_optional(pool)
-    .await
-    .map_err(Error::statement)?;
+});
+
+/// Loads execution `id` and, when it is still `requested`, `scheduling` or `scheduled`, moves
+/// it to `running` (owned by `worker`) and loads its action and the `attune.key` rows that
+/// action may see, all in one statement (one round trip, one transaction): the start of every
+/// dispatch. `None` when the execution does not exist.
+///
+/// # Errors
+/// [`Error::Refused`] when the database refuses the update (a constraint, a trigger),
+/// [`Error::Database`] when it cannot be reached.
+pub async fn claim(pool: &PgPool, id: i64, worker: i64) -> Result<Option<Claimed>, Error> {
+    let row = sqlx::query(&CLAIM)
+        .bind(id)
+        .bind(worker)
+        .fetch_optional(pool)
+        .await
+        .map_err(Error::statement)?;
     let Some(r) = row else {
         return Ok(None);
     };
@@ -311,7 +335,14 @@ pub async fn claim(pool: &PgPool, id: i64, worker: i64) -> Result<Option<Claimed
             }),
             None => None,
         };
-        Ok(Claimed::Started { execution, action })
+        let keys = r
+            .try_get::<Option<String>, _>("keys")?
+            .map(|text| KeyRows(zeroize::Zeroizing::new(text)));
+        Ok(Claimed::Started {
+            execution,
+            action,
+            keys,
+        })
     };
     claimed().map(Some).map_err(Error::db)
 }

@@ -303,8 +303,14 @@ impl Ctx {
         let _claim = self.claim_wait(id).await;
         // Loaded, and moved to `running` with its action loaded when it may start.
         let execution = match attune_db::claim(&self.pool, id, self.worker_id).await {
-            Ok(Some(Claimed::Started { execution, action })) => {
-                return self.run_execution(execution, action, correlation).await;
+            Ok(Some(Claimed::Started {
+                execution,
+                action,
+                keys,
+            })) => {
+                return self
+                    .run_execution(execution, action, keys, correlation)
+                    .await;
             }
             Ok(Some(Claimed::Found(e))) => e,
             Ok(None) => {

@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::super::action_files::Lookup;
-use super::super::attune_db::{self, ActionRow, ExecutionRow};
+use super::super::attune_db::{self, ActionRow, ExecutionRow, KeyRows};
 use super::super::protocol::{self, Envelope};
 use super::super::Failure;
 use super::delivery::Disposition;
@@ -15,6 +15,7 @@ use super::Ctx;
 use crate::executor::{self, Execution};
 use crate::runtime::{Limits, Output, Stdin};
 use crate::secrets::names::ActionRef;
+use crate::store::AttuneKeys;
 
 impl Ctx {
     /// Ends an execution that this worker will not run (left `running` by a dead worker, or
@@ -59,11 +60,12 @@ impl Ctx {
     }
 
     /// Runs an execution [`attune_db::claim`] moved to `running` (`execution.status` is the
-    /// status it had) with its `action`.
+    /// status it had) with its `action` and the `keys` the claim read for it.
     pub(super) async fn run_execution(
         &self,
         execution: ExecutionRow,
         action: Option<ActionRow>,
+        keys: Option<KeyRows>,
         correlation: Option<String>,
     ) -> Disposition {
         let id = execution.id;
@@ -87,7 +89,7 @@ impl Ctx {
                 let _running = self.metrics.running();
                 #[cfg(feature = "fault-injection")]
                 super::super::fault::panic_in_execution(id);
-                self.run_guest(&execution, action).await
+                self.run_guest(&execution, action, keys).await
             }
             None => Err(Failure::ActionMissing(execution.action_ref.clone())),
         };
@@ -141,9 +143,17 @@ impl Ctx {
         &self,
         execution: &ExecutionRow,
         action: &ActionRow,
+        keys: Option<KeyRows>,
     ) -> Result<executor::Report, Failure> {
         let action_ref = ActionRef::new(&action.action_ref)
             .map_err(|_| Failure::BadRef(action.action_ref.escape_default().to_string()))?;
+        // Read with the claim; should they not parse (they always do: our own statement), the
+        // executor reads them itself.
+        let visible = keys.and_then(|keys| {
+            AttuneKeys::parse_array(keys.0, &action_ref)
+                .map_err(|why| tracing::warn!(execution = execution.id, "{why}; read again"))
+                .ok()
+        });
         let path = action_file(&self.packs_base_dir, &action.pack_ref, &action.entrypoint)?;
         // One `stat` (the file is on local disk) when the file is the version last read;
         // else read, and compiled unless its content was (blocking).
@@ -176,6 +186,7 @@ impl Ctx {
             max_output: self.max_stdout.max(self.max_stderr),
             execution_id: Some(execution.id.to_string()),
             cancel: self.cancels.running(execution.id),
+            visible,
             ..Execution::new(action_ref, action.entrypoint.clone())
         };
         Ok(self.executor.execute(&guest, request).await?)
