@@ -95,19 +95,25 @@ fn failed(what: &str, path: &Path, e: &std::io::Error) -> Error {
     Error::new(format!("{what} {}: {e}", path.display()))
 }
 
-/// Opens a file of the journal directory, never through a symbolic link.
-fn open_file(path: &Path, create: bool) -> std::io::Result<File> {
+/// Opens a file of the journal directory, never through a symbolic link; `nonblocking` for
+/// a file found there (replay), so that a FIFO cannot block the opening.
+fn open_file(path: &Path, create: bool, nonblocking: bool) -> std::io::Result<File> {
+    let mut flags = rustix::fs::OFlags::NOFOLLOW;
+    if nonblocking {
+        flags |= rustix::fs::OFlags::NONBLOCK;
+    }
     OpenOptions::new()
         .read(true)
         .append(true)
         .create_new(create)
         .mode(0o600)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed())
+        .custom_flags(flags.bits().cast_signed())
         .open(path)
 }
 
-/// Creates the journal directory (0700) if missing; refuses one that is a symbolic link, not
-/// ours, or open to other users.
+/// Creates the journal directory (0700) if missing; refuses one that is a symbolic link or
+/// not ours, and makes one open to other users 0700 again (replay trusts only this user's
+/// files in it).
 fn ensure_dir(dir: &Path) -> std::io::Result<()> {
     match std::fs::symlink_metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -225,10 +231,18 @@ impl Journal {
             return Err(Error::new("no journal file".to_owned()));
         };
         // One `write` of the whole line (`write_all` loops only on a short write: a full disk).
-        segment
-            .file
-            .write_all(line.as_bytes())
-            .map_err(|e| failed("cannot append to the audit journal", &segment.path, &e))?;
+        if let Err(e) = segment.file.write_all(line.as_bytes()) {
+            // A short write leaves part of the line: cut it off, so that the next line is a
+            // line of its own; when that fails too, the next line goes to a new file.
+            if segment.file.set_len(segment.bytes).is_err() {
+                segment.bytes = segment.bytes.max(SEGMENT_BYTES);
+            }
+            return Err(failed(
+                "cannot append to the audit journal",
+                &segment.path,
+                &e,
+            ));
+        }
         segment.bytes += line.len() as u64;
         let held = pending.entry(execution_id.to_owned()).or_default();
         if held.last() != Some(&segment.sequence) {
@@ -250,7 +264,7 @@ impl Journal {
         );
         let temporary = self.dir.join(format!("{stem}.new"));
         let path = self.dir.join(format!("{stem}{SUFFIX}"));
-        let file = open_file(&temporary, true)
+        let file = open_file(&temporary, true, false)
             .and_then(|file| {
                 file.try_lock()
                     .map_err(std::io::Error::other)
@@ -459,7 +473,7 @@ mod tests {
             "not json\n[\"d\",\"x\",\"bad ref!\",\"2026-01-01T00:00:00.000Z\",\"k\",\"env\"]\n\
              [\"d\",\"y\",\"mypack.deploy\",\"2026-01-01T00:00:00.000Z\",\"k\",\"door\"]\n{good}\n[\"d\",\"cut"
         );
-        std::fs::write(dir_of(&db).join(format!("1-x-0{SUFFIX}")), text).unwrap();
+        write_private(&dir_of(&db).join(format!("1-x-0{SUFFIX}")), &text);
         // Not ours to take: another suffix, and a file being created a moment ago.
         std::fs::write(dir_of(&db).join("notes.txt"), "keep").unwrap();
         std::fs::write(dir_of(&db).join("2-y-0.new"), "").unwrap();
@@ -477,6 +491,119 @@ mod tests {
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
         assert_eq!(left, ["2-y-0.new", "notes.txt"]);
+    }
+
+    /// Writes `text` to a new file of mode 0600, as a host writes its journal.
+    fn write_private(path: &Path, text: &str) {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+    }
+
+    fn delivered_line(id: &str) -> String {
+        let line = (
+            "d",
+            id,
+            "mypack.deploy",
+            "2026-01-01T00:00:00.000Z",
+            "k",
+            "env",
+        );
+        format!("{}\n", serde_json::to_string(&line).unwrap())
+    }
+
+    #[test]
+    fn only_this_users_private_regular_files_are_replayed_and_a_fifo_never_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("secrets.db");
+        let journals = dir_of(&db);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&journals)
+            .unwrap();
+        // Ours: replayed.
+        write_private(
+            &journals.join(format!("1-a-0{SUFFIX}")),
+            &delivered_line("ours"),
+        );
+        // Readable by others: not written by a host.
+        let open = journals.join(format!("2-b-0{SUFFIX}"));
+        std::fs::write(&open, delivered_line("open")).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
+        // A second link to a file: not a journal file of a host.
+        let linked = journals.join(format!("3-c-0{SUFFIX}"));
+        write_private(&linked, &delivered_line("linked"));
+        std::fs::hard_link(&linked, dir.path().join("elsewhere")).unwrap();
+        // A FIFO: reading it would block every opening of the store.
+        let fifo = journals.join(format!("4-d-0{SUFFIX}"));
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // Another user's file (needs root to make).
+        let theirs = journals.join(format!("5-e-0{SUFFIX}"));
+        write_private(&theirs, &delivered_line("theirs"));
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        } else {
+            std::fs::remove_file(&theirs).unwrap();
+        }
+        // A directory opened to others meanwhile is made private again.
+        std::fs::set_permissions(&journals, std::fs::Permissions::from_mode(0o777)).unwrap();
+
+        let orphans = orphans(&db).unwrap();
+        let ids: Vec<&str> = orphans
+            .batch
+            .executions
+            .iter()
+            .map(|e| e.execution_id.as_str())
+            .collect();
+        assert_eq!(ids, ["ours"]);
+        orphans.done();
+        let mode = std::fs::metadata(&journals).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        let mut left: Vec<String> = files(&db)
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut expected = vec![
+            format!("2-b-0{SUFFIX}"),
+            format!("3-c-0{SUFFIX}"),
+            format!("4-d-0{SUFFIX}"),
+        ];
+        if rustix::process::geteuid().is_root() {
+            expected.push(format!("5-e-0{SUFFIX}"));
+        }
+        assert_eq!(left, expected, "what is not trusted is left alone");
+    }
+
+    #[test]
+    fn a_count_past_sql_bigint_is_clamped() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("secrets.db");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir_of(&db))
+            .unwrap();
+        let line = serde_json::to_string(&(
+            "e",
+            "huge",
+            "mypack.deploy",
+            "2026-01-01T00:00:00.000Z",
+            [("mypack.k", "env", "delivered", u64::MAX)],
+        ))
+        .unwrap();
+        write_private(&dir_of(&db).join(format!("1-x-0{SUFFIX}")), &line);
+        let orphans = orphans(&db).unwrap();
+        let count = orphans.batch.executions[0].requests[0].count;
+        assert_eq!(count, i64::MAX.unsigned_abs());
+        orphans.done();
     }
 
     #[test]

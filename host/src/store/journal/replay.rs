@@ -3,12 +3,12 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufRead;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{dir_of, open_file, SUFFIX};
+use super::{dir_of, open_file, SEGMENT_BYTES, SUFFIX};
 use crate::secrets::names::ActionRef;
 use crate::store::audit::{Batch, Door, ExecutionRecord, Outcome, Request, RunState};
 use crate::store::Timestamp;
@@ -48,6 +48,12 @@ impl Orphans {
 /// Reads the journal files of `db` that no live process holds (see the module docs); `None`
 /// when there is none. A line that does not parse (cut by a full disk, edited by hand) is
 /// skipped and named by file and line number.
+///
+/// Only files this host's user could have written are trusted: in a directory of ours (never
+/// through a symbolic link), a regular file (a FIFO or device is never read: it could block
+/// every opening of the store) owned by this user, readable and writable by it alone, with no
+/// other link; anything else is named in a warning and left alone. A directory found open to
+/// other users is made 0700 again and named (files planted in it meanwhile fail the checks).
 pub(crate) fn orphans(db: &Path) -> Option<Orphans> {
     let dir = dir_of(db);
     // Only a directory of ours, never through a symbolic link (the next journal line names
@@ -55,6 +61,16 @@ pub(crate) fn orphans(db: &Path) -> Option<Orphans> {
     let meta = std::fs::symlink_metadata(&dir).ok()?;
     if !meta.is_dir() || meta.uid() != rustix::process::geteuid().as_raw() {
         return None;
+    }
+    if meta.mode() & 0o077 != 0 {
+        tracing::warn!(
+            "the audit journal directory {} was open to other users: made 0700; only files \
+             of this user are replayed",
+            dir.display()
+        );
+        if let Err(e) = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)) {
+            tracing::warn!("cannot make {} 0700: {e}", dir.display());
+        }
     }
     let entries = std::fs::read_dir(&dir).ok()?;
     let mut files = Vec::new();
@@ -73,10 +89,18 @@ pub(crate) fn orphans(db: &Path) -> Option<Orphans> {
         if !journal && !stale(&entry) {
             continue;
         }
-        // Held by a live process (or not a regular file of ours): not an orphan.
-        let Ok(file) = open_file(&path, false) else {
+        // Never through a symbolic link, never blocking (a FIFO).
+        let Ok(file) = open_file(&path, false, true) else {
             continue;
         };
+        if let Err(why) = trusted(&file) {
+            tracing::warn!(
+                "audit journal {}: {why}; not replayed, left alone",
+                path.display()
+            );
+            continue;
+        }
+        // Held by a live process: not an orphan.
         if file.try_lock().is_err() {
             continue;
         }
@@ -96,6 +120,28 @@ pub(crate) fn orphans(db: &Path) -> Option<Orphans> {
     };
     Some(Orphans { files, batch })
 }
+
+/// Whether `file` is one this host's user wrote (see [`orphans`]); else why not.
+fn trusted(file: &File) -> Result<(), &'static str> {
+    let meta = file.metadata().map_err(|_| "cannot be examined")?;
+    if !meta.file_type().is_file() {
+        Err("not a regular file")
+    } else if meta.uid() != rustix::process::geteuid().as_raw() {
+        Err("owned by another user")
+    } else if meta.mode() & 0o077 != 0 {
+        Err("open to other users (journal files are 0600)")
+    } else if meta.nlink() != 1 {
+        Err("it has other links")
+    } else if meta.len() > MAX_FILE_BYTES {
+        Err("larger than a journal file grows")
+    } else {
+        Ok(())
+    }
+}
+
+/// The largest journal file replay reads: 64 segments' worth (a host retires its file at the
+/// first line past [`SEGMENT_BYTES`]).
+const MAX_FILE_BYTES: u64 = 64 * SEGMENT_BYTES;
 
 /// How old a file being created (`.new`) must be to be taken for its creator's leftover.
 const STALE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -157,7 +203,9 @@ fn read_lines(
                 secret_ref,
                 door,
                 outcome,
-                count,
+                // The trail's counts are SQL bigints: a count past that (never written by
+                // a host, whose counts are bounded by its request budget) is clamped.
+                count: count.min(i64::MAX.unsigned_abs()),
             });
         }
         if parsed.is_empty() {
