@@ -40,6 +40,14 @@ fn rss_bytes() -> u64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // The host's warnings (e.g. audit records not written) on stderr; `RUST_LOG` overrides.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let mut args = std::env::args().skip(1);
     let guest_path = args.next().expect("usage: soak GUEST.wasm [EXECUTIONS]");
     let total: u64 = args
