@@ -642,7 +642,7 @@ async fn worker_runs_attune_executions_with_attune_secrets_end_to_end() {
     // The secrets came with the claim statement, never from the executor's own read (its
     // fallback, which would log this).
     assert!(
-        !fleet.log(w).contains("the claimed attune.key rows"),
+        !fleet.log(w).contains("read with the claim do not parse"),
         "{}",
         fleet.log(w)
     );

@@ -29,14 +29,8 @@ fn audit_flow(host: &Host) {
     let out = host.run(&probe(Target::P1), "mypack.other", &[], &["env"]);
     assert!(out.status.success());
 
-    let out = host.exec(&["audit", "list"], None);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let all = text(&out.stdout);
-    let rows: Vec<Vec<&str>> = all
-        .lines()
-        .skip(1)
-        .map(|l| l.split_whitespace().collect())
-        .collect();
+    let all = audit_list(host);
+    let rows = columns(&all);
     // Every run ended: each record's execution is `ended` in the last column.
     let has = |action: &str, secret: &str, door: &str, outcome: &str, count: &str| {
         rows.iter().any(|r| {
@@ -143,6 +137,52 @@ async fn audit_on_postgres_and_no_value_in_any_table() {
     host.drop_schema().await;
 }
 
+/// The output of `audit list` on `host`'s store (which must succeed).
+fn audit_list(host: &Host) -> String {
+    let out = host.exec(&["audit", "list"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// The rows of `audit list`'s output, each split into its columns (the header left out).
+fn columns(all: &str) -> Vec<Vec<&str>> {
+    all.lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect()
+}
+
+/// Runs the secret-probe as `mypack.deploy` asking for `secret` (`lines` mode), waits until the
+/// guest is running, with its secrets, and kills the host (`kill -9`: no chance to write
+/// anything more).
+fn kill_9_while_the_probe_runs(host: &Host, target: Target, secret: &str) {
+    let mut child = host
+        .cmd()
+        // Unmasked: masking holds short output back until more arrives (it could be the
+        // start of a secret), and the echo must arrive while the guest runs.
+        .args(["run", "--no-redact", "--action", "mypack.deploy"])
+        .arg(probe(target))
+        .args(["--", "lines", secret])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The probe echoes each line of stdin: once one comes back, the guest is running (and
+    // blocked reading more).
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"guest-is-running\n").unwrap();
+    stdin.flush().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "guest-is-running", "{target:?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+}
+
 /// N31: a host killed (`kill -9`) while a guest that received secrets is running leaves the
 /// delivery in the trail: the execution was entered before its guest started, and its run
 /// stays `started` with no end. The next run of the same store is unaffected.
@@ -152,31 +192,7 @@ async fn audit_on_postgres_and_no_value_in_any_table() {
 fn n31_killed_host_leaves_the_delivery_on_record(host: &Host, journalled: bool) {
     host.set("api_key", "n31-delivered-value-5d1e", &["--pack", "mypack"]);
     for target in [Target::P1, Target::P2] {
-        let mut child = host
-            .cmd()
-            // Unmasked: masking holds short output back until more arrives (it could be the
-            // start of a secret), and the echo must arrive while the guest runs.
-            .args(["run", "--no-redact", "--action", "mypack.deploy"])
-            .arg(probe(target))
-            .args(["--", "lines", "api_key"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // The probe echoes each line of stdin: once one comes back, the guest is running (and
-        // blocked reading more).
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"guest-is-running\n").unwrap();
-        stdin.flush().unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "guest-is-running", "{target:?}");
-        child.kill().unwrap(); // SIGKILL: no chance to write anything more
-        child.wait().unwrap();
-        drop(stdin);
+        kill_9_while_the_probe_runs(host, target, "api_key");
     }
     let out = host.exec(&["audit", "list"], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -607,34 +623,9 @@ async fn n31_a_get_secret_delivery_is_on_record_before_the_guest_has_it() {
     assert_eq!(done.rows_affected(), 1);
     c.close().await.unwrap();
     tokio::task::block_in_place(|| {
-        let mut child = host
-            .cmd()
-            .args(["run", "--no-redact", "--action", "mypack.deploy"])
-            .arg(probe(Target::P2))
-            .args(["--", "lines", "nul_token"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(b"asked\n").unwrap();
-        stdin.flush().unwrap();
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "asked");
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let out = host.exec(&["audit", "list"], None);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        let all = text(&out.stdout);
-        let rows: Vec<Vec<&str>> = all
-            .lines()
-            .skip(1)
-            .map(|l| l.split_whitespace().collect())
-            .collect();
+        kill_9_while_the_probe_runs(&host, Target::P2, "nul_token");
+        let all = audit_list(&host);
+        let rows = columns(&all);
         assert!(
             rows.iter().any(|f| f.len() >= 8
                 && f[3] == "mypack.nul_token"

@@ -454,12 +454,7 @@ mod tests {
 
     #[test]
     fn bad_lines_are_skipped_and_the_rest_replayed() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("secrets.db");
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(dir_of(&db))
-            .unwrap();
+        let (_dir, db) = db_with_journal_dir();
         let good = serde_json::to_string(&(
             "d",
             "ok",
@@ -477,20 +472,37 @@ mod tests {
         // Not ours to take: another suffix, and a file being created a moment ago.
         std::fs::write(dir_of(&db).join("notes.txt"), "keep").unwrap();
         std::fs::write(dir_of(&db).join("2-y-0.new"), "").unwrap();
-        let orphans = orphans(&db).unwrap();
-        let ids: Vec<&str> = orphans
-            .batch
-            .executions
-            .iter()
-            .map(|e| e.execution_id.as_str())
-            .collect();
-        assert_eq!(ids, ["ok"]);
-        orphans.done();
+        assert_eq!(replayed_ids(&db), ["ok"]);
         let left: Vec<String> = files(&db)
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
         assert_eq!(left, ["2-y-0.new", "notes.txt"]);
+    }
+
+    /// A database path in a new temporary directory, with its journal directory made (0700) as
+    /// a host makes it.
+    fn db_with_journal_dir() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("secrets.db");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(dir_of(&db))
+            .unwrap();
+        (dir, db)
+    }
+
+    /// The executions replayed from `db`'s journal, in order; the replayed files are removed.
+    fn replayed_ids(db: &Path) -> Vec<String> {
+        let orphans = orphans(db).unwrap();
+        let ids = orphans
+            .batch
+            .executions
+            .iter()
+            .map(|e| e.execution_id.clone())
+            .collect();
+        orphans.done();
+        ids
     }
 
     /// Writes `text` to a new file of mode 0600, as a host writes its journal.
@@ -518,13 +530,8 @@ mod tests {
 
     #[test]
     fn only_this_users_private_regular_files_are_replayed_and_a_fifo_never_blocks() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("secrets.db");
+        let (dir, db) = db_with_journal_dir();
         let journals = dir_of(&db);
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&journals)
-            .unwrap();
         // Ours: replayed.
         write_private(
             &journals.join(format!("1-a-0{SUFFIX}")),
@@ -556,15 +563,7 @@ mod tests {
         // A directory opened to others meanwhile is made private again.
         std::fs::set_permissions(&journals, std::fs::Permissions::from_mode(0o777)).unwrap();
 
-        let orphans = orphans(&db).unwrap();
-        let ids: Vec<&str> = orphans
-            .batch
-            .executions
-            .iter()
-            .map(|e| e.execution_id.as_str())
-            .collect();
-        assert_eq!(ids, ["ours"]);
-        orphans.done();
+        assert_eq!(replayed_ids(&db), ["ours"]);
         let mode = std::fs::metadata(&journals).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
         let mut left: Vec<String> = files(&db)
@@ -585,12 +584,7 @@ mod tests {
 
     #[test]
     fn a_count_past_sql_bigint_is_clamped() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("secrets.db");
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(dir_of(&db))
-            .unwrap();
+        let (_dir, db) = db_with_journal_dir();
         let line = serde_json::to_string(&(
             "e",
             "huge",

@@ -64,12 +64,14 @@ pub(crate) fn orphans(db: &Path) -> Option<Orphans> {
     }
     if meta.mode() & 0o077 != 0 {
         tracing::warn!(
-            "the audit journal directory {} was open to other users: made 0700; only files \
-             of this user are replayed",
+            "the audit journal directory {} was open to other users: made 0700",
             dir.display()
         );
         if let Err(e) = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)) {
-            tracing::warn!("cannot make {} 0700: {e}", dir.display());
+            tracing::warn!(
+                "cannot make the audit journal directory {} 0700: {e}",
+                dir.display()
+            );
         }
     }
     let entries = std::fs::read_dir(&dir).ok()?;

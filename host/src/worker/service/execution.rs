@@ -151,7 +151,12 @@ impl Ctx {
         // executor reads them itself.
         let visible = keys.and_then(|keys| {
             AttuneKeys::parse_array(keys.0, &action_ref)
-                .map_err(|why| tracing::warn!(execution = execution.id, "{why}; read again"))
+                .map_err(|why| {
+                    tracing::warn!(
+                        execution = execution.id,
+                        "attune.key rows read with the claim do not parse ({why}); the executor reads them again"
+                    );
+                })
                 .ok()
         });
         let path = action_file(&self.packs_base_dir, &action.pack_ref, &action.entrypoint)?;
