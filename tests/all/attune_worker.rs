@@ -3112,3 +3112,59 @@ async fn sigterm_while_the_broker_refuses_connections_keeps_to_the_shutdown_time
     wait_published(&fleet, &pool, id, again).await;
     assert_eq!(Fleet::row(&pool, id).await, (status, result));
 }
+
+/// The worker reads an action's keys in its claim statement; `AttuneKeys`' own read (the
+/// worker's fallback, and the library's store over Attune's database) gives the same rows:
+/// system, pack and action keys of the action, never an identity key, plain values as is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attune_keys_own_read_gives_the_rows_the_claim_gives() {
+    use attune_wasm::secrets::names::ActionRef;
+    use attune_wasm::store::{AttuneKeys, StoredValue, Visible};
+    use secrecy::ExposeSecret;
+    use std::str::FromStr;
+    if skipped() {
+        return;
+    }
+    let fleet = Fleet::new().await;
+    let options = sqlx::postgres::PgConnectOptions::from_str(&fleet.db_url)
+        .unwrap()
+        .options([("search_path", "attune")]);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .unwrap();
+    let store = AttuneKeys::store(pool);
+    let rows = store
+        .visible_to(&ActionRef::new("demo.greet").unwrap())
+        .await
+        .unwrap();
+    let mut seen: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| match r {
+            Visible::Row(r) => (r.owner.to_string(), r.name.as_str().to_owned()),
+            Visible::Corrupt { .. } => panic!("a planted key is corrupt"),
+        })
+        .collect();
+    seen.sort();
+    let expected = [
+        ("action demo.greet", "region"),
+        ("pack demo", "db_password"),
+        ("pack demo", "region"),
+        ("system", "api_key"),
+        ("system", "settings"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(o, n)| ((*o).to_owned(), (*n).to_owned()))
+        .collect();
+    assert_eq!(seen, expected);
+    let password = rows.iter().find_map(|r| match r {
+        Visible::Row(r) if r.name.as_str() == "db_password" => Some(&r.value),
+        _ => None,
+    });
+    assert!(
+        matches!(password, Some(StoredValue::Plain(v)) if v.expose_secret() == DB_PASSWORD),
+        "the plain pack key as it was set"
+    );
+}

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 use sqlx::postgres::PgPool;
-use sqlx::Row;
 
 use super::backend::{Backend, BoxFuture};
 use super::{KeyHash, Result, SecretRow, Store, StoredValue, Timestamp, Visible};
@@ -38,19 +37,17 @@ impl AttuneKeys {
     }
 
     async fn query(&self, action: &ActionRef) -> Result<Vec<Visible>> {
+        // The same array of arrays as the worker's claim statement reads, parsed the same way.
         let sql = format!(
-            "SELECT {KEY_COLUMNS} FROM key k JOIN action a ON a.ref = $1 WHERE {KEYS_OF_ACTION_A}"
+            "SELECT coalesce(json_agg({KEY_ARRAY}), '[]')::text AS keys \
+               FROM key k JOIN action a ON a.ref = $1 WHERE {KEYS_OF_ACTION_A}"
         );
-        let rows = sqlx::query(&sql)
+        let text: String = sqlx::query_scalar(&sql)
             .bind(action.as_str())
-            .fetch_all(&self.pool)
+            .fetch_one(&self.pool)
             .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let columns = KeyColumns::from_row(row).map_err(|e| e.to_string());
-            push_key(&mut out, columns.and_then(|c| key_row(c, action)), action);
-        }
-        Ok(out)
+        Self::parse_array(zeroize::Zeroizing::new(text), action)
+            .map_err(|why| super::Error::Query(sqlx::Error::Decode(why.into())))
     }
 
     /// The rows `action` may see from the text of a JSON array of [`KEY_ARRAY`] arrays, as
@@ -97,17 +94,9 @@ impl AttuneKeys {
     }
 }
 
-/// The columns of one `attune.key` row as [`key_row`] reads them (alias `k`): the value as the
-/// text of its JSON (`value`), the times as ISO 8601 UTC text (`NULL` when not finite).
-const KEY_COLUMNS: &str = "k.owner_type::text AS owner_type, k.name, k.encrypted,
-    k.encryption_key_hash, to_jsonb(k.value)::text AS value,
-    CASE WHEN isfinite(k.created) THEN to_char(k.created AT TIME ZONE 'UTC',
-        'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') END AS created,
-    CASE WHEN isfinite(k.updated) THEN to_char(k.updated AT TIME ZONE 'UTC',
-        'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') END AS updated";
-
-/// [`KEY_COLUMNS`] as one JSON array per row (`[owner_type, name, encrypted, key_hash,
-/// value_json_text, created, updated]`), for [`AttuneKeys::parse_array`].
+/// One `attune.key` row (alias `k`) as a JSON array (`[owner_type, name, encrypted, key_hash,
+/// value_json_text, created, updated]`; times as ISO 8601 UTC text, `NULL` when not finite),
+/// for [`AttuneKeys::parse_array`].
 pub(crate) const KEY_ARRAY: &str = "json_build_array(k.owner_type::text, k.name, k.encrypted,
     k.encryption_key_hash, to_jsonb(k.value)::text,
     CASE WHEN isfinite(k.created) THEN to_char(k.created AT TIME ZONE 'UTC',
@@ -130,7 +119,7 @@ fn push_key(out: &mut Vec<Visible>, row: Result<Visible, String>, action: &Actio
     }
 }
 
-/// One `attune.key` row's columns as read ([`KEY_COLUMNS`], [`KEY_ARRAY`]). No `Debug`: the
+/// One `attune.key` row's columns as read ([`KEY_ARRAY`]). No `Debug`: the
 /// value of a plain key is its plaintext.
 struct KeyColumns {
     owner_type: String,
@@ -141,22 +130,6 @@ struct KeyColumns {
     value: zeroize::Zeroizing<String>,
     created: Option<String>,
     updated: Option<String>,
-}
-
-impl KeyColumns {
-    fn from_row(row: &sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            owner_type: row.try_get("owner_type")?,
-            name: row.try_get("name")?,
-            encrypted: row.try_get("encrypted")?,
-            key_hash: row.try_get("encryption_key_hash")?,
-            value: zeroize::Zeroizing::new(row.try_get("value")?),
-            // As text: an infinite or out-of-range time (a hand-edited row) makes the row
-            // corrupt, never a decoding panic (sqlx's chrono decoding of `infinity` overflows).
-            created: row.try_get("created")?,
-            updated: row.try_get("updated")?,
-        })
-    }
 }
 
 impl Backend for AttuneKeys {
