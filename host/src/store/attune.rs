@@ -38,98 +38,82 @@ impl AttuneKeys {
 
     async fn query(&self, action: &ActionRef) -> Result<Vec<Visible>> {
         // The same array of arrays as the worker's claim statement reads, parsed the same way.
-        let sql = format!(
-            "SELECT coalesce(json_agg({KEY_ARRAY}), '[]')::text AS keys \
-               FROM key k JOIN action a ON a.ref = $1 WHERE {KEYS_OF_ACTION_A}"
-        );
-        let text: String = sqlx::query_scalar(&sql)
+        let sql = format!("SELECT {KEYS_OF_ACTION_A} FROM action a WHERE a.ref = $1");
+        let text: Option<String> = sqlx::query_scalar(&sql)
             .bind(action.as_str())
-            .fetch_one(&self.pool)
+            .fetch_optional(&self.pool)
             .await?;
+        let Some(text) = text else {
+            return Ok(Vec::new());
+        };
         Self::parse_array(zeroize::Zeroizing::new(text), action)
             .map_err(|why| super::Error::Query(sqlx::Error::Decode(why.into())))
     }
 
-    /// The rows `action` may see from the text of a JSON array of [`KEY_ARRAY`] arrays, as
+    /// The rows `action` may see from the text [`KEYS_OF_ACTION_A`] selects, as
     /// [`crate::worker`]'s claim statement reads them with the execution (one round trip
     /// instead of two). The text holds plain values: it is wiped here once parsed.
     ///
     /// # Errors
     /// A description (never a value) when the text is not such an array; a malformed row
-    /// within it is skipped or made [`Visible::Corrupt`] as in [`AttuneKeys::store`]'s reads.
+    /// within it is skipped (with a warning) or made [`Visible::Corrupt`].
     pub(crate) fn parse_array(
         text: zeroize::Zeroizing<String>,
         action: &ActionRef,
     ) -> Result<Vec<Visible>, String> {
-        type Array = (
-            String,
-            String,
-            bool,
-            Option<String>,
-            String,
-            Option<String>,
-            Option<String>,
-        );
-        let arrays: Vec<Array> = serde_json::from_str(&text).map_err(|e| {
+        let rows: Vec<KeyColumns> = serde_json::from_str(&text).map_err(|e| {
             format!(
                 "the claimed attune.key rows are not an array of key arrays ({:?} error at column {})",
                 e.classify(),
                 e.column()
             )
         })?;
-        let mut out = Vec::with_capacity(arrays.len());
-        for (owner_type, name, encrypted, key_hash, value, created, updated) in arrays {
-            let columns = KeyColumns {
-                owner_type,
-                name,
-                encrypted,
-                key_hash,
-                value: zeroize::Zeroizing::new(value),
-                created,
-                updated,
-            };
-            push_key(&mut out, key_row(columns, action), action);
+        let mut out = Vec::with_capacity(rows.len());
+        for columns in rows {
+            match key_row(columns, action) {
+                Ok(secret) => out.push(secret),
+                Err(why) => tracing::warn!(action = %action, "attune.key row skipped: {why}"),
+            }
         }
         Ok(out)
     }
 }
 
-/// One `attune.key` row (alias `k`) as a JSON array (`[owner_type, name, encrypted, key_hash,
-/// value_json_text, created, updated]`; times as ISO 8601 UTC text, `NULL` when not finite),
-/// for [`AttuneKeys::parse_array`].
-pub(crate) const KEY_ARRAY: &str = "json_build_array(k.owner_type::text, k.name, k.encrypted,
-    k.encryption_key_hash, to_jsonb(k.value)::text,
-    CASE WHEN isfinite(k.created) THEN to_char(k.created AT TIME ZONE 'UTC',
-        'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') END,
-    CASE WHEN isfinite(k.updated) THEN to_char(k.updated AT TIME ZONE 'UTC',
-        'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') END)";
+/// A scalar subquery: the `attune.key` rows that action `a` (an `attune.action` row) may see,
+/// as Attune's worker selects them (`system` keys, `pack` keys of its pack, `action` keys of
+/// it), as the text of a JSON array with one array per row (`[owner_type, name, encrypted,
+/// key_hash, value_json_text, created, updated]`; times as ISO 8601 UTC text, `NULL` when not
+/// finite), for [`AttuneKeys::parse_array`]. Read by [`AttuneKeys`] and by the worker's claim.
+pub(crate) const KEYS_OF_ACTION_A: &str = "(SELECT coalesce(json_agg(json_build_array(
+            k.owner_type::text, k.name, k.encrypted, k.encryption_key_hash,
+            to_jsonb(k.value)::text,
+            CASE WHEN isfinite(k.created) THEN to_char(k.created AT TIME ZONE 'UTC',
+                'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') END,
+            CASE WHEN isfinite(k.updated) THEN to_char(k.updated AT TIME ZONE 'UTC',
+                'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') END)), '[]')::text
+      FROM key k
+     WHERE k.owner_type = 'system'
+        OR (k.owner_type = 'pack' AND k.owner_pack = a.pack)
+        OR (k.owner_type = 'action' AND k.owner_action = a.id))";
 
-/// The `attune.key` rows (alias `k`) that action `a` (an `attune.action` row) may see, as
-/// Attune's worker selects them: `system` keys, `pack` keys of its pack, `action` keys of it.
-pub(crate) const KEYS_OF_ACTION_A: &str = "(k.owner_type = 'system'
-     OR (k.owner_type = 'pack' AND k.owner_pack = a.pack)
-     OR (k.owner_type = 'action' AND k.owner_action = a.id))";
-
-/// Keeps a read row, or warns that it was skipped (its name is not a valid secret name or its
-/// owner type is not given to actions).
-fn push_key(out: &mut Vec<Visible>, row: Result<Visible, String>, action: &ActionRef) {
-    match row {
-        Ok(secret) => out.push(secret),
-        Err(why) => tracing::warn!(action = %action, "attune.key row skipped: {why}"),
-    }
-}
-
-/// One `attune.key` row's columns as read ([`KEY_ARRAY`]). No `Debug`: the
-/// value of a plain key is its plaintext.
+/// One `attune.key` row as read ([`KEYS_OF_ACTION_A`]): a JSON array, deserialized by position.
+/// No `Debug`: the value of a plain key is its plaintext.
+#[derive(serde::Deserialize)]
 struct KeyColumns {
     owner_type: String,
     name: String,
     encrypted: bool,
     key_hash: Option<String>,
     /// The text of the value's JSON; wiped when dropped.
+    #[serde(deserialize_with = "wiped")]
     value: zeroize::Zeroizing<String>,
     created: Option<String>,
     updated: Option<String>,
+}
+
+/// A string that is wiped when dropped.
+fn wiped<'de, D: serde::Deserializer<'de>>(d: D) -> Result<zeroize::Zeroizing<String>, D::Error> {
+    <String as serde::Deserialize>::deserialize(d).map(zeroize::Zeroizing::new)
 }
 
 impl Backend for AttuneKeys {

@@ -287,9 +287,7 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                 prev.status::text AS status, e.timeout_seconds, s.id IS NOT NULL AS started,
                 a.id AS a_id, a.ref AS a_ref, a.pack_ref AS a_pack_ref,
                 a.entrypoint AS a_entrypoint, a.timeout_seconds AS a_timeout_seconds,
-                CASE WHEN a.id IS NOT NULL THEN
-                  (SELECT coalesce(json_agg({keys}), '[]')::text FROM key k WHERE {visible})
-                END AS keys
+                CASE WHEN a.id IS NOT NULL THEN {keys} END AS keys
            FROM prev JOIN execution e ON e.id = prev.id
            LEFT JOIN started s ON s.id = prev.id
            LEFT JOIN LATERAL (
@@ -297,8 +295,7 @@ static CLAIM: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                  WHERE (e.action IS NOT NULL AND id = e.action)
                     OR (e.action IS NULL AND ref = e.action_ref)
                  LIMIT 1) a ON s.id IS NOT NULL",
-        keys = crate::store::attune::KEY_ARRAY,
-        visible = crate::store::attune::KEYS_OF_ACTION_A,
+        keys = crate::store::attune::KEYS_OF_ACTION_A,
     )
 });
 
