@@ -142,10 +142,17 @@ fn ensure_dir_meta(dir: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> 
             "it is not a directory (a symbolic link is refused)",
         ));
     }
-    if meta.permissions().mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    make_private(dir, meta).map(|_| ())
+}
+
+/// Makes the journal directory `dir` (of metadata `meta`) 0700 again when it is open to other
+/// users; `true` when it was.
+fn make_private(dir: &Path, meta: &std::fs::Metadata) -> std::io::Result<bool> {
+    if meta.permissions().mode() & 0o077 == 0 {
+        return Ok(false);
     }
-    Ok(())
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(true)
 }
 
 impl Journal {

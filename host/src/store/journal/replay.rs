@@ -3,12 +3,12 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::BufRead;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::{dir_of, open_file, SEGMENT_BYTES, SUFFIX};
+use super::{dir_of, make_private, open_file, SEGMENT_BYTES, SUFFIX};
 use crate::secrets::names::ActionRef;
 use crate::store::audit::{Batch, Door, ExecutionRecord, Outcome, Request, RunState};
 use crate::store::Timestamp;
@@ -62,17 +62,16 @@ pub(crate) fn orphans(db: &Path) -> Option<Orphans> {
     if !meta.is_dir() || meta.uid() != rustix::process::geteuid().as_raw() {
         return None;
     }
-    if meta.mode() & 0o077 != 0 {
-        tracing::warn!(
+    match make_private(&dir, &meta) {
+        Ok(false) => {}
+        Ok(true) => tracing::warn!(
             "the audit journal directory {} was open to other users: made 0700",
             dir.display()
-        );
-        if let Err(e) = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)) {
-            tracing::warn!(
-                "cannot make the audit journal directory {} 0700: {e}",
-                dir.display()
-            );
-        }
+        ),
+        Err(e) => tracing::warn!(
+            "cannot make the audit journal directory {} 0700: {e}",
+            dir.display()
+        ),
     }
     let entries = std::fs::read_dir(&dir).ok()?;
     let mut files = Vec::new();
