@@ -11,8 +11,10 @@
 //! stored secrets, on two tokio workers, through one pooled [`Executor`] over a cached SQLite
 //! store in a temporary directory, `EXECUTIONS` times (default 1,000,000). Prints the resident
 //! set size (`/proc/self/statm`) after a 10,000-execution warm-up and every tenth of the run,
-//! then the largest deviation from the warm-up value, in percent. Exits 1 if any execution
-//! failed.
+//! then the largest deviation from the warm-up value, in percent, and how much of the audit
+//! trail was stored (one `audit_execution` row per execution, no journal line left unsettled).
+//! Exits 1 if any execution failed or the trail is not complete. Prints the store's path first
+//! (stderr), so that another process can lock it for a while to test a failing trail.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -55,10 +57,10 @@ async fn main() {
         .map_or(1_000_000, |n| n.parse().expect("a count"));
     let no_store = args.next().as_deref() == Some("--no-store");
     let dir = tempfile::tempdir().unwrap();
-    let mut options = StoreOptions::new(format!(
-        "sqlite://{}",
-        dir.path().join("secrets.db").display()
-    ));
+    let db = dir.path().join("secrets.db");
+    // Where the store is, to lock it from another process while the soak runs (BENCHMARKS.md).
+    eprintln!("store: {}", db.display());
+    let mut options = StoreOptions::new(format!("sqlite://{}", db.display()));
     options.cache_ttl = Some(Duration::from_secs(5));
     let common::Setup {
         store,
@@ -146,11 +148,34 @@ async fn main() {
         );
     }
     let failures = failed.load(Ordering::Relaxed);
+    let done = done.load(Ordering::Relaxed);
     println!(
-        "{} executions, {failures} failed; largest RSS deviation from warm-up: {worst:+.2} %",
-        done.load(Ordering::Relaxed)
+        "{done} executions, {failures} failed; largest RSS deviation from warm-up: {worst:+.2} %"
     );
-    if failures > 0 {
+    let mut complete = true;
+    if !no_store {
+        // The trail is complete: one row per execution, and no journal line left unsettled.
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_execution")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let unsettled: u64 = std::fs::read_dir(dir.path().join("secrets.db.audit"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|f| f.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0);
+        println!(
+            "audit trail: {stored} executions stored of {done}; journal: {unsettled} bytes unsettled"
+        );
+        complete = u64::try_from(stored) == Ok(done) && unsettled == 0;
+    }
+    if failures > 0 || !complete {
         std::process::exit(1);
     }
 }

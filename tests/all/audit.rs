@@ -642,3 +642,66 @@ async fn n31_a_get_secret_delivery_is_on_record_before_the_guest_has_it() {
         assert!(!all.contains("n31-nul-"));
     });
 }
+
+/// The store refuses the trail's writes (a trigger here; a lock held by another program or a
+/// full disk in the field): the run still succeeds and says why, nothing is dropped (the journal
+/// keeps the run's lines), and the next opening, once the store takes writes again, stores it.
+#[tokio::test]
+async fn a_refused_trail_stays_in_the_journal_and_is_stored_later_sqlite() {
+    let host = Host::new();
+    host.set("api_key", "refused-trail-value-8e21", &["--pack", "mypack"]);
+    let db = host.db_path();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER refuse_trail BEFORE INSERT ON audit_execution \
+         BEGIN SELECT RAISE(ABORT, 'the trail is refused by a test trigger'); END",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let out = host.run(&probe(Target::P2), "mypack.deploy", &[], &["exit", "0"]);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("audit trail not written; 1 records of 1 executions held")
+            && stderr.contains("the trail is refused by a test trigger"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("refused-trail-value-8e21"));
+    let journal = host.dir.path().join("data").join("secrets.db.audit");
+    let kept: u64 = std::fs::read_dir(&journal)
+        .unwrap()
+        .flatten()
+        .map(|f| f.metadata().unwrap().len())
+        .sum();
+    assert!(kept > 0, "the journal keeps the run: {}", journal.display());
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_execution")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+
+    sqlx::query("DROP TRIGGER refuse_trail")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let out = host.exec(&["audit", "list"], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let all = text(&out.stdout);
+    assert!(
+        all.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 8
+                && f[3] == "mypack.api_key"
+                && f[f.len() - 4] == "env"
+                && f[f.len() - 3] == "delivered"
+        }),
+        "{all}"
+    );
+    assert!(!all.contains("refused-trail-value-8e21"));
+    let left = std::fs::read_dir(&journal).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(left, 0, "stored, then removed: {}", journal.display());
+}

@@ -217,13 +217,6 @@ impl Batch {
     pub fn records(&self) -> usize {
         self.executions.iter().map(|e| e.requests.len()).sum()
     }
-
-    /// Adds an execution, replacing an earlier entry of the same id (its later state wins).
-    fn push_execution(&mut self, execution: ExecutionRecord) {
-        self.executions
-            .retain(|e| e.execution_id != execution.execution_id);
-        self.executions.push(execution);
-    }
 }
 
 /// The trail could not be written before a guest started: the guest is not started.

@@ -1,6 +1,7 @@
 //! The [`Writer`]: the audit trail stored in the background, many executions per statement,
 //! to a [`Sink`] (the store); entries journalled first when the trail has a journal.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Batch, Error, ExecutionRecord, Journal, RunState};
@@ -16,6 +17,17 @@ pub const BATCH_RECORDS: usize = 4_096;
 /// [`Writer::begin`] or [`Writer::end`] waits (the worker slows down rather than losing audit records).
 pub const QUEUE_EXECUTIONS: usize = 4_096;
 
+/// First wait before a batch the [`Sink`] refused is written again: 50 ms, doubling after each
+/// failed attempt up to [`RETRY_MAX`].
+pub const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Longest wait between two attempts at a batch the [`Sink`] refused: 5 s.
+pub const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often a [`Writer`] whose batches keep failing says so again: once a minute (the first
+/// failure and the recovery are always logged).
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 enum Message {
     /// An execution entered before its guest starts; `done` is told once it is stored.
     Begin {
@@ -28,13 +40,18 @@ enum Message {
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
-/// What one write of the [`Writer`] gathered, and who waits for it.
+/// What the next write of the [`Writer`] stores, and who waits for it. After a failed write
+/// it is kept and written again, with what arrived meanwhile (see [`Failing`]).
 #[derive(Default)]
 struct Gathered {
     batch: Batch,
-    /// Requests taken so far (an execution replaced by its later state counts twice).
+    /// The index of each execution in `batch.executions`, by id.
+    index: HashMap<String, usize>,
+    /// Requests taken since the last write (an execution replaced by its later state counts
+    /// twice): what [`BATCH_RECORDS`] bounds.
     records: usize,
-    begun: Vec<tokio::sync::oneshot::Sender<Result<(), Error>>>,
+    /// The executions whose [`Writer::begin`] waits, by id.
+    begun: Vec<(String, tokio::sync::oneshot::Sender<Result<(), Error>>)>,
     flushed: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -42,22 +59,70 @@ impl Gathered {
     fn take(&mut self, message: Message) {
         match message {
             Message::Begin { execution, done } => {
-                self.records += execution.requests.len();
-                self.batch.push_execution(execution);
-                self.begun.push(done);
+                self.begun.push((execution.execution_id.clone(), done));
+                self.upsert(execution);
             }
-            Message::End(execution) => {
-                self.records += execution.requests.len();
-                self.batch.push_execution(execution);
-            }
+            Message::End(execution) => self.upsert(execution),
             Message::Flush(done) => self.flushed.push(done),
         }
+    }
+
+    /// Adds an execution, replacing an earlier state of the same id (the later state wins).
+    fn upsert(&mut self, execution: ExecutionRecord) {
+        self.records += execution.requests.len();
+        match self.index.get(&execution.execution_id) {
+            Some(&i) => self.batch.executions[i] = execution,
+            None => {
+                self.index
+                    .insert(execution.execution_id.clone(), self.batch.executions.len());
+                self.batch.executions.push(execution);
+            }
+        }
+    }
+
+    /// Drops an execution from the batch (its guest will not start: its entry failed).
+    fn remove(&mut self, execution_id: &str) {
+        if let Some(i) = self.index.remove(execution_id) {
+            self.batch.executions.swap_remove(i);
+            if let Some(moved) = self.batch.executions.get(i) {
+                self.index.insert(moved.execution_id.clone(), i);
+            }
+        }
+    }
+
+    /// Nothing to write and nobody waiting.
+    fn is_empty(&self) -> bool {
+        self.batch.is_empty() && self.begun.is_empty() && self.flushed.is_empty()
     }
 
     /// Someone waits: write now rather than gather for the batch window.
     fn urgent(&self) -> bool {
         !self.begun.is_empty() || !self.flushed.is_empty()
     }
+
+    /// Whether to stop gathering for the window: while the trail works, when someone waits
+    /// or [`BATCH_RECORDS`] are gathered (what is queued already still joins this write);
+    /// while it fails, when [`Gathered::at_capacity`].
+    fn full(&self, failing: bool) -> bool {
+        self.at_capacity(failing) || (!failing && (self.urgent() || self.records >= BATCH_RECORDS))
+    }
+
+    /// Whether to take no message at all before this write: while the trail fails and
+    /// [`QUEUE_EXECUTIONS`] executions are held (the queue then fills and the worker waits,
+    /// so memory stays bounded and nothing is dropped).
+    fn at_capacity(&self, failing: bool) -> bool {
+        failing && self.batch.executions.len() >= QUEUE_EXECUTIONS
+    }
+}
+
+/// A trail whose writes fail: how long, how often, and when it was last said.
+struct Failing {
+    /// Failed attempts at the held batch so far.
+    attempts: u64,
+    /// The wait before the next attempt.
+    delay: std::time::Duration,
+    /// When the failure was last logged.
+    reported: tokio::time::Instant,
 }
 
 /// Why a [`Sink`] could not store a batch (shown in logs and in [`Error`]; never a value).
@@ -80,13 +145,165 @@ pub trait Sink: Send + Sync + 'static {
 /// one statement. Executions entered before their guest starts ([`Writer::begin`]) are
 /// written at once, together with whatever else is queued (group commit: under load, many
 /// executions share one commit); the rest ([`Writer::end`]) is gathered for up to
-/// [`BATCH_WINDOW`] or [`BATCH_RECORDS`] records. Records still queued when the writer is
-/// dropped are written by the task before it ends, if the tokio runtime lives on; call
-/// [`Writer::flush`] before shutting down to be sure.
+/// [`BATCH_WINDOW`] or [`BATCH_RECORDS`] records.
+///
+/// A batch the [`Sink`] refuses is never dropped: it is held and written again after
+/// [`RETRY_FIRST`], doubling up to [`RETRY_MAX`], together with what arrives meanwhile, until
+/// it is stored (its journal lines, if any, stay until then). While it fails, entries awaited
+/// by [`Writer::begin`] fail (their guests do not start), at most [`QUEUE_EXECUTIONS`]
+/// executions are held and as many queued, and then [`Writer::end`] waits: the worker slows
+/// down rather than losing records or memory. The first failure, one a minute after it and
+/// the recovery are logged.
+///
+/// Records still queued when the writer is dropped are written by the task before it ends, if
+/// the tokio runtime lives on (a held batch is tried until the wait between attempts has
+/// reached [`RETRY_MAX`], then given up with a warning; its journal lines stay for the next
+/// opening); call [`Writer::flush`] before shutting down to be sure.
 pub struct Writer {
     queue: tokio::sync::mpsc::Sender<Message>,
     /// Where entries go before a guest starts, instead of a commit awaited (SQLite stores).
     journal: Option<Arc<Journal>>,
+    /// Failed writes so far: [`Writer::flush`] returns after one rather than waiting for a
+    /// trail that does not take records.
+    failures: tokio::sync::watch::Receiver<u64>,
+}
+
+/// The writer task: gathers, writes, holds and retries (see [`Writer`]).
+async fn run(
+    sink: Arc<dyn Sink>,
+    settle: Option<Arc<Journal>>,
+    mut inbox: tokio::sync::mpsc::Receiver<Message>,
+    failures: tokio::sync::watch::Sender<u64>,
+) {
+    let mut gathered = Gathered::default();
+    let mut failing: Option<Failing> = None;
+    let mut open = true;
+    loop {
+        if gathered.is_empty() {
+            if !open {
+                return;
+            }
+            match inbox.recv().await {
+                Some(first) => gathered.take(first),
+                None => return,
+            }
+        }
+        // Gather for the batch window (or, while failing, the wait before the next attempt).
+        let wait = failing.as_ref().map_or(BATCH_WINDOW, |f| f.delay);
+        let window = tokio::time::sleep(wait);
+        tokio::pin!(window);
+        loop {
+            if gathered.full(failing.is_some()) || !open {
+                if failing.is_some() {
+                    // Never a busy loop: the wait is kept even when nothing more is taken.
+                    window.as_mut().await;
+                }
+                break;
+            }
+            tokio::select! {
+                () = &mut window => break,
+                next = inbox.recv() => match next {
+                    Some(message) => gathered.take(message),
+                    None => open = false,
+                },
+            }
+        }
+        // Group commit: whatever is queued joins this write.
+        while !gathered.at_capacity(failing.is_some()) {
+            match inbox.try_recv() {
+                Ok(message) => gathered.take(message),
+                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
+                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        let outcome = if gathered.batch.is_empty() {
+            Ok(())
+        } else {
+            sink.record(&gathered.batch).await
+        };
+        let held = |g: &Gathered| (g.batch.records(), g.batch.executions.len());
+        match outcome {
+            Ok(()) => {
+                if let Some(f) = failing.take() {
+                    let held = held(&gathered);
+                    tracing::warn!(
+                        "audit trail written again after {} failed attempts ({} records of {} \
+                         executions were held)",
+                        f.attempts,
+                        held.0,
+                        held.1
+                    );
+                }
+                let Gathered {
+                    batch,
+                    begun,
+                    flushed,
+                    ..
+                } = std::mem::take(&mut gathered);
+                if let Some(journal) = &settle {
+                    journal.settled(
+                        batch
+                            .executions
+                            .iter()
+                            .filter(|e| e.state != RunState::Started)
+                            .map(|e| e.execution_id.as_str()),
+                    );
+                }
+                for (_, done) in begun {
+                    // The execution may have stopped waiting (cancelled); nothing to tell then.
+                    let _ = done.send(Ok(()));
+                }
+                for done in flushed {
+                    let _ = done.send(());
+                }
+            }
+            Err(e) => {
+                let now = tokio::time::Instant::now();
+                let f = failing.get_or_insert(Failing {
+                    attempts: 0,
+                    delay: RETRY_FIRST,
+                    reported: now,
+                });
+                if f.attempts == 0 || now.duration_since(f.reported) >= REPORT_EVERY {
+                    let held = held(&gathered);
+                    tracing::warn!(
+                        "audit trail not written; {} records of {} executions held and retried \
+                         until stored: {e}",
+                        held.0,
+                        held.1
+                    );
+                    f.reported = now;
+                }
+                f.attempts += 1;
+                let gave_up = !open && f.delay >= RETRY_MAX;
+                f.delay = (f.delay * 2).min(RETRY_MAX);
+                failures.send_modify(|n| *n += 1);
+                let error = Error(e.to_string());
+                // Their guests will not start: their entries leave the batch.
+                for (id, done) in std::mem::take(&mut gathered.begun) {
+                    gathered.remove(&id);
+                    let _ = done.send(Err(error.clone()));
+                }
+                for done in std::mem::take(&mut gathered.flushed) {
+                    let _ = done.send(());
+                }
+                gathered.records = 0;
+                if gave_up {
+                    let held = held(&gathered);
+                    tracing::warn!(
+                        "{} audit records of {} executions not written (the audit writer \
+                         stopped while the trail failed): {e}",
+                        held.0,
+                        held.1
+                    );
+                    return;
+                }
+            }
+        }
+    }
 }
 
 impl Writer {
@@ -101,64 +318,14 @@ impl Writer {
     /// Starts the writer task; with a `journal`, [`Writer::begin`] appends the entry there
     /// and does not wait for the database (lines are settled once their end is stored).
     pub(crate) fn spawn_journaled(sink: Arc<dyn Sink>, journal: Option<Arc<Journal>>) -> Self {
-        let settle = journal.clone();
-        let (queue, mut inbox) = tokio::sync::mpsc::channel::<Message>(QUEUE_EXECUTIONS);
-        tokio::spawn(async move {
-            while let Some(first) = inbox.recv().await {
-                let mut gathered = Gathered::default();
-                gathered.take(first);
-                // Gather what arrives within the batch window, unless someone waits.
-                let window = tokio::time::sleep(BATCH_WINDOW);
-                tokio::pin!(window);
-                while !gathered.urgent() && gathered.records < BATCH_RECORDS {
-                    tokio::select! {
-                        () = &mut window => break,
-                        next = inbox.recv() => match next {
-                            Some(message) => gathered.take(message),
-                            None => break,
-                        },
-                    }
-                }
-                while let Ok(message) = inbox.try_recv() {
-                    gathered.take(message);
-                }
-                let Gathered {
-                    batch,
-                    begun,
-                    flushed,
-                    ..
-                } = gathered;
-                let outcome = if batch.is_empty() {
-                    Ok(())
-                } else {
-                    sink.record(&batch).await.map_err(|e| {
-                        tracing::warn!(
-                            "{} audit records of {} executions not written: {e}",
-                            batch.records(),
-                            batch.executions.len()
-                        );
-                        Error(e.to_string())
-                    })
-                };
-                if let (Some(journal), Ok(())) = (&settle, &outcome) {
-                    journal.settled(
-                        batch
-                            .executions
-                            .iter()
-                            .filter(|e| e.state != RunState::Started)
-                            .map(|e| e.execution_id.as_str()),
-                    );
-                }
-                for done in begun {
-                    // The execution may have stopped waiting (cancelled); nothing to tell then.
-                    let _ = done.send(outcome.clone());
-                }
-                for done in flushed {
-                    let _ = done.send(());
-                }
-            }
-        });
-        Self { queue, journal }
+        let (queue, inbox) = tokio::sync::mpsc::channel::<Message>(QUEUE_EXECUTIONS);
+        let (failed, failures) = tokio::sync::watch::channel(0);
+        tokio::spawn(run(sink, journal.clone(), inbox, failed));
+        Self {
+            queue,
+            journal,
+            failures,
+        }
     }
 
     /// The journal entries go to, if any.
@@ -203,13 +370,233 @@ impl Writer {
         }
     }
 
-    /// Waits until everything queued before this call is stored (or its write failed and
-    /// was logged).
+    /// Waits until everything queued before this call is stored, or until a write fails (it
+    /// was logged; the records stay held and are written once the store takes them again).
     pub async fn flush(&self) {
+        let mut failures = self.failures.clone();
+        failures.mark_unchanged();
         let (done, wait) = tokio::sync::oneshot::channel();
-        if self.queue.send(Message::Flush(done)).await.is_ok() {
-            // An error means the task ended, after which nothing is pending.
-            let _ = wait.await;
+        let stored = async {
+            if self.queue.send(Message::Flush(done)).await.is_ok() {
+                // An error means the task ended, after which nothing is pending.
+                let _ = wait.await;
+            }
+        };
+        tokio::select! {
+            () = stored => {}
+            // A failed write (or the task's end, an error here).
+            _ = failures.changed() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::store::audit::{Door, Outcome, Request};
+    use crate::store::journal::dir_of;
+    use crate::store::Timestamp;
+    use crate::ActionRef;
+
+    /// A store that refuses every write while `refuse` is set, and keeps what it takes.
+    #[derive(Default)]
+    struct Flaky {
+        refuse: AtomicBool,
+        attempts: AtomicUsize,
+        /// The most executions one write was handed.
+        largest: AtomicUsize,
+        stored: Mutex<HashMap<String, ExecutionRecord>>,
+    }
+
+    impl Sink for Flaky {
+        fn record<'a>(
+            &'a self,
+            batch: &'a Batch,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), SinkError>> + Send + 'a>>
+        {
+            Box::pin(async move {
+                self.attempts.fetch_add(1, Ordering::SeqCst);
+                self.largest
+                    .fetch_max(batch.executions.len(), Ordering::SeqCst);
+                if self.refuse.load(Ordering::SeqCst) {
+                    return Err("database is locked".into());
+                }
+                let mut stored = self.stored.lock().unwrap();
+                for e in &batch.executions {
+                    stored.insert(e.execution_id.clone(), e.clone());
+                }
+                Ok(())
+            })
+        }
+    }
+
+    impl Flaky {
+        fn refusing() -> Arc<Self> {
+            let sink = Arc::new(Self::default());
+            sink.refuse.store(true, Ordering::SeqCst);
+            sink
+        }
+
+        fn state_of(&self, id: &str) -> Option<RunState> {
+            self.stored.lock().unwrap().get(id).map(|e| e.state)
+        }
+
+        fn count(&self) -> usize {
+            self.stored.lock().unwrap().len()
+        }
+    }
+
+    fn record(id: &str, state: RunState) -> ExecutionRecord {
+        ExecutionRecord {
+            execution_id: id.to_owned(),
+            action_ref: ActionRef::new("mypack.deploy").unwrap(),
+            started: Timestamp::now(),
+            ended: (state != RunState::Started).then(Timestamp::now),
+            state,
+            requests: vec![Request {
+                secret_ref: "mypack.api_key".to_owned(),
+                door: Door::Env,
+                outcome: Outcome::Delivered,
+                count: 1,
+            }],
+        }
+    }
+
+    /// Waits (a liveness bound, not a timing) until `done` holds.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        for _ in 0..1_000 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("never happened: {what}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_is_held_and_written_once_the_store_takes_it() {
+        let sink = Flaky::refusing();
+        let writer = Writer::spawn(sink.clone());
+        for i in 0..100 {
+            writer
+                .end(record(&format!("e{i}"), RunState::Started))
+                .await;
+        }
+        // A flush returns after the failed write rather than waiting for the store.
+        tokio::time::timeout(std::time::Duration::from_secs(10), writer.flush())
+            .await
+            .unwrap();
+        assert_eq!(sink.count(), 0);
+        // Later states of half of them arrive while the batch is held: they replace those.
+        for i in 0..50 {
+            writer.end(record(&format!("e{i}"), RunState::Ended)).await;
+        }
+        until("a second attempt", || {
+            sink.attempts.load(Ordering::SeqCst) >= 2
+        })
+        .await;
+        sink.refuse.store(false, Ordering::SeqCst);
+        until("the held batch is stored", || sink.count() == 100).await;
+        writer.flush().await;
+        for i in 0..100 {
+            let state = if i < 50 { RunState::Ended } else { RunState::Started };
+            assert_eq!(sink.state_of(&format!("e{i}")), Some(state), "e{i}");
+        }
+        // Back to normal: the next record is written within the batch window.
+        writer.end(record("after", RunState::Ended)).await;
+        writer.flush().await;
+        assert_eq!(sink.state_of("after"), Some(RunState::Ended));
+    }
+
+    #[tokio::test]
+    async fn an_entry_the_store_refuses_fails_its_begin_and_is_not_stored_later() {
+        let sink = Flaky::refusing();
+        let writer = Writer::spawn(sink.clone());
+        writer.end(record("ended", RunState::Ended)).await;
+        let refused = writer.begin(record("refused", RunState::Started)).await;
+        assert!(refused.is_err(), "the guest must not start");
+        sink.refuse.store(false, Ordering::SeqCst);
+        writer
+            .begin(record("accepted", RunState::Started))
+            .await
+            .unwrap();
+        writer.flush().await;
+        assert_eq!(
+            sink.state_of("ended"),
+            Some(RunState::Ended),
+            "held, then stored"
+        );
+        assert_eq!(sink.state_of("accepted"), Some(RunState::Started));
+        assert_eq!(sink.state_of("refused"), None, "its guest never started");
+    }
+
+    #[tokio::test]
+    async fn a_failing_store_holds_at_most_the_queue_and_the_worker_waits() {
+        let sink = Flaky::refusing();
+        let writer = Arc::new(Writer::spawn(sink.clone()));
+        let total = QUEUE_EXECUTIONS * 3;
+        let sent = Arc::new(AtomicUsize::new(0));
+        let sender = {
+            let (writer, sent) = (writer.clone(), sent.clone());
+            tokio::spawn(async move {
+                for i in 0..total {
+                    writer.end(record(&format!("e{i}"), RunState::Ended)).await;
+                    sent.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+        };
+        until("the held batch is full", || {
+            sink.largest.load(Ordering::SeqCst) >= QUEUE_EXECUTIONS
+        })
+        .await;
+        // Held and queued, no more: the sender waits for the store.
+        until("the queue is full", || {
+            sent.load(Ordering::SeqCst) >= 2 * QUEUE_EXECUTIONS
+        })
+        .await;
+        // A flush that cannot even be queued returns after the next failed write.
+        tokio::time::timeout(std::time::Duration::from_secs(10), writer.flush())
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(sent.load(Ordering::SeqCst) <= 2 * QUEUE_EXECUTIONS + 1);
+        assert!(!sender.is_finished());
+        assert_eq!(sink.largest.load(Ordering::SeqCst), QUEUE_EXECUTIONS);
+        sink.refuse.store(false, Ordering::SeqCst);
+        sender.await.unwrap();
+        writer.flush().await;
+        assert_eq!(sink.count(), total, "nothing was dropped");
+    }
+
+    #[tokio::test]
+    async fn journal_lines_stay_until_their_held_ends_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("secrets.db");
+        let journal = Arc::new(Journal::new(&db));
+        let sink = Flaky::refusing();
+        let writer = Writer::spawn_journaled(sink.clone(), Some(journal.clone()));
+        writer.begin(record("j", RunState::Started)).await.unwrap();
+        writer.end(record("j", RunState::Ended)).await;
+        writer.flush().await;
+        let lines = || -> u64 {
+            std::fs::read_dir(dir_of(&db))
+                .unwrap()
+                .flatten()
+                .map(|f| f.metadata().unwrap().len())
+                .sum()
+        };
+        assert!(lines() > 0, "unsettled while its end is not stored");
+        sink.refuse.store(false, Ordering::SeqCst);
+        until("the end is stored", || {
+            sink.state_of("j") == Some(RunState::Ended)
+        })
+        .await;
+        writer.flush().await;
+        assert_eq!(lines(), 0, "settled once stored");
     }
 }

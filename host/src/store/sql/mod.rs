@@ -321,8 +321,6 @@ where
             .collect())
     }
 
-    /// Writes one batch of the audit trail (of one or many executions) in one statement,
-    /// on the trail's own connection: each execution upserted by id with its requests.
     /// Stores executions replayed from the audit journal (see [`AuditStatements::replay`]).
     pub(super) async fn replay_audit(&self, batch: &Batch) -> Result<()> {
         let packed = audit::pack(batch);
@@ -333,12 +331,27 @@ where
         Ok(())
     }
 
+    /// Writes one batch of the audit trail (of one or many executions) in one statement,
+    /// on the trail's own connection: each execution upserted by id with its requests.
+    ///
+    /// # Errors
+    /// [`Error::Query`] when the statement fails; the connection is then closed, so that the
+    /// writer's next attempt opens a new one rather than reusing one left broken.
     pub(super) async fn record_audit(&self, batch: &Batch) -> Result<()> {
         let packed = audit::pack(batch);
-        sqlx::query(&self.audit_sql.write)
+        let mut connection = self.audit.acquire().await?;
+        let written = sqlx::query(&self.audit_sql.write)
             .bind(packed.as_str())
-            .execute(&self.audit)
-            .await?;
+            .execute(&mut *connection)
+            .await;
+        if let Err(e) = written {
+            if let Err(closing) = connection.close().await {
+                tracing::debug!(
+                    "closing the audit trail's connection after a failed write: {closing}"
+                );
+            }
+            return Err(e.into());
+        }
         Ok(())
     }
 
