@@ -200,8 +200,10 @@ impl Executor {
         &self.boundary
     }
 
-    /// Waits until the audit records of every execution finished so far are stored. Call it
-    /// before shutting the tokio runtime down or reading the trail back.
+    /// Waits until the audit records of every execution finished so far are stored, or until
+    /// a write of the trail fails (logged; the records stay held and are retried, see
+    /// [`audit::Writer`]). Call it before shutting the tokio runtime down or reading the trail
+    /// back.
     pub async fn flush(&self) {
         let writer = self
             .audit

@@ -100,18 +100,44 @@ impl Gathered {
         !self.begun.is_empty() || !self.flushed.is_empty()
     }
 
-    /// Whether to stop gathering for the window: while the trail works, when someone waits
-    /// or [`BATCH_RECORDS`] are gathered (what is queued already still joins this write);
-    /// while it fails, when [`Gathered::at_capacity`].
-    fn full(&self, failing: bool) -> bool {
-        self.at_capacity(failing) || (!failing && (self.urgent() || self.records >= BATCH_RECORDS))
+    /// Whether to stop gathering for the window: when [`Gathered::at_capacity`]; unless a
+    /// refused batch is held (`retrying`), also when someone waits or [`BATCH_RECORDS`] are
+    /// gathered (what is queued already still joins this write).
+    fn full(&self, retrying: bool) -> bool {
+        self.at_capacity() || (!retrying && (self.urgent() || self.records >= BATCH_RECORDS))
     }
 
-    /// Whether to take no message at all before this write: while the trail fails and
-    /// [`QUEUE_EXECUTIONS`] executions are held (the queue then fills and the worker waits,
-    /// so memory stays bounded and nothing is dropped).
-    fn at_capacity(&self, failing: bool) -> bool {
-        failing && self.batch.executions.len() >= QUEUE_EXECUTIONS
+    /// Whether to take no further message before this write: [`QUEUE_EXECUTIONS`] executions
+    /// are gathered. One write never holds more, so a refused batch held for the next attempt
+    /// is bounded too (the queue then fills and the worker waits: nothing is dropped).
+    fn at_capacity(&self) -> bool {
+        self.batch.executions.len() >= QUEUE_EXECUTIONS
+    }
+}
+
+/// The writer task's state: what it holds and its inbox. Dropped when the task ends (its
+/// [`Writer`] dropped while the store refuses, or its tokio runtime shut down), it warns of the
+/// records still held or queued: they are not stored (their journal lines, if any, stay for
+/// the next opening).
+struct Held {
+    gathered: Gathered,
+    inbox: tokio::sync::mpsc::Receiver<Message>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        while let Ok(message) = self.inbox.try_recv() {
+            self.gathered.take(message);
+        }
+        let batch = &self.gathered.batch;
+        if !batch.is_empty() {
+            tracing::warn!(
+                "{} audit records of {} executions not written: the audit writer stopped before \
+                 the store took them",
+                batch.records(),
+                batch.executions.len()
+            );
+        }
     }
 }
 
@@ -150,15 +176,16 @@ pub trait Sink: Send + Sync + 'static {
 /// A batch the [`Sink`] refuses is never dropped: it is held and written again after
 /// [`RETRY_FIRST`], doubling up to [`RETRY_MAX`], together with what arrives meanwhile, until
 /// it is stored (its journal lines, if any, stay until then). While it fails, entries awaited
-/// by [`Writer::begin`] fail (their guests do not start), at most [`QUEUE_EXECUTIONS`]
-/// executions are held and as many queued, and then [`Writer::end`] waits: the worker slows
-/// down rather than losing records or memory. The first failure, one a minute after it and
-/// the recovery are logged.
+/// by [`Writer::begin`] fail (their guests do not start); one write holds at most
+/// [`QUEUE_EXECUTIONS`] executions and as many wait in the queue, and then [`Writer::end`]
+/// and [`Writer::begin`] wait: the worker slows down rather than losing records or memory.
+/// The first failure, one a minute after it and the recovery are logged.
 ///
 /// Records still queued when the writer is dropped are written by the task before it ends, if
-/// the tokio runtime lives on (a held batch is tried until the wait between attempts has
-/// reached [`RETRY_MAX`], then given up with a warning; its journal lines stay for the next
-/// opening); call [`Writer::flush`] before shutting down to be sure.
+/// the tokio runtime lives on (a refused batch is tried until the wait between attempts has
+/// reached [`RETRY_MAX`]); call [`Writer::flush`] before shutting down to be sure. Records the
+/// task still holds when it ends (given up, or its runtime shut down) are named in a warning;
+/// their journal lines, if any, stay for the next opening.
 pub struct Writer {
     queue: tokio::sync::mpsc::Sender<Message>,
     /// Where entries go before a guest starts, instead of a commit awaited (SQLite stores).
@@ -172,13 +199,20 @@ pub struct Writer {
 async fn run(
     sink: Arc<dyn Sink>,
     settle: Option<Arc<Journal>>,
-    mut inbox: tokio::sync::mpsc::Receiver<Message>,
+    inbox: tokio::sync::mpsc::Receiver<Message>,
     failures: tokio::sync::watch::Sender<u64>,
 ) {
-    let mut gathered = Gathered::default();
+    // Dropped with the task (the runtime shut down mid-wait too): warns of what it held.
+    let mut held = Held {
+        gathered: Gathered::default(),
+        inbox,
+    };
+    let Held { gathered, inbox } = &mut held;
     let mut failing: Option<Failing> = None;
     let mut open = true;
     loop {
+        // A closed inbox is noticed even when no message is taken (a full batch held).
+        open = open && !inbox.is_closed();
         if gathered.is_empty() {
             if !open {
                 return;
@@ -188,13 +222,17 @@ async fn run(
                 None => return,
             }
         }
-        // Gather for the batch window (or, while failing, the wait before the next attempt).
-        let wait = failing.as_ref().map_or(BATCH_WINDOW, |f| f.delay);
+        // A refused batch is held: wait before the next attempt, gathering meanwhile.
+        let retrying = !gathered.batch.is_empty() && failing.is_some();
+        let wait = match &failing {
+            Some(f) if retrying => f.delay,
+            _ => BATCH_WINDOW,
+        };
         let window = tokio::time::sleep(wait);
         tokio::pin!(window);
         loop {
-            if gathered.full(failing.is_some()) || !open {
-                if failing.is_some() {
+            if gathered.full(retrying) || !open {
+                if retrying {
                     // Never a busy loop: the wait is kept even when nothing more is taken.
                     window.as_mut().await;
                 }
@@ -209,7 +247,7 @@ async fn run(
             }
         }
         // Group commit: whatever is queued joins this write.
-        while !gathered.at_capacity(failing.is_some()) {
+        while !gathered.at_capacity() {
             match inbox.try_recv() {
                 Ok(message) => gathered.take(message),
                 Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
@@ -219,22 +257,22 @@ async fn run(
                 }
             }
         }
-        let outcome = if gathered.batch.is_empty() {
-            Ok(())
-        } else {
-            sink.record(&gathered.batch).await
-        };
-        let held = |g: &Gathered| (g.batch.records(), g.batch.executions.len());
-        match outcome {
+        if gathered.batch.is_empty() {
+            // Only flushes waited: nothing to write, nothing learnt about the store.
+            for done in std::mem::take(&mut gathered.flushed) {
+                let _ = done.send(());
+            }
+            continue;
+        }
+        match sink.record(&gathered.batch).await {
             Ok(()) => {
                 if let Some(f) = failing.take() {
-                    let held = held(&gathered);
                     tracing::warn!(
                         "audit trail written again after {} failed attempts ({} records of {} \
                          executions were held)",
                         f.attempts,
-                        held.0,
-                        held.1
+                        gathered.batch.records(),
+                        gathered.batch.executions.len()
                     );
                 }
                 let Gathered {
@@ -242,7 +280,7 @@ async fn run(
                     begun,
                     flushed,
                     ..
-                } = std::mem::take(&mut gathered);
+                } = std::mem::take(gathered);
                 if let Some(journal) = &settle {
                     journal.settled(
                         batch
@@ -261,28 +299,9 @@ async fn run(
                 }
             }
             Err(e) => {
-                let now = tokio::time::Instant::now();
-                let f = failing.get_or_insert(Failing {
-                    attempts: 0,
-                    delay: RETRY_FIRST,
-                    reported: now,
-                });
-                if f.attempts == 0 || now.duration_since(f.reported) >= REPORT_EVERY {
-                    let held = held(&gathered);
-                    tracing::warn!(
-                        "audit trail not written; {} records of {} executions held and retried \
-                         until stored: {e}",
-                        held.0,
-                        held.1
-                    );
-                    f.reported = now;
-                }
-                f.attempts += 1;
-                let gave_up = !open && f.delay >= RETRY_MAX;
-                f.delay = (f.delay * 2).min(RETRY_MAX);
-                failures.send_modify(|n| *n += 1);
                 let error = Error(e.to_string());
                 // Their guests will not start: their entries leave the batch.
+                let refused = gathered.begun.len();
                 for (id, done) in std::mem::take(&mut gathered.begun) {
                     gathered.remove(&id);
                     let _ = done.send(Err(error.clone()));
@@ -291,14 +310,27 @@ async fn run(
                     let _ = done.send(());
                 }
                 gathered.records = 0;
-                if gave_up {
-                    let held = held(&gathered);
+                let now = tokio::time::Instant::now();
+                let f = failing.get_or_insert(Failing {
+                    attempts: 0,
+                    delay: RETRY_FIRST,
+                    reported: now,
+                });
+                if f.attempts == 0 || now.duration_since(f.reported) >= REPORT_EVERY {
                     tracing::warn!(
-                        "{} audit records of {} executions not written (the audit writer \
-                         stopped while the trail failed): {e}",
-                        held.0,
-                        held.1
+                        "audit trail not written; {} records of {} executions held and retried \
+                         until stored, {refused} guests not started: {e}",
+                        gathered.batch.records(),
+                        gathered.batch.executions.len()
                     );
+                    f.reported = now;
+                }
+                f.attempts += 1;
+                let give_up = !open && f.delay >= RETRY_MAX;
+                f.delay = (f.delay * 2).min(RETRY_MAX);
+                failures.send_modify(|n| *n += 1);
+                if give_up {
+                    // `held` warns as it is dropped.
                     return;
                 }
             }
@@ -469,7 +501,7 @@ mod tests {
 
     /// Waits (a liveness bound, not a timing) until `done` holds.
     async fn until(what: &str, done: impl Fn() -> bool) {
-        for _ in 0..1_000 {
+        for _ in 0..3_000 {
             if done() {
                 return;
             }
@@ -504,7 +536,11 @@ mod tests {
         until("the held batch is stored", || sink.count() == 100).await;
         writer.flush().await;
         for i in 0..100 {
-            let state = if i < 50 { RunState::Ended } else { RunState::Started };
+            let state = if i < 50 {
+                RunState::Ended
+            } else {
+                RunState::Started
+            };
             assert_eq!(sink.state_of(&format!("e{i}")), Some(state), "e{i}");
         }
         // Back to normal: the next record is written within the batch window.
@@ -535,7 +571,7 @@ mod tests {
         assert_eq!(sink.state_of("refused"), None, "its guest never started");
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_store_holds_at_most_the_queue_and_the_worker_waits() {
         let sink = Flaky::refusing();
         let writer = Arc::new(Writer::spawn(sink.clone()));
@@ -566,11 +602,125 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         assert!(sent.load(Ordering::SeqCst) <= 2 * QUEUE_EXECUTIONS + 1);
         assert!(!sender.is_finished());
-        assert_eq!(sink.largest.load(Ordering::SeqCst), QUEUE_EXECUTIONS);
+        assert!(sink.largest.load(Ordering::SeqCst) <= QUEUE_EXECUTIONS);
         sink.refuse.store(false, Ordering::SeqCst);
         sender.await.unwrap();
         writer.flush().await;
         assert_eq!(sink.count(), total, "nothing was dropped");
+    }
+
+    /// The first refused batch was gathered while the store worked, from a full queue: one
+    /// write still holds no more than [`QUEUE_EXECUTIONS`] executions.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_gathered_from_a_full_queue_is_bounded_too() {
+        let sink = Arc::new(Flaky::default());
+        let writer = Arc::new(Writer::spawn(sink.clone()));
+        writer.end(record("first", RunState::Ended)).await;
+        writer.flush().await;
+        // The queue fills while the writer waits for its window, then the store refuses.
+        sink.refuse.store(true, Ordering::SeqCst);
+        let sender = {
+            let writer = writer.clone();
+            tokio::spawn(async move {
+                for i in 0..4 * QUEUE_EXECUTIONS {
+                    writer.end(record(&format!("e{i}"), RunState::Ended)).await;
+                }
+            })
+        };
+        until("two refused writes", || {
+            sink.attempts.load(Ordering::SeqCst) >= 3
+        })
+        .await;
+        sink.refuse.store(false, Ordering::SeqCst);
+        sender.await.unwrap();
+        writer.flush().await;
+        assert_eq!(sink.count(), 4 * QUEUE_EXECUTIONS + 1);
+        assert!(sink.largest.load(Ordering::SeqCst) <= QUEUE_EXECUTIONS);
+    }
+
+    /// A writer dropped while it holds a full refused batch (its inbox closed, no message
+    /// taken) ends once the wait between attempts has reached [`RETRY_MAX`]: it does not keep
+    /// the store and the records forever.
+    #[tokio::test]
+    async fn a_dropped_writer_holding_a_full_batch_ends() {
+        let sink = Flaky::refusing();
+        let writer = Writer::spawn(sink.clone());
+        for i in 0..2 * QUEUE_EXECUTIONS {
+            writer.end(record(&format!("e{i}"), RunState::Ended)).await;
+        }
+        drop(writer);
+        until("the task let go of the store", || {
+            Arc::strong_count(&sink) == 1
+        })
+        .await;
+        assert_eq!(sink.count(), 0);
+    }
+
+    /// After a refused entry nothing is held: a flush does not touch the store, and no
+    /// recovery is claimed until a write succeeds.
+    #[tokio::test]
+    async fn a_refused_entry_leaves_nothing_held() {
+        let sink = Flaky::refusing();
+        let writer = Writer::spawn(sink.clone());
+        assert!(writer.begin(record("b", RunState::Started)).await.is_err());
+        let attempts = sink.attempts.load(Ordering::SeqCst);
+        writer.flush().await;
+        assert_eq!(
+            sink.attempts.load(Ordering::SeqCst),
+            attempts,
+            "nothing to write"
+        );
+        assert!(writer.begin(record("c", RunState::Started)).await.is_err());
+        sink.refuse.store(false, Ordering::SeqCst);
+        writer.begin(record("d", RunState::Started)).await.unwrap();
+        assert_eq!(sink.count(), 1);
+    }
+
+    /// Records held when the tokio runtime shuts down are named in a warning.
+    #[test]
+    fn records_held_when_the_runtime_shuts_down_are_named() {
+        #[derive(Clone, Default)]
+        struct Logs(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Logs {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let logs = Logs::default();
+        let writer_of = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer_of.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let sink = Flaky::refusing();
+            runtime.block_on(async {
+                let writer = Writer::spawn(sink.clone());
+                writer.end(record("lost", RunState::Ended)).await;
+                writer.flush().await;
+            });
+            drop(runtime);
+        });
+        let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            logs.contains("audit trail not written; 1 records of 1 executions held"),
+            "{logs}"
+        );
+        assert!(
+            logs.contains(
+                "1 audit records of 1 executions not written: the audit writer stopped before \
+                 the store took them"
+            ),
+            "{logs}"
+        );
     }
 
     #[tokio::test]
