@@ -10,11 +10,13 @@ use super::{Batch, Error, ExecutionRecord, Journal, RunState};
 /// [`BATCH_RECORDS`] are gathered first: 50 ms.
 pub const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Most records a [`Writer`] stores in one transaction.
+/// Records after which a [`Writer`] stops gathering for its window and writes (what is queued
+/// already joins that write, up to [`QUEUE_EXECUTIONS`] executions).
 pub const BATCH_RECORDS: usize = 4_096;
 
-/// Executions whose records may wait for the [`Writer`]; a further execution's
-/// [`Writer::begin`] or [`Writer::end`] waits (the worker slows down rather than losing audit records).
+/// Executions whose records may wait in the [`Writer`]'s queue, and the most one write holds
+/// (a refused one included); a further execution's [`Writer::begin`] or [`Writer::end`] waits
+/// (the worker slows down rather than losing audit records).
 pub const QUEUE_EXECUTIONS: usize = 4_096;
 
 /// First wait before a batch the [`Sink`] refused is written again: 50 ms, doubling after each
