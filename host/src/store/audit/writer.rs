@@ -119,8 +119,8 @@ impl Gathered {
 
 /// The writer task's state: what it holds and its inbox. Dropped when the task ends (its
 /// [`Writer`] dropped while the store refuses, or its tokio runtime shut down), it warns of the
-/// records still held or queued: they are not stored (their journal lines, if any, stay for
-/// the next opening).
+/// records still held or queued: they are not stored, or (a write cut short by the shutdown)
+/// not confirmed; their journal lines, if any, stay for the next opening.
 struct Held {
     gathered: Gathered,
     inbox: tokio::sync::mpsc::Receiver<Message>,
@@ -134,8 +134,8 @@ impl Drop for Held {
         let batch = &self.gathered.batch;
         if !batch.is_empty() {
             tracing::warn!(
-                "{} audit records of {} executions not written: the audit writer stopped before \
-                 the store took them",
+                "{} audit records of {} executions may not be stored: the audit writer stopped \
+                 before the store confirmed them",
                 batch.records(),
                 batch.executions.len()
             );
@@ -211,21 +211,18 @@ async fn run(
     };
     let Held { gathered, inbox } = &mut held;
     let mut failing: Option<Failing> = None;
-    let mut open = true;
+    // A refused batch is held for the next attempt (not merely: the last write failed).
+    let mut holding = false;
     loop {
-        // A closed inbox is noticed even when no message is taken (a full batch held).
-        open = open && !inbox.is_closed();
         if gathered.is_empty() {
-            if !open {
-                return;
-            }
+            // `None` only once every `Writer` is gone and the queue is empty.
             match inbox.recv().await {
                 Some(first) => gathered.take(first),
                 None => return,
             }
         }
         // A refused batch is held: wait before the next attempt, gathering meanwhile.
-        let retrying = !gathered.batch.is_empty() && failing.is_some();
+        let retrying = holding;
         let wait = match &failing {
             Some(f) if retrying => f.delay,
             _ => BATCH_WINDOW,
@@ -233,7 +230,9 @@ async fn run(
         let window = tokio::time::sleep(wait);
         tokio::pin!(window);
         loop {
-            if gathered.full(retrying) || !open {
+            // Closed: every `Writer` is gone, nothing more arrives (what is queued is taken
+            // below), so the window is not waited for unless this is a retry.
+            if gathered.full(retrying) || inbox.is_closed() {
                 if retrying {
                     // Never a busy loop: the wait is kept even when nothing more is taken.
                     window.as_mut().await;
@@ -242,9 +241,8 @@ async fn run(
             }
             tokio::select! {
                 () = &mut window => break,
-                next = inbox.recv() => match next {
-                    Some(message) => gathered.take(message),
-                    None => open = false,
+                next = inbox.recv() => if let Some(message) = next {
+                    gathered.take(message);
                 },
             }
         }
@@ -252,11 +250,7 @@ async fn run(
         while !gathered.at_capacity() {
             match inbox.try_recv() {
                 Ok(message) => gathered.take(message),
-                Err(tokio::sync::mpsc::error::TryRecvError::Empty) => break,
-                Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => {
-                    open = false;
-                    break;
-                }
+                Err(_) => break,
             }
         }
         if gathered.batch.is_empty() {
@@ -268,10 +262,11 @@ async fn run(
         }
         match sink.record(&gathered.batch).await {
             Ok(()) => {
+                holding = false;
                 if let Some(f) = failing.take() {
                     tracing::warn!(
                         "audit trail written again after {} failed attempts ({} records of {} \
-                         executions were held)",
+                         executions in this write)",
                         f.attempts,
                         gathered.batch.records(),
                         gathered.batch.executions.len()
@@ -328,8 +323,13 @@ async fn run(
                     f.reported = now;
                 }
                 f.attempts += 1;
-                let give_up = !open && f.delay >= RETRY_MAX;
-                f.delay = (f.delay * 2).min(RETRY_MAX);
+                // The first wait is RETRY_FIRST; each further one twice the last.
+                if f.attempts > 1 {
+                    f.delay = (f.delay * 2).min(RETRY_MAX);
+                }
+                holding = !gathered.batch.is_empty();
+                // Every `Writer` is gone and the waits have reached their longest: give up.
+                let give_up = inbox.is_closed() && f.delay >= RETRY_MAX;
                 failures.send_modify(|n| *n += 1);
                 if give_up {
                     // `held` warns as it is dropped.
@@ -441,6 +441,8 @@ mod tests {
     #[derive(Default)]
     struct Flaky {
         refuse: AtomicBool,
+        /// How long each write takes, in milliseconds.
+        slow_ms: std::sync::atomic::AtomicU64,
         attempts: AtomicUsize,
         /// The most executions one write was handed.
         largest: AtomicUsize,
@@ -455,6 +457,8 @@ mod tests {
         {
             Box::pin(async move {
                 self.attempts.fetch_add(1, Ordering::SeqCst);
+                let slow = self.slow_ms.load(Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(slow)).await;
                 self.largest
                     .fetch_max(batch.executions.len(), Ordering::SeqCst);
                 if self.refuse.load(Ordering::SeqCst) {
@@ -658,6 +662,64 @@ mod tests {
         assert_eq!(sink.count(), 0);
     }
 
+    /// Records queued when the last `Writer` is dropped are still written, while the store
+    /// works and after it recovers.
+    #[tokio::test]
+    async fn what_a_dropped_writer_queued_is_written() {
+        let sink = Arc::new(Flaky::default());
+        sink.slow_ms.store(200, Ordering::SeqCst);
+        let writer = Writer::spawn(sink.clone());
+        writer.end(record("a", RunState::Ended)).await;
+        // `a`'s write is under way when `b` is queued and the writer dropped.
+        until("a's write began", || {
+            sink.attempts.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        writer.end(record("b", RunState::Ended)).await;
+        drop(writer);
+        until("both stored", || sink.count() == 2).await;
+
+        let sink = Flaky::refusing();
+        let writer = Writer::spawn(sink.clone());
+        for i in 0..2 * QUEUE_EXECUTIONS {
+            writer.end(record(&format!("e{i}"), RunState::Ended)).await;
+        }
+        drop(writer);
+        until("two refused writes", || {
+            sink.attempts.load(Ordering::SeqCst) >= 2
+        })
+        .await;
+        sink.refuse.store(false, Ordering::SeqCst);
+        until("held and queued stored", || {
+            sink.count() == 2 * QUEUE_EXECUTIONS
+        })
+        .await;
+    }
+
+    /// Refused entries with nothing else held are not retried: each is answered at once, and
+    /// the first entry after the store recovers is not kept waiting by the refusals before it.
+    #[tokio::test]
+    async fn refused_entries_are_not_held_back_by_a_retry_wait() {
+        let sink = Flaky::refusing();
+        let writer = Writer::spawn(sink.clone());
+        let started = std::time::Instant::now();
+        for i in 0..8 {
+            assert!(writer
+                .begin(record(&format!("b{i}"), RunState::Started))
+                .await
+                .is_err());
+        }
+        sink.refuse.store(false, Ordering::SeqCst);
+        writer.begin(record("ok", RunState::Started)).await.unwrap();
+        // Waiting the doubling retry delays would take 50 ms + 100 ms + … + 5 s ≈ 11 s.
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(sink.count(), 1);
+    }
+
     /// After a refused entry nothing is held: a flush does not touch the store, and no
     /// recovery is claimed until a write succeeds.
     #[tokio::test]
@@ -718,8 +780,8 @@ mod tests {
         );
         assert!(
             logs.contains(
-                "1 audit records of 1 executions not written: the audit writer stopped before \
-                 the store took them"
+                "1 audit records of 1 executions may not be stored: the audit writer stopped \
+                 before the store confirmed them"
             ),
             "{logs}"
         );
