@@ -392,8 +392,10 @@ fn n26_the_host_is_not_dumpable_and_leaves_no_core_file() {
     use std::os::unix::process::ExitStatusExt;
     let host = Host::new();
     let cwd = tempfile::tempdir().unwrap();
-    let mut c = std::process::Command::new("sh");
-    c.arg("-c")
+    // SIGQUIT's default action (a core dump) even when the tests run with it ignored (started
+    // with `&` from a non-interactive shell, which the child would inherit).
+    let mut c = std::process::Command::new("env");
+    c.args(["--default-signal=QUIT", "sh", "-c"])
         .arg(r#"ulimit -c unlimited && exec "$0" "$@""#)
         .arg(env!("CARGO_BIN_EXE_attune-wasm"))
         .args(["run"])
