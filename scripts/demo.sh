@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 
 scripts/build-examples.sh
 cargo build --locked -p attune-wasm
-bin=target/debug/attune-wasm
+# Where cargo put them: target/ and examples/target/, or CARGO_TARGET_DIR for both.
+bin="${CARGO_TARGET_DIR:-target}/debug/attune-wasm"
+wasm="${CARGO_TARGET_DIR:-examples/target}"
 
 # Demo settings only: a real operator puts the key in a config file or secret manager.
 export ATTUNE__DATA_DIR="$PWD/.demo"
@@ -24,10 +26,10 @@ printf 'other-pack-secret' | $bin secret set api_key --pack otherpack
 $bin secret list
 
 step "component action (WASI p2, get-secret) as mypack.deploy"
-echo '{"target": "production"}' | $bin run examples/target/wasm32-wasip2/release/deploy-component.wasm --action mypack.deploy
+echo '{"target": "production"}' | $bin run "$wasm"/wasm32-wasip2/release/deploy-component.wasm --action mypack.deploy
 
 step "classic action (WASI p1 core module, SECRET_* env) as mypack.deploy"
-echo '{"target": "production"}' | $bin run examples/target/wasm32-wasip1/release/deploy-classic.wasm --action mypack.deploy
+echo '{"target": "production"}' | $bin run "$wasm"/wasm32-wasip1/release/deploy-classic.wasm --action mypack.deploy
 
 step "for comparison, computed here from the values stored above (pack overrides system)"
 expect() { printf '%-12s from %-21s len %2d  sha256_prefix %s\n' "$1" "$2" "${#3}" "$(printf '%s' "$3" | sha256sum | cut -c1-8)"; }
@@ -35,4 +37,4 @@ expect api_key "pack mypack" sk_live_mypack_override_1111
 expect db_password "action mypack.deploy" pg-password-for-deploy
 
 step "same component as otherpack.deploy: sees otherpack's key, no db_password"
-echo '{}' | $bin run examples/target/wasm32-wasip2/release/deploy-component.wasm --action otherpack.deploy
+echo '{}' | $bin run "$wasm"/wasm32-wasip2/release/deploy-component.wasm --action otherpack.deploy
