@@ -644,17 +644,24 @@ mod tests {
         assert!(sink.largest.load(Ordering::SeqCst) <= QUEUE_EXECUTIONS);
     }
 
-    /// A writer dropped while it holds a full refused batch (its inbox closed, no message
-    /// taken) ends once the wait between attempts has reached [`RETRY_MAX`]: it does not keep
-    /// the store and the records forever.
-    #[tokio::test]
-    async fn a_dropped_writer_holding_a_full_batch_ends() {
+    /// A refusing store whose writer was given a full batch and a full queue
+    /// (2 × [`QUEUE_EXECUTIONS`] executions), then dropped.
+    async fn dropped_with_a_full_batch() -> Arc<Flaky> {
         let sink = Flaky::refusing();
         let writer = Writer::spawn(sink.clone());
         for i in 0..2 * QUEUE_EXECUTIONS {
             writer.end(record(&format!("e{i}"), RunState::Ended)).await;
         }
         drop(writer);
+        sink
+    }
+
+    /// A writer dropped while it holds a full refused batch (its inbox closed, no message
+    /// taken) ends once the wait between attempts has reached [`RETRY_MAX`]: it does not keep
+    /// the store and the records forever.
+    #[tokio::test]
+    async fn a_dropped_writer_holding_a_full_batch_ends() {
+        let sink = dropped_with_a_full_batch().await;
         until("the task let go of the store", || {
             Arc::strong_count(&sink) == 1
         })
@@ -679,12 +686,7 @@ mod tests {
         drop(writer);
         until("both stored", || sink.count() == 2).await;
 
-        let sink = Flaky::refusing();
-        let writer = Writer::spawn(sink.clone());
-        for i in 0..2 * QUEUE_EXECUTIONS {
-            writer.end(record(&format!("e{i}"), RunState::Ended)).await;
-        }
-        drop(writer);
+        let sink = dropped_with_a_full_batch().await;
         until("two refused writes", || {
             sink.attempts.load(Ordering::SeqCst) >= 2
         })
